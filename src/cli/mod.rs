@@ -1,0 +1,46 @@
+//! The command line: one binary for the operator and for doing each step by hand.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod crd;
+
+/// Run autoresearch campaigns on paid ERC-8004 GPU workers over x402.
+#[derive(Parser, Debug)]
+#[command(name = "autoresearch-coordinator", version, about)]
+pub struct Cli {
+    /// Log as JSON lines (for the controller in a cluster).
+    #[arg(long, global = true, env = "LOG_JSON")]
+    pub log_json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the ExperimentCampaign CustomResourceDefinition as YAML.
+    Crd,
+}
+
+impl Cli {
+    /// Logs go to stderr, so that `--json` output on stdout stays machine-readable.
+    /// The level comes from `RUST_LOG` (default `info`).
+    pub fn init_tracing(&self) {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        if self.log_json {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+    }
+
+    /// Runs the chosen command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Crd => crd::run(),
+        }
+    }
+}

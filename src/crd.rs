@@ -1,0 +1,849 @@
+//! The `ExperimentCampaign` custom resource: what a user asks for (spec) and what the controller
+//! reports back (status).
+//!
+//! Every field carries a doc comment: kube-derive turns them into schema descriptions, so
+//! `kubectl explain experimentcampaign.spec.budget` teaches the user. Validation lives in the
+//! schema (patterns, ranges, enums) and in CEL rules where a rule spans fields, so that the API
+//! server refuses a wrong manifest with a message naming the field. [`ExperimentCampaignSpec::validate`]
+//! repeats the checks in Rust for the CLI and for campaigns stored before a rule existed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::usdc::Usdc;
+
+/// A USDC amount as a decimal string with at most 6 decimals, e.g. "0.05" or "12".
+pub const USDC_PATTERN: &str = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$";
+/// An EVM address.
+pub const ADDRESS_PATTERN: &str = r"^0x[0-9a-fA-F]{40}$";
+
+/// Default noise floor: seed-to-seed noise of `val_bpb` is about 0.002 (protocols.md §7).
+pub const DEFAULT_NOISE_FLOOR: f64 = 0.002;
+/// Default remote signer inside obol-stack: one per agent namespace.
+pub const DEFAULT_REMOTE_SIGNER_URL: &str = "http://remote-signer:9000";
+/// Default 8004scan public API.
+pub const DEFAULT_SCAN_API_URL: &str = "https://www.8004scan.io/api/v1/public";
+/// Default eRPC endpoint inside obol-stack.
+pub const DEFAULT_ERPC_URL: &str = "http://erpc.erpc.svc.cluster.local:4000/rpc";
+/// Skill that autoresearch workers register under (OASF 0.8 to 1.0).
+pub const DEFAULT_SKILL: &str = "devops_mlops/model_versioning";
+/// Size of the leaderboard kept in status; the full history is in results.jsonl.
+pub const LEADERBOARD_SIZE: usize = 10;
+
+/// An autoresearch campaign: many short paid training experiments of a `train.py`, searching
+/// for the lowest `val_bpb`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "autoresearch.obol.org",
+    version = "v1alpha1",
+    kind = "ExperimentCampaign",
+    plural = "experimentcampaigns",
+    singular = "experimentcampaign",
+    shortname = "campaign",
+    shortname = "campaigns",
+    shortname = "ec",
+    category = "autoresearch",
+    namespaced,
+    status = "ExperimentCampaignStatus",
+    doc = "An autoresearch campaign: many short paid training experiments of a train.py on remote GPU workers, keeping what lowers val_bpb.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(name = "Done", type_ = "string", json_path = ".status.progress", description = "Finished experiments / maxExperiments"),
+    printcolumn(name = "Running", type_ = "integer", json_path = ".status.running", description = "Experiments in flight"),
+    printcolumn(name = "Best", type_ = "number", json_path = ".status.best.valBpb", description = "Best val_bpb so far (lower is better)"),
+    printcolumn(name = "Spent", type_ = "string", json_path = ".status.spent", description = "USDC paid so far"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentCampaignSpec {
+    /// The train.py that every experiment runs, inline or from a ConfigMap key.
+    pub train_script: TrainScript,
+
+    /// Free-form JSON object sent to the worker as `config`; search parameters are layered on top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub base_config: Option<Value>,
+
+    /// How the next experiments are chosen (THINK).
+    pub search: SearchSpec,
+
+    /// What is optimised and when to stop early.
+    #[serde(default)]
+    pub objective: ObjectiveSpec,
+
+    /// Stop after this many finished experiments (succeeded or failed).
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_experiments: u32,
+
+    /// How many experiments may run at once, each on its own worker.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallelism: u32,
+
+    /// The campaign fails after this many failed experiments.
+    #[serde(default = "default_max_failed")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_failed_experiments: u32,
+
+    /// Seconds an experiment may take on the worker before it is abandoned (a run is about 300 s of
+    /// training plus start-up and evaluation). The payment voucher stays valid at least this long.
+    #[serde(default = "default_experiment_timeout")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub experiment_timeout_seconds: u32,
+
+    /// What the campaign may spend, in USDC. Never more than either limit, whatever a worker asks.
+    pub budget: BudgetSpec,
+
+    /// How experiments are paid: network and remote signer.
+    #[serde(default)]
+    pub payment: PaymentSpec,
+
+    /// Where workers come from: 8004scan, the ERC-8004 registry on chain, and static lists.
+    #[serde(default)]
+    pub discovery: DiscoverySpec,
+
+    /// Stop starting experiments; those in flight finish and are recorded.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The train.py source. Set exactly one of `inline` and `configMapKeyRef`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.inline) != has(self.configMapKeyRef)",
+     "message": "set exactly one of trainScript.inline and trainScript.configMapKeyRef"}
+]))]
+pub struct TrainScript {
+    /// The train.py source itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1048576), pattern(r"\S"))]
+    pub inline: Option<String>,
+    /// A key of a ConfigMap in the campaign's namespace that holds train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+}
+
+/// A key in a ConfigMap of the campaign's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// ConfigMap name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the ConfigMap.
+    #[serde(default = "default_train_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The search space and the strategy that walks it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.strategy != 'list' || (has(self.experiments) && size(self.experiments) > 0)",
+     "message": "strategy list needs at least one entry in search.experiments",
+     "fieldPath": ".experiments"},
+    {"rule": "self.strategy == 'list' || (has(self.parameters) && size(self.parameters) > 0)",
+     "message": "strategies grid, random and hillClimb need at least one entry in search.parameters",
+     "fieldPath": ".parameters"}
+]))]
+pub struct SearchSpec {
+    /// `list` runs `experiments` in order; `grid` walks every combination of `parameters`;
+    /// `random` samples them (seeded, reproducible); `hillClimb` keeps the best config and tries
+    /// shrinking steps around it, as autoresearch itself does.
+    pub strategy: Strategy,
+    /// The parameters to vary, each layered onto `baseConfig` under its name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub parameters: Vec<Parameter>,
+    /// Explicit configs for the `list` strategy, each layered onto `baseConfig`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000), inner(schema_with = "free_form_object"))]
+    pub experiments: Vec<Value>,
+    /// Seed for `random` and `hillClimb`: the same seed proposes the same experiments.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// A search strategy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Strategy {
+    /// Run `search.experiments` in order.
+    List,
+    /// Every combination of the parameters' values.
+    Grid,
+    /// Seeded random samples of the parameters.
+    Random,
+    /// Greedy keep/discard around the best result with shrinking steps.
+    HillClimb,
+}
+
+/// One search dimension.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.type != 'choice' || (has(self.values) && size(self.values) > 0)",
+     "message": "a choice parameter needs values", "fieldPath": ".values"},
+    {"rule": "self.type == 'choice' || (has(self.min) && has(self.max) && self.min < self.max)",
+     "message": "a float or int parameter needs min < max", "fieldPath": ".min"},
+    {"rule": "!self.logScale || (has(self.min) && self.min > 0.0)",
+     "message": "a log-scale parameter needs min > 0", "fieldPath": ".min"}
+]))]
+pub struct Parameter {
+    /// Key in `config` (dots are not special: the key is used as is).
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// `float`, `int` (a range from min to max) or `choice` (one of `values`).
+    #[serde(rename = "type")]
+    pub kind: ParameterKind,
+    /// Lower bound of a float or int range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Upper bound of a float or int range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Values of a choice parameter, any JSON.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(schema_with = "any_json"))]
+    pub values: Vec<Value>,
+    /// Sample and step a float or int range on a log scale (needs min > 0).
+    #[serde(default)]
+    pub log_scale: bool,
+    /// Points per range for the `grid` strategy.
+    #[serde(default = "default_grid_points")]
+    #[schemars(range(min = 2, max = 100))]
+    pub grid_points: u32,
+}
+
+/// Kind of a search parameter.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ParameterKind {
+    /// A real number between min and max.
+    Float,
+    /// A whole number between min and max.
+    Int,
+    /// One of `values`.
+    Choice,
+}
+
+/// The metric and when the campaign has reached its goal.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectiveSpec {
+    /// The metric; `val_bpb` (validation bits per byte) is minimised.
+    #[serde(default)]
+    pub metric: Metric,
+    /// Stop with success once an experiment reaches a value at or below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub goal: Option<f64>,
+    /// An improvement smaller than this is not an improvement (seed noise is about 0.002).
+    #[serde(default = "default_noise_floor")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub noise_floor: f64,
+}
+
+impl Default for ObjectiveSpec {
+    fn default() -> Self {
+        Self { metric: Metric::default(), goal: None, noise_floor: DEFAULT_NOISE_FLOOR }
+    }
+}
+
+/// The metric a campaign optimises.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Metric {
+    /// Validation bits per byte; lower is better.
+    #[default]
+    #[serde(rename = "val_bpb")]
+    ValBpb,
+}
+
+/// Spending limits in USDC.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "double(self.maxPricePerExperiment) <= double(self.total)",
+     "message": "budget.maxPricePerExperiment must not exceed budget.total",
+     "fieldPath": ".maxPricePerExperiment"}
+]))]
+pub struct BudgetSpec {
+    /// Total USDC the campaign may spend, as a decimal string (e.g. "5" or "0.50"). Payments in
+    /// flight count against it.
+    #[schemars(pattern(r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"))]
+    pub total: String,
+    /// Most USDC paid for one experiment, as a decimal string; workers asking more are skipped.
+    #[schemars(pattern(r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"))]
+    pub max_price_per_experiment: String,
+}
+
+/// How experiments are paid.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentSpec {
+    /// Chain the USDC payments are made on; workers asking for another network are skipped.
+    #[serde(default)]
+    pub network: Network,
+    /// Paying address; default: the first key the remote signer lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^0x[0-9a-fA-F]{40}$"))]
+    pub signer_address: Option<String>,
+    /// Remote signer base URL.
+    #[serde(default = "default_signer_url")]
+    #[schemars(pattern(r"^https?://"))]
+    pub remote_signer_url: String,
+    /// Secret key holding the remote signer's bearer token (obol-stack: Secret
+    /// `remote-signer-keystore`, key `authToken`). Omit if the signer needs no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// Token contracts accepted besides the network's USDC (addresses). Empty: USDC only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(pattern(r"^0x[0-9a-fA-F]{40}$")))]
+    pub extra_assets: Vec<String>,
+}
+
+impl Default for PaymentSpec {
+    fn default() -> Self {
+        Self {
+            network: Network::default(),
+            signer_address: None,
+            remote_signer_url: default_signer_url(),
+            token_secret_ref: None,
+            extra_assets: Vec::new(),
+        }
+    }
+}
+
+/// A supported payment network.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Network {
+    /// Base mainnet (chain 8453), real money.
+    #[serde(rename = "base")]
+    Base,
+    /// Base Sepolia testnet (chain 84532).
+    #[default]
+    #[serde(rename = "base-sepolia")]
+    BaseSepolia,
+}
+
+/// A key in a Secret of the campaign's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_token_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Where workers come from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoverySpec {
+    /// 8004scan public API base URL; empty disables the index.
+    #[serde(default = "default_scan_api_url")]
+    pub scan_api_url: String,
+    /// OASF skill to look for; the OASF 1.1 and legacy spellings of the default match too.
+    #[serde(default = "default_skill")]
+    #[schemars(length(min = 1, max = 256))]
+    pub skill: String,
+    /// Seconds between discovery refreshes (shared by every campaign).
+    #[serde(default = "default_refresh")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub refresh_interval_seconds: u32,
+    /// Read the ERC-8004 Identity Registry on chain through eRPC: as a fallback when the index
+    /// fails, or to confirm what the index returns.
+    #[serde(default)]
+    pub on_chain: OnChainDiscovery,
+    /// Workers named by hand; used as they are, never filtered by address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub workers: Vec<StaticWorker>,
+    /// Endpoints (exact or prefix) tried before any other worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub prefer: Vec<String>,
+    /// Endpoints (exact or prefix) or agent ids never used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub exclude: Vec<String>,
+    /// CIDRs or host patterns (`*.autoresearch.svc.cluster.local`) that discovered endpoints may
+    /// resolve to although they are private, loopback or cluster-internal. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allow_private: Vec<String>,
+}
+
+impl Default for DiscoverySpec {
+    fn default() -> Self {
+        Self {
+            scan_api_url: default_scan_api_url(),
+            skill: default_skill(),
+            refresh_interval_seconds: default_refresh(),
+            on_chain: OnChainDiscovery::default(),
+            workers: Vec::new(),
+            prefer: Vec::new(),
+            exclude: Vec::new(),
+            allow_private: Vec::new(),
+        }
+    }
+}
+
+/// On-chain discovery through eRPC.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnChainDiscovery {
+    /// `fallback`: read the chain only when the index fails; `always`: read it every refresh;
+    /// `confirm`: keep only index results the chain confirms; `off`: never.
+    #[serde(default)]
+    pub mode: OnChainMode,
+    /// eRPC (or any JSON-RPC) URL.
+    #[serde(default = "default_erpc_url")]
+    pub erpc_url: String,
+}
+
+impl Default for OnChainDiscovery {
+    fn default() -> Self {
+        Self { mode: OnChainMode::default(), erpc_url: default_erpc_url() }
+    }
+}
+
+/// When the chain is read.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnChainMode {
+    /// Only when the index fails.
+    #[default]
+    Fallback,
+    /// On every refresh, merged with the index.
+    Always,
+    /// Keep only index results that the chain confirms.
+    Confirm,
+    /// Never.
+    Off,
+}
+
+/// A worker named by hand.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticWorker {
+    /// Service URL; experiments are POSTed to `<endpoint>/experiment`.
+    #[schemars(pattern(r"^https?://"), length(max = 2048))]
+    pub endpoint: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// ERC-8004 agent id, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<u64>,
+}
+
+/// What the controller has observed and done.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentCampaignStatus {
+    /// Pending, Running, Succeeded, Failed, Suspended or BudgetExhausted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// "finished/max", for `kubectl get campaigns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions (Ready, Progressing, Stopped, NoWorkers...) with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Experiments started so far (paid or being paid).
+    #[serde(default)]
+    pub submitted: u32,
+    /// Experiments in flight.
+    #[serde(default)]
+    pub running: u32,
+    /// Experiments that returned a valid val_bpb.
+    #[serde(default)]
+    pub succeeded: u32,
+    /// Experiments that failed (worker error, timeout, invalid answer).
+    #[serde(default)]
+    pub failed: u32,
+    /// USDC paid, settled or not, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent: Option<String>,
+    /// USDC reserved by experiments in flight, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<String>,
+    /// The best result so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<ResultSummary>,
+    /// The best results, lowest val_bpb first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaderboard: Vec<ResultSummary>,
+    /// Worker counts from the last discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkerCounts>,
+    /// Payments in flight: written before a voucher is sent, so that after a crash the same
+    /// voucher is re-sent or the result fetched, never a second one signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ledger: Vec<LedgerEntry>,
+    /// Strategy state (cursor, current step), opaque to users.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub strategy_state: BTreeMap<String, String>,
+}
+
+/// Lifecycle phase.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing started yet.
+    Pending,
+    /// Experiments are being proposed and run.
+    Running,
+    /// Goal or maxExperiments reached.
+    Succeeded,
+    /// Too many failed experiments, or an error that needs the user.
+    Failed,
+    /// `spec.suspend` is set.
+    Suspended,
+    /// The budget cannot pay another experiment.
+    BudgetExhausted,
+}
+
+/// One finished experiment, as shown in status.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultSummary {
+    /// Experiment id (derived from the hash of train.py and config).
+    pub experiment_id: String,
+    /// Validation bits per byte.
+    pub val_bpb: f64,
+    /// The config that was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub config: Option<Value>,
+    /// Endpoint of the worker that ran it.
+    pub worker: String,
+    /// `sha256:<hex>` of train.py as the worker reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_hash: Option<String>,
+}
+
+/// Worker counts from the last discovery.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCounts {
+    /// Workers found by every source, after exclusions.
+    pub discovered: u32,
+    /// Workers whose price and network this campaign accepts.
+    pub eligible: u32,
+    /// Workers running one of this campaign's experiments.
+    pub busy: u32,
+    /// Workers cooling down after a failure.
+    pub cooling_down: u32,
+}
+
+/// A payment in flight, persisted before the voucher leaves the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Experiment id; also sent to the worker.
+    pub experiment_id: String,
+    /// Worker endpoint.
+    pub worker: String,
+    /// Price in atomic USDC units (6 decimals).
+    pub amount: String,
+    /// ERC-3009 nonce (0x + 32 bytes).
+    pub nonce: String,
+    /// The base64 payment header, once signed: re-sent as is after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<String>,
+    /// The config being run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub config: Option<Value>,
+    /// When the experiment was started (RFC 3339).
+    pub started_at: String,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+fn default_parallelism() -> u32 {
+    1
+}
+fn default_max_failed() -> u32 {
+    10
+}
+fn default_experiment_timeout() -> u32 {
+    900
+}
+fn default_grid_points() -> u32 {
+    3
+}
+fn default_noise_floor() -> f64 {
+    DEFAULT_NOISE_FLOOR
+}
+fn default_train_key() -> String {
+    "train.py".into()
+}
+fn default_token_key() -> String {
+    "authToken".into()
+}
+fn default_signer_url() -> String {
+    DEFAULT_REMOTE_SIGNER_URL.into()
+}
+fn default_scan_api_url() -> String {
+    DEFAULT_SCAN_API_URL.into()
+}
+fn default_erpc_url() -> String {
+    DEFAULT_ERPC_URL.into()
+}
+fn default_skill() -> String {
+    DEFAULT_SKILL.into()
+}
+fn default_refresh() -> u32 {
+    300
+}
+
+/// A spec that the schema admitted but that cannot run (also catches what older API servers
+/// without CEL support let through).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("spec.{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path below `spec`.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn spec_error(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { field: field.into(), message: message.into() }
+}
+
+impl ExperimentCampaignSpec {
+    /// Checks what the schema checks, in Rust, and returns the parsed budget.
+    pub fn validate(&self) -> Result<(Usdc, Usdc), SpecError> {
+        match (&self.train_script.inline, &self.train_script.config_map_key_ref) {
+            (Some(s), None) if s.trim().is_empty() => {
+                return Err(spec_error("trainScript.inline", "train.py must not be empty"));
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Err(spec_error(
+                    "trainScript",
+                    "set exactly one of trainScript.inline and trainScript.configMapKeyRef",
+                ));
+            }
+        }
+        if self.max_experiments == 0 {
+            return Err(spec_error("maxExperiments", "must be at least 1"));
+        }
+        if self.parallelism == 0 {
+            return Err(spec_error("parallelism", "must be at least 1"));
+        }
+        let total: Usdc = self
+            .budget
+            .total
+            .parse()
+            .map_err(|e| spec_error("budget.total", format!("{e}")))?;
+        let max_price: Usdc = self
+            .budget
+            .max_price_per_experiment
+            .parse()
+            .map_err(|e| spec_error("budget.maxPricePerExperiment", format!("{e}")))?;
+        if max_price > total {
+            return Err(spec_error(
+                "budget.maxPricePerExperiment",
+                "must not exceed budget.total",
+            ));
+        }
+        self.search.validate()?;
+        if let Some(base) = &self.base_config
+            && !base.is_object()
+        {
+            return Err(spec_error("baseConfig", "must be a JSON object"));
+        }
+        Ok((total, max_price))
+    }
+}
+
+impl SearchSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        match self.strategy {
+            Strategy::List if self.experiments.is_empty() => {
+                return Err(spec_error(
+                    "search.experiments",
+                    "strategy list needs at least one entry in search.experiments",
+                ));
+            }
+            Strategy::Grid | Strategy::Random | Strategy::HillClimb if self.parameters.is_empty() => {
+                return Err(spec_error(
+                    "search.parameters",
+                    "strategies grid, random and hillClimb need at least one entry in search.parameters",
+                ));
+            }
+            _ => {}
+        }
+        for (i, p) in self.parameters.iter().enumerate() {
+            p.validate().map_err(|m| spec_error(format!("search.parameters[{i}]"), m))?;
+        }
+        if let Some(i) = self.experiments.iter().position(|e| !e.is_object()) {
+            return Err(spec_error(format!("search.experiments[{i}]"), "must be a JSON object"));
+        }
+        Ok(())
+    }
+}
+
+impl Parameter {
+    fn validate(&self) -> Result<(), String> {
+        match self.kind {
+            ParameterKind::Choice if self.values.is_empty() => {
+                Err(format!("choice parameter {} needs values", self.name))
+            }
+            ParameterKind::Choice => Ok(()),
+            ParameterKind::Float | ParameterKind::Int => match (self.min, self.max) {
+                (Some(min), Some(max)) if min.is_finite() && max.is_finite() && min < max => {
+                    if self.log_scale && min <= 0.0 {
+                        Err(format!("log-scale parameter {} needs min > 0", self.name))
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Err(format!("parameter {} needs min < max", self.name)),
+            },
+        }
+    }
+}
+
+impl Network {
+    /// EVM chain id.
+    pub fn chain_id(self) -> u64 {
+        match self {
+            Network::Base => 8453,
+            Network::BaseSepolia => 84532,
+        }
+    }
+
+    /// x402 v1 network name.
+    pub fn v1_name(self) -> &'static str {
+        match self {
+            Network::Base => "base",
+            Network::BaseSepolia => "base-sepolia",
+        }
+    }
+
+    /// x402 v2 CAIP-2 id.
+    pub fn caip2(self) -> String {
+        format!("eip155:{}", self.chain_id())
+    }
+
+    /// Accepts either spelling (`base-sepolia` or `eip155:84532`).
+    pub fn parse(name: &str) -> Option<Network> {
+        [Network::Base, Network::BaseSepolia]
+            .into_iter()
+            .find(|n| n.v1_name() == name || n.caip2() == name)
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.v1_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn minimal() -> ExperimentCampaignSpec {
+        serde_json::from_value(serde_json::json!({
+            "trainScript": {"inline": "print('val_bpb: 1.0')"},
+            "search": {"strategy": "list", "experiments": [{"lr": 0.01}]},
+            "maxExperiments": 3,
+            "budget": {"total": "1", "maxPricePerExperiment": "0.1"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_spec() {
+        let spec = minimal();
+        assert_eq!(spec.parallelism, 1);
+        assert_eq!(spec.objective.noise_floor, DEFAULT_NOISE_FLOOR);
+        assert_eq!(spec.payment.network, Network::BaseSepolia);
+        assert_eq!(spec.payment.remote_signer_url, DEFAULT_REMOTE_SIGNER_URL);
+        assert_eq!(spec.discovery.skill, DEFAULT_SKILL);
+        let (total, max) = spec.validate().unwrap();
+        assert_eq!(total.atomic(), 1_000_000);
+        assert_eq!(max.atomic(), 100_000);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut spec = minimal();
+        spec.budget.max_price_per_experiment = "2".into();
+        assert_eq!(spec.validate().unwrap_err().field, "budget.maxPricePerExperiment");
+
+        let mut spec = minimal();
+        spec.train_script.inline = Some("  \n".into());
+        assert_eq!(spec.validate().unwrap_err().field, "trainScript.inline");
+
+        let mut spec = minimal();
+        spec.search.strategy = Strategy::Grid;
+        assert_eq!(spec.validate().unwrap_err().field, "search.parameters");
+
+        let mut spec = minimal();
+        spec.search.strategy = Strategy::Random;
+        spec.search.parameters = vec![Parameter {
+            name: "lr".into(),
+            kind: ParameterKind::Float,
+            min: Some(1.0),
+            max: Some(1.0),
+            values: vec![],
+            log_scale: false,
+            grid_points: 3,
+        }];
+        assert_eq!(spec.validate().unwrap_err().field, "search.parameters[0]");
+    }
+
+    #[test]
+    fn crd_has_names_columns_and_status() {
+        let crd = ExperimentCampaign::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("experimentcampaigns.autoresearch.obol.org"));
+        let names = &crd.spec.names;
+        assert!(names.short_names.as_ref().unwrap().contains(&"campaigns".to_string()));
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().unwrap().status.is_some());
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Phase", "Done", "Running", "Best", "Spent", "Age"]);
+    }
+
+    #[test]
+    fn network_spellings() {
+        assert_eq!(Network::parse("eip155:84532"), Some(Network::BaseSepolia));
+        assert_eq!(Network::parse("base"), Some(Network::Base));
+        assert_eq!(Network::parse("ethereum"), None);
+    }
+}

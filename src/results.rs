@@ -1,0 +1,180 @@
+//! PUBLISH: `results.jsonl`, one JSON object per finished experiment, on a persistent volume.
+//!
+//! The first seven fields are the seed format of obol-stack's coordinator (protocols.md §6) and
+//! keep their names; the rest are additions. Every append is flushed to disk before it returns,
+//! so a result that was reported is never lost to a crash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+/// One line of results.jsonl.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ResultRecord {
+    /// Experiment id sent to the worker.
+    pub experiment_id: String,
+    /// `sha256:<hex>` of train.py.
+    pub train_hash: String,
+    /// Validation bits per byte; `null` when the run failed.
+    pub val_bpb: Option<f64>,
+    /// Worker service URL.
+    pub worker_endpoint: String,
+    /// ERC-8004 agent id of the worker, if known.
+    pub worker_agent_id: Option<u64>,
+    /// When the result was recorded (RFC 3339, UTC).
+    pub timestamp: String,
+    /// Settlement transaction hash, if the gate reported one.
+    pub payment_tx: Option<String>,
+    /// Payment network (`base-sepolia`, `base`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Amount paid in atomic USDC units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Worker's status: `completed`, `failed` or `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The config that was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// Namespace of the campaign (controller only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_namespace: Option<String>,
+    /// Name of the campaign (controller only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_name: Option<String>,
+}
+
+/// `$DATA_DIR/autoresearch/results.jsonl`.
+pub fn default_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("autoresearch").join("results.jsonl")
+}
+
+/// An append-only results file shared by concurrent tasks.
+#[derive(Debug)]
+pub struct ResultsLog {
+    path: PathBuf,
+    // Serialises appends so that two lines never interleave.
+    lock: Mutex<()>,
+}
+
+impl ResultsLog {
+    /// A log at `path`; the file and its folder are created on first append.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), lock: Mutex::new(()) }
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and flushes it to disk.
+    pub async fn append(&self, record: &ResultRecord) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        let _guard = self.lock.lock().await;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || append_line(&path, &line))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Every record in the file, oldest first. Lines that do not parse (a torn last line after
+    /// a power cut, a hand edit) are skipped with a warning rather than failing the whole read.
+    pub fn read_all(&self) -> std::io::Result<Vec<ResultRecord>> {
+        read_records(&self.path)
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(line.as_bytes())?;
+    file.sync_data()
+}
+
+/// Reads records from a results file; a missing file is an empty history.
+pub fn read_records(path: &Path) -> std::io::Result<Vec<ResultRecord>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(record) => records.push(record),
+            Err(e) => tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping unreadable result line"),
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, val_bpb: Option<f64>) -> ResultRecord {
+        ResultRecord {
+            experiment_id: id.into(),
+            train_hash: "sha256:00".into(),
+            val_bpb,
+            worker_endpoint: "http://127.0.0.1:1/services/w".into(),
+            worker_agent_id: Some(42),
+            timestamp: "2026-03-12T10:30:00Z".into(),
+            payment_tx: Some("0xabc".into()),
+            network: None,
+            amount: None,
+            status: None,
+            config: None,
+            campaign_namespace: None,
+            campaign_name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_survive_and_keep_seed_field_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ResultsLog::new(default_path(dir.path()));
+        log.append(&record("exp-1", Some(0.99))).await.unwrap();
+        log.append(&record("exp-2", None)).await.unwrap();
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        for key in ["experiment_id", "train_hash", "val_bpb", "worker_endpoint", "worker_agent_id", "timestamp", "payment_tx"] {
+            assert!(first.get(key).is_some(), "seed field {key} missing");
+        }
+        assert!(first.get("network").is_none(), "unset additions are omitted");
+        let all = log.read_all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].val_bpb, None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_never_interleave_and_torn_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(ResultsLog::new(dir.path().join("r.jsonl")));
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(&record(&format!("exp-{i}"), Some(1.0))).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        std::fs::OpenOptions::new().append(true).open(log.path()).unwrap().write_all(b"{\"experiment_id\": \"tor").unwrap();
+        assert_eq!(log.read_all().unwrap().len(), 20);
+        assert!(read_records(&dir.path().join("missing.jsonl")).unwrap().is_empty());
+    }
+}
