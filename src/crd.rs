@@ -51,12 +51,41 @@ pub const LEADERBOARD_SIZE: usize = 10;
     namespaced,
     status = "ExperimentCampaignStatus",
     doc = "An autoresearch campaign: many short paid training experiments of a train.py on remote GPU workers, keeping what lowers val_bpb.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
-    printcolumn(name = "Done", type_ = "string", json_path = ".status.progress", description = "Finished experiments / maxExperiments"),
-    printcolumn(name = "Running", type_ = "integer", json_path = ".status.running", description = "Experiments in flight"),
-    printcolumn(name = "Best", type_ = "number", json_path = ".status.best.valBpb", description = "Best val_bpb so far (lower is better)"),
-    printcolumn(name = "Spent", type_ = "string", json_path = ".status.spent", description = "USDC paid so far"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Done",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Finished experiments / maxExperiments"
+    ),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.running",
+        description = "Experiments in flight"
+    ),
+    printcolumn(
+        name = "Best",
+        type_ = "number",
+        json_path = ".status.best.valBpb",
+        description = "Best val_bpb so far (lower is better)"
+    ),
+    printcolumn(
+        name = "Spent",
+        type_ = "string",
+        json_path = ".status.spent",
+        description = "USDC paid so far"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentCampaignSpec {
@@ -163,7 +192,7 @@ pub struct SearchSpec {
     pub parameters: Vec<Parameter>,
     /// Explicit configs for the `list` strategy, each layered onto `baseConfig`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10000), inner(schema_with = "free_form_object"))]
+    #[schemars(schema_with = "object_list")]
     pub experiments: Vec<Value>,
     /// Seed for `random` and `hillClimb`: the same seed proposes the same experiments.
     #[serde(default)]
@@ -210,7 +239,7 @@ pub struct Parameter {
     pub max: Option<f64>,
     /// Values of a choice parameter, any JSON.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000), inner(schema_with = "any_json"))]
+    #[schemars(schema_with = "value_list")]
     pub values: Vec<Value>,
     /// Sample and step a float or int range on a log scale (needs min > 0).
     #[serde(default)]
@@ -252,7 +281,11 @@ pub struct ObjectiveSpec {
 
 impl Default for ObjectiveSpec {
     fn default() -> Self {
-        Self { metric: Metric::default(), goal: None, noise_floor: DEFAULT_NOISE_FLOOR }
+        Self {
+            metric: Metric::default(),
+            goal: None,
+            noise_floor: DEFAULT_NOISE_FLOOR,
+        }
     }
 }
 
@@ -413,7 +446,10 @@ pub struct OnChainDiscovery {
 
 impl Default for OnChainDiscovery {
     fn default() -> Self {
-        Self { mode: OnChainMode::default(), erpc_url: default_erpc_url() }
+        Self {
+            mode: OnChainMode::default(),
+            erpc_url: default_erpc_url(),
+        }
     }
 }
 
@@ -579,8 +615,20 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+fn object_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 10000,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+fn value_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 1000,
+        "items": {"x-kubernetes-preserve-unknown-fields": true}
+    })
 }
 
 fn default_parallelism() -> u32 {
@@ -632,15 +680,24 @@ pub struct SpecError {
 }
 
 fn spec_error(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError { field: field.into(), message: message.into() }
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 impl ExperimentCampaignSpec {
     /// Checks what the schema checks, in Rust, and returns the parsed budget.
     pub fn validate(&self) -> Result<(Usdc, Usdc), SpecError> {
-        match (&self.train_script.inline, &self.train_script.config_map_key_ref) {
+        match (
+            &self.train_script.inline,
+            &self.train_script.config_map_key_ref,
+        ) {
             (Some(s), None) if s.trim().is_empty() => {
-                return Err(spec_error("trainScript.inline", "train.py must not be empty"));
+                return Err(spec_error(
+                    "trainScript.inline",
+                    "train.py must not be empty",
+                ));
             }
             (Some(_), None) | (None, Some(_)) => {}
             _ => {
@@ -691,7 +748,9 @@ impl SearchSpec {
                     "strategy list needs at least one entry in search.experiments",
                 ));
             }
-            Strategy::Grid | Strategy::Random | Strategy::HillClimb if self.parameters.is_empty() => {
+            Strategy::Grid | Strategy::Random | Strategy::HillClimb
+                if self.parameters.is_empty() =>
+            {
                 return Err(spec_error(
                     "search.parameters",
                     "strategies grid, random and hillClimb need at least one entry in search.parameters",
@@ -700,10 +759,14 @@ impl SearchSpec {
             _ => {}
         }
         for (i, p) in self.parameters.iter().enumerate() {
-            p.validate().map_err(|m| spec_error(format!("search.parameters[{i}]"), m))?;
+            p.validate()
+                .map_err(|m| spec_error(format!("search.parameters[{i}]"), m))?;
         }
         if let Some(i) = self.experiments.iter().position(|e| !e.is_object()) {
-            return Err(spec_error(format!("search.experiments[{i}]"), "must be a JSON object"));
+            return Err(spec_error(
+                format!("search.experiments[{i}]"),
+                "must be a JSON object",
+            ));
         }
         Ok(())
     }
@@ -798,7 +861,10 @@ mod tests {
     fn validate_names_the_field() {
         let mut spec = minimal();
         spec.budget.max_price_per_experiment = "2".into();
-        assert_eq!(spec.validate().unwrap_err().field, "budget.maxPricePerExperiment");
+        assert_eq!(
+            spec.validate().unwrap_err().field,
+            "budget.maxPricePerExperiment"
+        );
 
         let mut spec = minimal();
         spec.train_script.inline = Some("  \n".into());
@@ -825,9 +891,18 @@ mod tests {
     #[test]
     fn crd_has_names_columns_and_status() {
         let crd = ExperimentCampaign::crd();
-        assert_eq!(crd.metadata.name.as_deref(), Some("experimentcampaigns.autoresearch.obol.org"));
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("experimentcampaigns.autoresearch.obol.org")
+        );
         let names = &crd.spec.names;
-        assert!(names.short_names.as_ref().unwrap().contains(&"campaigns".to_string()));
+        assert!(
+            names
+                .short_names
+                .as_ref()
+                .unwrap()
+                .contains(&"campaigns".to_string())
+        );
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().unwrap().status.is_some());
         let columns: Vec<_> = version
@@ -837,7 +912,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Phase", "Done", "Running", "Best", "Spent", "Age"]);
+        assert_eq!(
+            columns,
+            ["Phase", "Done", "Running", "Best", "Spent", "Age"]
+        );
     }
 
     #[test]

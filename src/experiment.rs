@@ -9,7 +9,10 @@ use sha2::{Digest, Sha256};
 
 /// `sha256:<hex>` of a train.py, as workers report it in `train_hash`.
 pub fn train_hash(train_py: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(train_py.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(train_py.as_bytes()))
+    )
 }
 
 /// Canonical JSON: object keys sorted at every level, no whitespace. Two configs that differ only
@@ -20,7 +23,11 @@ pub fn canonical_json(value: &Value) -> String {
             Value::Object(map) => {
                 let mut keys: Vec<_> = map.keys().collect();
                 keys.sort();
-                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&map[k]))).collect())
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&map[k])))
+                        .collect(),
+                )
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
             other => other.clone(),
@@ -45,7 +52,9 @@ pub fn experiment_id(train_py: &str, config: &Value) -> String {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -55,10 +64,22 @@ mod tests {
 
     #[test]
     fn id_ignores_key_order_but_not_values() {
-        let a = experiment_id("print(1)", &json!({"lr": 0.01, "depth": 8, "opt": {"b": 1, "a": 2}}));
-        let b = experiment_id("print(1)", &json!({"opt": {"a": 2, "b": 1}, "depth": 8, "lr": 0.01}));
-        let c = experiment_id("print(1)", &json!({"lr": 0.02, "depth": 8, "opt": {"b": 1, "a": 2}}));
-        let d = experiment_id("print(2)", &json!({"lr": 0.01, "depth": 8, "opt": {"b": 1, "a": 2}}));
+        let a = experiment_id(
+            "print(1)",
+            &json!({"lr": 0.01, "depth": 8, "opt": {"b": 1, "a": 2}}),
+        );
+        let b = experiment_id(
+            "print(1)",
+            &json!({"opt": {"a": 2, "b": 1}, "depth": 8, "lr": 0.01}),
+        );
+        let c = experiment_id(
+            "print(1)",
+            &json!({"lr": 0.02, "depth": 8, "opt": {"b": 1, "a": 2}}),
+        );
+        let d = experiment_id(
+            "print(2)",
+            &json!({"lr": 0.01, "depth": 8, "opt": {"b": 1, "a": 2}}),
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

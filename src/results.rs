@@ -65,7 +65,10 @@ pub struct ResultsLog {
 impl ResultsLog {
     /// A log at `path`; the file and its folder are created on first append.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), lock: Mutex::new(()) }
+        Self {
+            path: path.into(),
+            lock: Mutex::new(()),
+        }
     }
 
     /// Where the log is.
@@ -115,7 +118,9 @@ pub fn read_records(path: &Path) -> std::io::Result<Vec<ResultRecord>> {
         }
         match serde_json::from_str(&line) {
             Ok(record) => records.push(record),
-            Err(e) => tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping unreadable result line"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping unreadable result line")
+            }
         }
     }
     Ok(records)
@@ -151,10 +156,21 @@ mod tests {
         log.append(&record("exp-2", None)).await.unwrap();
         let text = std::fs::read_to_string(log.path()).unwrap();
         let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        for key in ["experiment_id", "train_hash", "val_bpb", "worker_endpoint", "worker_agent_id", "timestamp", "payment_tx"] {
+        for key in [
+            "experiment_id",
+            "train_hash",
+            "val_bpb",
+            "worker_endpoint",
+            "worker_agent_id",
+            "timestamp",
+            "payment_tx",
+        ] {
             assert!(first.get(key).is_some(), "seed field {key} missing");
         }
-        assert!(first.get("network").is_none(), "unset additions are omitted");
+        assert!(
+            first.get("network").is_none(),
+            "unset additions are omitted"
+        );
         let all = log.read_all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].val_bpb, None);
@@ -167,14 +183,25 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|i| {
                 let log = log.clone();
-                tokio::spawn(async move { log.append(&record(&format!("exp-{i}"), Some(1.0))).await })
+                tokio::spawn(
+                    async move { log.append(&record(&format!("exp-{i}"), Some(1.0))).await },
+                )
             })
             .collect();
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        std::fs::OpenOptions::new().append(true).open(log.path()).unwrap().write_all(b"{\"experiment_id\": \"tor").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"{\"experiment_id\": \"tor")
+            .unwrap();
         assert_eq!(log.read_all().unwrap().len(), 20);
-        assert!(read_records(&dir.path().join("missing.jsonl")).unwrap().is_empty());
+        assert!(
+            read_records(&dir.path().join("missing.jsonl"))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

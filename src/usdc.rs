@@ -67,7 +67,10 @@ impl FromStr for Usdc {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
         let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits(whole) || !digits(frac) || (s.contains('.') && frac.is_empty())
+        if whole.is_empty()
+            || !digits(whole)
+            || !digits(frac)
+            || (s.contains('.') && frac.is_empty())
         {
             return Err(UsdcError::Syntax(s.to_string()));
         }
@@ -75,7 +78,11 @@ impl FromStr for Usdc {
             return Err(UsdcError::Precision(s.to_string()));
         }
         let overflow = || UsdcError::Overflow(s.to_string());
-        let whole: u128 = if whole.len() > 24 { return Err(overflow()) } else { whole.parse().map_err(|_| overflow())? };
+        let whole: u128 = if whole.len() > 24 {
+            return Err(overflow());
+        } else {
+            whole.parse().map_err(|_| overflow())?
+        };
         let frac_atomic: u128 = format!("{frac:0<6}").parse().map_err(|_| overflow())?;
         whole
             .checked_mul(UNIT)
@@ -116,10 +123,19 @@ mod tests {
     #[test]
     fn refuses_what_is_not_an_amount() {
         for bad in ["", ".5", "1.", "-1", "1e3", "0x10", " 1", "1,5", "NaN"] {
-            assert!(matches!(bad.parse::<Usdc>(), Err(UsdcError::Syntax(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Usdc>(), Err(UsdcError::Syntax(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!("0.0000001".parse::<Usdc>(), Err(UsdcError::Precision(_))));
-        assert!(matches!("9".repeat(40).parse::<Usdc>(), Err(UsdcError::Overflow(_))));
+        assert!(matches!(
+            "0.0000001".parse::<Usdc>(),
+            Err(UsdcError::Precision(_))
+        ));
+        assert!(matches!(
+            "9".repeat(40).parse::<Usdc>(),
+            Err(UsdcError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -29,7 +29,9 @@ impl Cli {
     /// The level comes from `RUST_LOG` (default `info`).
     pub fn init_tracing(&self) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
         if self.log_json {
             builder.json().init();
         } else {
