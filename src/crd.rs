@@ -9,8 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,6 +38,8 @@ pub const LEADERBOARD_SIZE: usize = 10;
 
 /// An autoresearch campaign: many short paid training experiments of a `train.py`, searching
 /// for the lowest `val_bpb`.
+// Each printcolumn(...) says `type_ = "string"`; clippy reads those as one repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "autoresearch.obol.org",
@@ -214,11 +217,12 @@ pub enum Strategy {
 }
 
 /// One search dimension.
+///
+/// "A choice needs values" is checked by the controller, not by a CEL rule: CEL cannot see a list
+/// of untyped JSON values, and choices may be numbers, strings or booleans.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.type != 'choice' || (has(self.values) && size(self.values) > 0)",
-     "message": "a choice parameter needs values", "fieldPath": ".values"},
     {"rule": "self.type == 'choice' || (has(self.min) && has(self.max) && self.min < self.max)",
      "message": "a float or int parameter needs min < max", "fieldPath": ".min"},
     {"rule": "!self.logScale || (has(self.min) && self.min > 0.0)",
@@ -302,7 +306,8 @@ pub enum Metric {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "double(self.maxPricePerExperiment) <= double(self.total)",
+    // Guarded by the amount pattern so that a malformed amount gets only the pattern's message.
+    {"rule": "!self.total.matches('^[0-9]+(\\\\.[0-9]+)?$') || !self.maxPricePerExperiment.matches('^[0-9]+(\\\\.[0-9]+)?$') || double(self.maxPricePerExperiment) <= double(self.total)",
      "message": "budget.maxPricePerExperiment must not exceed budget.total",
      "fieldPath": ".maxPricePerExperiment"}
 ]))]
@@ -436,7 +441,7 @@ impl Default for DiscoverySpec {
 #[serde(rename_all = "camelCase")]
 pub struct OnChainDiscovery {
     /// `fallback`: read the chain only when the index fails; `always`: read it every refresh;
-    /// `confirm`: keep only index results the chain confirms; `off`: never.
+    /// `confirm`: keep only index results the chain confirms; `never`: do not read the chain.
     #[serde(default)]
     pub mode: OnChainMode,
     /// eRPC (or any JSON-RPC) URL.
@@ -464,8 +469,8 @@ pub enum OnChainMode {
     Always,
     /// Keep only index results that the chain confirms.
     Confirm,
-    /// Never.
-    Off,
+    /// Never. (Not `off`: YAML 1.1 readers turn a bare `off` into `false`.)
+    Never,
 }
 
 /// A worker named by hand.
@@ -608,6 +613,36 @@ pub struct LedgerEntry {
     pub started_at: String,
 }
 
+/// The CRD as installed: the derived one, with descriptions unwrapped. Doc comments are wrapped at
+/// 100 columns and schemars keeps those line breaks, which `kubectl explain` would print as is.
+pub fn definition() -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(ExperimentCampaign::crd()).expect("a CRD serialises");
+    unwrap_descriptions(&mut value);
+    serde_json::from_value(value).expect("unwrapping descriptions keeps a valid CRD")
+}
+
+fn unwrap_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::String(text) if key == "description" => {
+                        // A blank line is a paragraph break and stays; a single break is wrapping.
+                        *text = text
+                            .split("\n\n")
+                            .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
@@ -626,6 +661,7 @@ fn object_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 fn value_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
+        "minItems": 1,
         "maxItems": 1000,
         "items": {"x-kubernetes-preserve-unknown-fields": true}
     })
@@ -832,7 +868,6 @@ impl std::fmt::Display for Network {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
 
     fn minimal() -> ExperimentCampaignSpec {
         serde_json::from_value(serde_json::json!({
@@ -890,7 +925,7 @@ mod tests {
 
     #[test]
     fn crd_has_names_columns_and_status() {
-        let crd = ExperimentCampaign::crd();
+        let crd = definition();
         assert_eq!(
             crd.metadata.name.as_deref(),
             Some("experimentcampaigns.autoresearch.obol.org")
