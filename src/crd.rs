@@ -516,6 +516,10 @@ pub struct ExperimentCampaignStatus {
     /// Experiments that failed (worker error, timeout, invalid answer).
     #[serde(default)]
     pub failed: u32,
+    /// Attempts that failed on the worker's side (error, timeout, busy, invalid answer); the
+    /// experiment went to another worker when nothing was paid.
+    #[serde(default)]
+    pub worker_failures: u32,
     /// USDC paid, settled or not, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent: Option<String>,
@@ -535,6 +539,9 @@ pub struct ExperimentCampaignStatus {
     /// voucher is re-sent or the result fetched, never a second one signed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ledger: Vec<LedgerEntry>,
+    /// Experiments proposed and waiting for a worker (bounded by parallelism).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingExperiment>,
     /// Strategy state (cursor, current step), opaque to users.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub strategy_state: BTreeMap<String, String>,
@@ -598,19 +605,50 @@ pub struct LedgerEntry {
     pub experiment_id: String,
     /// Worker endpoint.
     pub worker: String,
+    /// ERC-8004 agent id of the worker, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<u64>,
     /// Price in atomic USDC units (6 decimals).
     pub amount: String,
-    /// ERC-3009 nonce (0x + 32 bytes).
+    /// ERC-3009 nonce (0x + 32 bytes): the chain settles it at most once.
     pub nonce: String,
-    /// The base64 payment header, once signed: re-sent as is after a crash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payment: Option<String>,
+    /// The signed x402 payment header (base64): re-sent as is after a crash, never signed anew.
+    pub payment: String,
+    /// Unix time after which the voucher can no longer settle.
+    pub valid_before: u64,
     /// The config being run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// Attempts so far, this one included (failed attempts that paid nothing are retried).
+    #[serde(default = "one")]
+    pub attempt: u32,
     /// When the experiment was started (RFC 3339).
     pub started_at: String,
+}
+
+/// An experiment proposed (THINK) and not yet started on a worker (CLAIM). Persisted so that a
+/// strategy's cursor and its proposals never disagree after a restart, and so that an attempt
+/// that failed without paying can go to another worker.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingExperiment {
+    /// Experiment id.
+    pub experiment_id: String,
+    /// The config to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub config: Option<Value>,
+    /// Attempts already made (0 for a fresh proposal).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Workers that failed this experiment; it goes elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The CRD as installed: the derived one, with descriptions unwrapped. Doc comments are wrapped at

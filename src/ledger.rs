@@ -1,0 +1,698 @@
+//! The campaign's books: pure transitions of `ExperimentCampaignStatus` that enforce the money
+//! invariants. Nothing here does I/O, so each rule is unit-tested directly; the controller and the
+//! `loop` command apply these transitions to the status they persist.
+//!
+//! The life of an experiment in status:
+//! `pending` (proposed) → `ledger` (voucher signed and reserved against the budget, written before
+//! it is sent) → counted in `succeeded`/`failed`, `spent`, `leaderboard` (and removed from the
+//! ledger in the same write, so it is counted exactly once). An attempt that fails on the worker's
+//! side without paying goes back to `pending` to be tried on another worker.
+
+use crate::crd::{
+    ExperimentCampaignSpec, ExperimentCampaignStatus, LEADERBOARD_SIZE, LedgerEntry,
+    PendingExperiment, Phase, ResultSummary, SpecError,
+};
+use crate::usdc::Usdc;
+
+/// Attempts per experiment before it is recorded as failed.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The limits a campaign's spec sets, parsed once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// `budget.total`.
+    pub total: Usdc,
+    /// `budget.maxPricePerExperiment`.
+    pub max_price: Usdc,
+    /// `maxExperiments`.
+    pub max_experiments: u32,
+    /// `parallelism`.
+    pub parallelism: u32,
+    /// `maxFailedExperiments`.
+    pub max_failed: u32,
+    /// `objective.goal`.
+    pub goal: Option<f64>,
+}
+
+impl Limits {
+    /// Parses and checks the spec's limits.
+    pub fn from_spec(spec: &ExperimentCampaignSpec) -> Result<Self, SpecError> {
+        let (total, max_price) = spec.validate()?;
+        Ok(Self {
+            total,
+            max_price,
+            max_experiments: spec.max_experiments,
+            parallelism: spec.parallelism,
+            max_failed: spec.max_failed_experiments,
+            goal: spec.objective.goal,
+        })
+    }
+}
+
+/// Why a reservation was refused. Each is a normal outcome, not a bug: the caller drops the
+/// (unsent) voucher and tries again later or stops.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The experiment is already in flight or finished.
+    #[error("experiment {0} is already in flight or finished")]
+    Duplicate(String),
+    /// The price is above `maxPricePerExperiment`.
+    #[error("price {asked} USDC is above maxPricePerExperiment {max} USDC")]
+    OverMaxPrice {
+        /// What the worker asked.
+        asked: Usdc,
+        /// The campaign's cap.
+        max: Usdc,
+    },
+    /// Spent plus in flight plus this price would exceed the total.
+    #[error("price {asked} USDC is more than the {left} USDC left in the budget")]
+    OverBudget {
+        /// What the worker asked.
+        asked: Usdc,
+        /// What is left after spent and in-flight amounts.
+        left: Usdc,
+    },
+    /// `parallelism` experiments are already running.
+    #[error("{0} experiments are already running (parallelism)")]
+    NoSlot(u32),
+    /// Finished plus running experiments already reach `maxExperiments`.
+    #[error("maxExperiments {0} reached")]
+    MaxExperiments(u32),
+    /// The status carries an amount this version cannot read; spending stops rather than guess.
+    #[error("status amount {0:?} is unreadable; refusing to spend")]
+    Unreadable(String),
+}
+
+/// USDC spent so far (settled or possibly settled).
+pub fn spent(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
+    match &status.spent {
+        None => Ok(Usdc::ZERO),
+        Some(s) => s.parse().map_err(|_| Refusal::Unreadable(s.clone())),
+    }
+}
+
+/// USDC reserved by experiments in flight.
+pub fn in_flight(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
+    status.ledger.iter().try_fold(Usdc::ZERO, |sum, e| {
+        let amount =
+            Usdc::parse_atomic(&e.amount).map_err(|_| Refusal::Unreadable(e.amount.clone()))?;
+        sum.checked_add(amount)
+            .ok_or_else(|| Refusal::Unreadable(e.amount.clone()))
+    })
+}
+
+/// What the budget still allows: total − spent − in flight.
+pub fn budget_left(status: &ExperimentCampaignStatus, limits: &Limits) -> Result<Usdc, Refusal> {
+    let committed = spent(status)?
+        .checked_add(in_flight(status)?)
+        .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
+    Ok(limits.total.saturating_sub(committed))
+}
+
+/// Experiments with a final answer.
+pub fn finished(status: &ExperimentCampaignStatus) -> u32 {
+    status.succeeded + status.failed
+}
+
+/// Whether an experiment id is pending, in flight, or among the top results.
+/// (The full history is in results.jsonl; the engine checks that too.)
+pub fn knows(status: &ExperimentCampaignStatus, experiment_id: &str) -> bool {
+    status
+        .ledger
+        .iter()
+        .any(|e| e.experiment_id == experiment_id)
+        || status
+            .pending
+            .iter()
+            .any(|p| p.experiment_id == experiment_id)
+}
+
+/// Adds proposals to `pending`, skipping ids already known. Returns how many were added.
+pub fn propose(status: &mut ExperimentCampaignStatus, proposals: Vec<PendingExperiment>) -> usize {
+    let mut added = 0;
+    for p in proposals {
+        if !knows(status, &p.experiment_id) {
+            status.pending.push(p);
+            added += 1;
+        }
+    }
+    added
+}
+
+/// How many more experiments may be started now (parallelism and maxExperiments).
+pub fn free_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
+    let running = status.ledger.len() as u32;
+    let by_parallelism = limits.parallelism.saturating_sub(running);
+    let by_max = limits
+        .max_experiments
+        .saturating_sub(finished(status) + running);
+    by_parallelism.min(by_max)
+}
+
+/// Reserves a signed voucher against the budget before it is sent (design invariants 1 and 2).
+/// The entry's experiment leaves `pending`. Nothing is changed on refusal.
+pub fn reserve(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    entry: LedgerEntry,
+) -> Result<(), Refusal> {
+    if status
+        .ledger
+        .iter()
+        .any(|e| e.experiment_id == entry.experiment_id)
+    {
+        return Err(Refusal::Duplicate(entry.experiment_id));
+    }
+    let asked =
+        Usdc::parse_atomic(&entry.amount).map_err(|_| Refusal::Unreadable(entry.amount.clone()))?;
+    if asked > limits.max_price {
+        return Err(Refusal::OverMaxPrice {
+            asked,
+            max: limits.max_price,
+        });
+    }
+    let left = budget_left(status, limits)?;
+    if asked > left {
+        return Err(Refusal::OverBudget { asked, left });
+    }
+    let running = status.ledger.len() as u32;
+    if running >= limits.parallelism {
+        return Err(Refusal::NoSlot(running));
+    }
+    if finished(status) + running >= limits.max_experiments {
+        return Err(Refusal::MaxExperiments(limits.max_experiments));
+    }
+    status
+        .pending
+        .retain(|p| p.experiment_id != entry.experiment_id);
+    status.ledger.push(entry);
+    status.submitted += 1;
+    refresh_derived(status, limits);
+    Ok(())
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The worker ran the experiment and gave a valid answer: a finite, non-negative val_bpb
+    /// for this experiment id (`result`), or a failed run (`None`: train.py crashed or timed out).
+    Finished {
+        /// The result, when the run succeeded.
+        result: Option<ResultSummary>,
+        /// What was paid for it.
+        paid: Usdc,
+    },
+    /// The attempt failed on the worker's side (error, busy, timeout, dropped connection, an
+    /// invalid answer). `paid` is what may have settled: zero only when the gate proved that it
+    /// did not settle.
+    WorkerFailed {
+        /// Amount that settled or may have settled.
+        paid: Usdc,
+        /// What went wrong, for the event and the log.
+        reason: String,
+    },
+}
+
+/// What `complete` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted as a result (succeeded or failed experiment).
+    Counted {
+        /// Whether it succeeded.
+        succeeded: bool,
+        /// Whether it is the new best.
+        new_best: bool,
+    },
+    /// The attempt failed without paying; the experiment is pending again for another worker.
+    Retry,
+    /// There was no ledger entry: it was already counted (a replayed completion).
+    AlreadyCounted,
+}
+
+/// Records how an in-flight experiment ended, removing its ledger entry in the same change so
+/// that it is counted exactly once (design invariant 3).
+pub fn complete(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    experiment_id: &str,
+    outcome: Outcome,
+) -> Result<Recorded, Refusal> {
+    let Some(index) = status
+        .ledger
+        .iter()
+        .position(|e| e.experiment_id == experiment_id)
+    else {
+        return Ok(Recorded::AlreadyCounted);
+    };
+    let paid = match &outcome {
+        Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
+    };
+    let new_spent = spent(status)?
+        .checked_add(paid)
+        .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
+    let entry = status.ledger.remove(index);
+    status.spent = Some(new_spent.to_string());
+    let recorded = match outcome {
+        Outcome::Finished {
+            result: Some(result),
+            ..
+        } if is_valid_val_bpb(result.val_bpb) => {
+            status.succeeded += 1;
+            let new_best = add_to_leaderboard(status, result);
+            Recorded::Counted {
+                succeeded: true,
+                new_best,
+            }
+        }
+        Outcome::Finished { .. } => {
+            status.failed += 1;
+            Recorded::Counted {
+                succeeded: false,
+                new_best: false,
+            }
+        }
+        Outcome::WorkerFailed { paid, .. } => {
+            status.worker_failures += 1;
+            // Retrying after a payment that may have settled would pay twice for one
+            // experiment: only an attempt that provably paid nothing goes to another worker.
+            if paid == Usdc::ZERO && entry.attempt < MAX_ATTEMPTS {
+                status.pending.insert(0, retry_of(entry));
+                Recorded::Retry
+            } else {
+                status.failed += 1;
+                Recorded::Counted {
+                    succeeded: false,
+                    new_best: false,
+                }
+            }
+        }
+    };
+    refresh_derived(status, limits);
+    Ok(recorded)
+}
+
+/// A finite, non-negative val_bpb: anything else is a lying or broken worker.
+pub fn is_valid_val_bpb(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+fn retry_of(entry: LedgerEntry) -> PendingExperiment {
+    PendingExperiment {
+        experiment_id: entry.experiment_id,
+        config: entry.config,
+        attempts: entry.attempt,
+        avoid: vec![entry.worker],
+    }
+}
+
+/// Inserts a result into the bounded leaderboard; returns whether it is the new best.
+fn add_to_leaderboard(status: &mut ExperimentCampaignStatus, result: ResultSummary) -> bool {
+    let new_best = status
+        .best
+        .as_ref()
+        .is_none_or(|b| result.val_bpb < b.val_bpb);
+    if status
+        .leaderboard
+        .iter()
+        .any(|r| r.experiment_id == result.experiment_id)
+    {
+        return false;
+    }
+    let at = status
+        .leaderboard
+        .partition_point(|r| r.val_bpb <= result.val_bpb);
+    status.leaderboard.insert(at, result);
+    status.leaderboard.truncate(LEADERBOARD_SIZE);
+    if new_best {
+        status.best = status.leaderboard.first().cloned();
+    }
+    new_best
+}
+
+/// Keeps the display fields (`running`, `progress`, `inFlight`) consistent with the books.
+pub fn refresh_derived(status: &mut ExperimentCampaignStatus, limits: &Limits) {
+    status.running = status.ledger.len() as u32;
+    status.progress = Some(format!("{}/{}", finished(status), limits.max_experiments));
+    status.in_flight = in_flight(status).ok().map(|u| u.to_string());
+    if status.spent.is_none() {
+        status.spent = Some(Usdc::ZERO.to_string());
+    }
+}
+
+/// Why a campaign stops starting experiments, if it does. Derived from the spec every time, so
+/// raising a limit resumes the campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// An experiment reached `objective.goal`.
+    GoalReached,
+    /// `maxExperiments` experiments finished.
+    MaxExperimentsReached,
+    /// `maxFailedExperiments` experiments failed.
+    TooManyFailures,
+    /// Nothing affordable is left in the budget.
+    BudgetExhausted,
+}
+
+impl Stop {
+    /// The phase the campaign ends in once nothing is in flight.
+    pub fn phase(self) -> Phase {
+        match self {
+            Stop::GoalReached | Stop::MaxExperimentsReached => Phase::Succeeded,
+            Stop::TooManyFailures => Phase::Failed,
+            Stop::BudgetExhausted => Phase::BudgetExhausted,
+        }
+    }
+
+    /// Condition reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Stop::GoalReached => "GoalReached",
+            Stop::MaxExperimentsReached => "MaxExperimentsReached",
+            Stop::TooManyFailures => "TooManyFailures",
+            Stop::BudgetExhausted => "BudgetExhausted",
+        }
+    }
+}
+
+/// Whether the campaign is done by its counters (the budget is judged against real prices by
+/// the scheduler, which calls [`budget_stop`]).
+pub fn stop_reason(status: &ExperimentCampaignStatus, limits: &Limits) -> Option<Stop> {
+    if let (Some(goal), Some(best)) = (limits.goal, &status.best)
+        && best.val_bpb <= goal
+    {
+        return Some(Stop::GoalReached);
+    }
+    if status.failed >= limits.max_failed {
+        return Some(Stop::TooManyFailures);
+    }
+    if finished(status) >= limits.max_experiments {
+        return Some(Stop::MaxExperimentsReached);
+    }
+    None
+}
+
+/// The budget stop: nothing in flight and the cheapest acceptable price no longer fits.
+pub fn budget_stop(
+    status: &ExperimentCampaignStatus,
+    limits: &Limits,
+    cheapest: Option<Usdc>,
+) -> bool {
+    let Ok(left) = budget_left(status, limits) else {
+        return true;
+    };
+    let floor = cheapest.unwrap_or(Usdc::from_atomic(1));
+    status.ledger.is_empty() && left < floor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ExperimentCampaignStatus;
+
+    fn limits() -> Limits {
+        Limits {
+            total: "0.05".parse().unwrap(),
+            max_price: "0.02".parse().unwrap(),
+            max_experiments: 4,
+            parallelism: 2,
+            max_failed: 2,
+            goal: Some(0.97),
+        }
+    }
+
+    fn entry(id: &str, amount: u128, attempt: u32) -> LedgerEntry {
+        LedgerEntry {
+            experiment_id: id.into(),
+            worker: format!("http://127.0.0.1:9/{id}"),
+            amount: amount.to_string(),
+            nonce: format!("0x{:064x}", amount),
+            payment: "e30=".into(),
+            valid_before: 1,
+            attempt,
+            ..Default::default()
+        }
+    }
+
+    fn result(id: &str, v: f64) -> ResultSummary {
+        ResultSummary {
+            experiment_id: id.into(),
+            val_bpb: v,
+            worker: "w".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reserve_enforces_price_budget_slots_and_duplicates() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        assert_eq!(
+            reserve(&mut s, &l, entry("a", 20_001, 1)),
+            Err(Refusal::OverMaxPrice {
+                asked: Usdc::from_atomic(20_001),
+                max: Usdc::from_atomic(20_000)
+            })
+        );
+        reserve(&mut s, &l, entry("a", 20_000, 1)).unwrap();
+        assert_eq!(
+            reserve(&mut s, &l, entry("a", 10, 1)),
+            Err(Refusal::Duplicate("a".into()))
+        );
+        reserve(&mut s, &l, entry("b", 20_000, 1)).unwrap();
+        assert_eq!(s.running, 2);
+        assert_eq!(s.in_flight.as_deref(), Some("0.04"));
+        // Budget: 0.05 − 0.04 in flight leaves 0.01, and in-flight amounts count.
+        assert_eq!(
+            reserve(&mut s, &l, entry("c", 10_001, 1)),
+            Err(Refusal::OverBudget {
+                asked: Usdc::from_atomic(10_001),
+                left: Usdc::from_atomic(10_000)
+            })
+        );
+        assert_eq!(
+            reserve(&mut s, &l, entry("c", 10_000, 1)),
+            Err(Refusal::NoSlot(2))
+        );
+    }
+
+    #[test]
+    fn completion_is_counted_once_and_moves_money_from_in_flight_to_spent() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        reserve(&mut s, &l, entry("a", 20_000, 1)).unwrap();
+        let done = Outcome::Finished {
+            result: Some(result("a", 0.99)),
+            paid: Usdc::from_atomic(20_000),
+        };
+        assert_eq!(
+            complete(&mut s, &l, "a", done.clone()),
+            Ok(Recorded::Counted {
+                succeeded: true,
+                new_best: true
+            })
+        );
+        assert_eq!(
+            complete(&mut s, &l, "a", done),
+            Ok(Recorded::AlreadyCounted)
+        );
+        assert_eq!(s.succeeded, 1);
+        assert_eq!(s.spent.as_deref(), Some("0.02"));
+        assert_eq!(s.in_flight.as_deref(), Some("0"));
+        assert_eq!(s.progress.as_deref(), Some("1/4"));
+        assert_eq!(s.best.as_ref().unwrap().experiment_id, "a");
+    }
+
+    #[test]
+    fn spent_plus_in_flight_never_exceeds_total() {
+        // Any sequence of reservations and completions keeps the invariant.
+        let l = Limits {
+            total: Usdc::from_atomic(100),
+            max_price: Usdc::from_atomic(40),
+            max_experiments: 1000,
+            parallelism: 3,
+            max_failed: 1000,
+            goal: None,
+        };
+        let mut s = ExperimentCampaignStatus::default();
+        for i in 0..200u128 {
+            let _ = reserve(&mut s, &l, entry(&format!("e{i}"), 7 + i % 37, 1));
+            if i % 2 == 0 && !s.ledger.is_empty() {
+                let id = s.ledger[0].experiment_id.clone();
+                let amount = Usdc::parse_atomic(&s.ledger[0].amount).unwrap();
+                complete(
+                    &mut s,
+                    &l,
+                    &id,
+                    Outcome::Finished {
+                        result: None,
+                        paid: amount,
+                    },
+                )
+                .unwrap();
+            }
+            let committed = spent(&s)
+                .unwrap()
+                .checked_add(in_flight(&s).unwrap())
+                .unwrap();
+            assert!(committed <= l.total, "step {i}: {committed} > {}", l.total);
+        }
+        assert!(
+            budget_stop(
+                &ExperimentCampaignStatus {
+                    ledger: vec![],
+                    ..s.clone()
+                },
+                &l,
+                Some(Usdc::from_atomic(7))
+            ) || budget_left(&s, &l).unwrap() >= Usdc::from_atomic(7)
+        );
+    }
+
+    #[test]
+    fn a_failed_attempt_that_paid_nothing_is_retried_elsewhere_and_one_that_may_have_paid_is_not() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        reserve(&mut s, &l, entry("a", 10_000, 1)).unwrap();
+        let unpaid = Outcome::WorkerFailed {
+            paid: Usdc::ZERO,
+            reason: "500".into(),
+        };
+        assert_eq!(complete(&mut s, &l, "a", unpaid), Ok(Recorded::Retry));
+        assert_eq!(s.pending[0].attempts, 1);
+        assert_eq!(s.pending[0].avoid, vec!["http://127.0.0.1:9/a".to_string()]);
+        assert_eq!(s.worker_failures, 1);
+        assert_eq!(s.failed, 0);
+
+        reserve(&mut s, &l, entry("a", 10_000, 2)).unwrap();
+        assert!(s.pending.is_empty());
+        let maybe_paid = Outcome::WorkerFailed {
+            paid: Usdc::from_atomic(10_000),
+            reason: "connection dropped".into(),
+        };
+        assert_eq!(
+            complete(&mut s, &l, "a", maybe_paid),
+            Ok(Recorded::Counted {
+                succeeded: false,
+                new_best: false
+            })
+        );
+        assert!(
+            s.pending.is_empty(),
+            "an experiment that may have been paid is not paid again"
+        );
+        assert_eq!(s.spent.as_deref(), Some("0.01"));
+        assert_eq!(s.failed, 1);
+    }
+
+    #[test]
+    fn attempts_are_bounded() {
+        let l = Limits {
+            max_failed: 10,
+            ..limits()
+        };
+        let mut s = ExperimentCampaignStatus::default();
+        for attempt in 1..=MAX_ATTEMPTS {
+            reserve(&mut s, &l, entry("a", 1, attempt)).unwrap();
+            complete(
+                &mut s,
+                &l,
+                "a",
+                Outcome::WorkerFailed {
+                    paid: Usdc::ZERO,
+                    reason: "busy".into(),
+                },
+            )
+            .unwrap();
+        }
+        assert!(s.pending.is_empty());
+        assert_eq!(s.failed, 1);
+        assert_eq!(s.worker_failures, MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn invalid_val_bpb_is_not_a_result() {
+        let l = limits();
+        for bad in [f64::NAN, -0.5, f64::INFINITY] {
+            let mut s = ExperimentCampaignStatus::default();
+            reserve(&mut s, &l, entry("a", 1, 1)).unwrap();
+            complete(
+                &mut s,
+                &l,
+                "a",
+                Outcome::Finished {
+                    result: Some(result("a", bad)),
+                    paid: Usdc::from_atomic(1),
+                },
+            )
+            .unwrap();
+            assert_eq!((s.succeeded, s.failed), (0, 1));
+            assert!(s.best.is_none() && s.leaderboard.is_empty());
+        }
+    }
+
+    #[test]
+    fn leaderboard_is_sorted_bounded_and_best_is_first() {
+        let l = Limits {
+            max_experiments: 100,
+            parallelism: 100,
+            total: Usdc::from_atomic(1_000_000),
+            ..limits()
+        };
+        let mut s = ExperimentCampaignStatus::default();
+        for i in 0..25 {
+            let id = format!("e{i}");
+            reserve(&mut s, &l, entry(&id, 1, 1)).unwrap();
+            let v = 1.0 + ((i * 7) % 25) as f64 / 100.0;
+            complete(
+                &mut s,
+                &l,
+                &id,
+                Outcome::Finished {
+                    result: Some(result(&id, v)),
+                    paid: Usdc::from_atomic(1),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(s.leaderboard.len(), LEADERBOARD_SIZE);
+        assert!(
+            s.leaderboard
+                .windows(2)
+                .all(|w| w[0].val_bpb <= w[1].val_bpb)
+        );
+        assert_eq!(s.best.as_ref().unwrap().val_bpb, 1.0);
+    }
+
+    #[test]
+    fn stop_reasons_follow_the_spec_so_raising_a_limit_resumes() {
+        let mut l = limits();
+        let mut s = ExperimentCampaignStatus {
+            succeeded: 4,
+            ..Default::default()
+        };
+        assert_eq!(stop_reason(&s, &l), Some(Stop::MaxExperimentsReached));
+        l.max_experiments = 10;
+        assert_eq!(stop_reason(&s, &l), None);
+        assert_eq!(free_slots(&s, &l), 2);
+        s.best = Some(result("x", 0.965));
+        assert_eq!(stop_reason(&s, &l), Some(Stop::GoalReached));
+        s.best = None;
+        s.failed = 2;
+        assert_eq!(stop_reason(&s, &l), Some(Stop::TooManyFailures));
+        assert_eq!(Stop::TooManyFailures.phase(), Phase::Failed);
+    }
+
+    #[test]
+    fn unreadable_amounts_stop_spending() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus {
+            spent: Some("lots".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            reserve(&mut s, &l, entry("a", 1, 1)),
+            Err(Refusal::Unreadable(_))
+        ));
+        assert!(budget_stop(&s, &l, None));
+    }
+}
