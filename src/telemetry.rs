@@ -1,0 +1,153 @@
+//! Prometheus metrics, served on `/metrics` by the controller. Every metric is listed, with what
+//! to do about it, in the README's "Metrics" section.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::usdc::Usdc;
+
+/// The controller's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Finished attempts by result: `succeeded`, `failed`, `worker_failure`.
+    pub experiments: IntCounterVec,
+    /// Experiments in flight per campaign.
+    pub in_flight: IntGaugeVec,
+    /// Payments sent, by network.
+    pub payments: IntCounterVec,
+    /// USDC spent (settled or possibly settled), in atomic units, by network.
+    pub usdc_spent_atomic: IntCounterVec,
+    /// Wall time of an experiment from payment to answer.
+    pub experiment_duration: HistogramVec,
+    /// Best val_bpb per campaign.
+    pub best_val_bpb: GaugeVec,
+    /// Discovery failures by source (`scan`, `chain`).
+    pub discovery_errors: IntCounterVec,
+    /// Reconciles by outcome (`ok`, `error`).
+    pub reconciles: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let experiments = IntCounterVec::new(
+            Opts::new("autoresearch_experiments_total", "Finished experiment attempts by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new("autoresearch_experiments_in_flight", "Experiments in flight per campaign"),
+            &["namespace", "campaign"],
+        )
+        .expect("valid metric");
+        let payments = IntCounterVec::new(
+            Opts::new("autoresearch_payments_total", "x402 payments sent to workers"),
+            &["network"],
+        )
+        .expect("valid metric");
+        let usdc_spent_atomic = IntCounterVec::new(
+            Opts::new(
+                "autoresearch_usdc_spent_atomic_total",
+                "USDC spent (settled or possibly settled), in atomic units (1 USDC = 1e6)",
+            ),
+            &["network"],
+        )
+        .expect("valid metric");
+        let experiment_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "autoresearch_experiment_duration_seconds",
+                "Time from payment to the worker's answer",
+            )
+            .buckets(vec![1.0, 5.0, 15.0, 60.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0]),
+            &["result"],
+        )
+        .expect("valid metric");
+        let best_val_bpb = GaugeVec::new(
+            Opts::new("autoresearch_best_val_bpb", "Best val_bpb per campaign (lower is better)"),
+            &["namespace", "campaign"],
+        )
+        .expect("valid metric");
+        let discovery_errors = IntCounterVec::new(
+            Opts::new("autoresearch_discovery_errors_total", "Worker discovery failures by source"),
+            &["source"],
+        )
+        .expect("valid metric");
+        let reconciles = IntCounterVec::new(
+            Opts::new("autoresearch_reconciles_total", "Campaign reconciles by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(experiments.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(in_flight.clone()),
+            Box::new(payments.clone()),
+            Box::new(usdc_spent_atomic.clone()),
+            Box::new(experiment_duration.clone()),
+            Box::new(best_val_bpb.clone()),
+            Box::new(discovery_errors.clone()),
+            Box::new(reconciles.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            experiments,
+            in_flight,
+            payments,
+            usdc_spent_atomic,
+            experiment_duration,
+            best_val_bpb,
+            discovery_errors,
+            reconciles,
+        }
+    }
+
+    /// Records a payment that settled or may have settled.
+    pub fn paid(&self, network: &str, amount: Usdc) {
+        self.payments.with_label_values(&[network]).inc();
+        let atomic = u64::try_from(amount.atomic()).unwrap_or(u64::MAX);
+        self.usdc_spent_atomic.with_label_values(&[network]).inc_by(atomic);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_in_text_format() {
+        let m = Metrics::new();
+        m.experiments.with_label_values(&["succeeded"]).inc();
+        m.paid("base-sepolia", Usdc::from_atomic(10_000));
+        m.best_val_bpb.with_label_values(&["ns", "c"]).set(0.97);
+        m.experiment_duration.with_label_values(&["succeeded"]).observe(2.0);
+        let text = m.render();
+        assert!(text.contains("autoresearch_experiments_total{result=\"succeeded\"} 1"));
+        assert!(text.contains("autoresearch_usdc_spent_atomic_total{network=\"base-sepolia\"} 10000"));
+        assert!(text.contains("autoresearch_best_val_bpb{campaign=\"c\",namespace=\"ns\"} 0.97"));
+        // Every sample line parses as `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "unparseable sample: {line}");
+        }
+    }
+}
