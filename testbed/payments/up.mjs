@@ -143,7 +143,7 @@ async function main() {
     const force = setTimeout(() => { anvil?.stop(); process.exit(code); }, 3000);
     force.unref();
     await Promise.allSettled(closers.map((c) => c()));
-    anvil?.stop();
+    await anvil?.stop();
     process.exit(code);
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));

@@ -96,10 +96,12 @@ export async function startAnvil({ log }) {
     });
     const rpcUrl = `http://127.0.0.1:${port}`;
     let exited = false;
-    child.on("exit", () => { exited = true; });
+    const gone = new Promise((r) => child.on("exit", () => { exited = true; r(); }));
+    // Stops anvil; resolves when the watchdog has exited (reaped by this process).
     const stop = () => {
       try { process.kill(pid, "SIGTERM"); } catch {}
       try { child.stdin.end(); } catch {}
+      return Promise.race([gone, new Promise((r) => setTimeout(r, 2000))]);
     };
     const deadline = Date.now() + 10000;
     while (Date.now() < deadline && !exited) {
