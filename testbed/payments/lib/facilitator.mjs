@@ -8,6 +8,12 @@ import { toFacilitatorEvmSigner } from "@x402/evm";
 import { chainFor, CHAIN_ID } from "./chain.mjs";
 import { listen } from "./http.mjs";
 
+// One line of a (viem) error message: its "Details:" line when there is one.
+const firstLine = (s) => {
+  const lines = String(s ?? "").split("\n").filter((l) => l.trim());
+  return lines.find((l) => l.startsWith("Details:")) ?? lines[0] ?? "";
+};
+
 export async function startFacilitator({ rpcUrl, key, log }) {
   const account = privateKeyToAccount(key, { nonceManager });
   const client = createWalletClient({
@@ -40,10 +46,10 @@ export async function startFacilitator({ rpcUrl, key, log }) {
     if (!p) return;
     try {
       const r = await facilitator.verify(p.paymentPayload, p.paymentRequirements);
-      if (!r.isValid) log(`facilitator: verify rejected: ${r.invalidReason} ${r.invalidMessage ?? ""}`);
+      if (!r.isValid) log(`facilitator: verify rejected: ${r.invalidReason} ${firstLine(r.invalidMessage)}`);
       res.json(r);
     } catch (e) {
-      log(`facilitator: verify error: ${e.message}`);
+      log(`facilitator: verify error: ${firstLine(e.message)}`);
       res.status(500).json({ isValid: false, invalidReason: "unexpected_verify_error", invalidMessage: e.message });
     }
   });
@@ -52,10 +58,10 @@ export async function startFacilitator({ rpcUrl, key, log }) {
     if (!p) return;
     try {
       const r = await facilitator.settle(p.paymentPayload, p.paymentRequirements);
-      if (!r.success) log(`facilitator: settle failed: ${r.errorReason} ${r.errorMessage ?? ""}`);
+      if (!r.success) log(`facilitator: settle failed: ${r.errorReason} ${firstLine(r.errorMessage)}`);
       res.json(r);
     } catch (e) {
-      log(`facilitator: settle error: ${e.message}`);
+      log(`facilitator: settle error: ${firstLine(e.message)}`);
       res.status(500).json({
         success: false,
         errorReason: "unexpected_settle_error",

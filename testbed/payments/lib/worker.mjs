@@ -111,10 +111,9 @@ export async function startWorker({ spec, facilitatorUrl, usdc, log }) {
       ...(failed ? { note: "injected run failure" } : {}),
     };
     // A lying worker: the lie is what it stores and serves, too.
-    let text = JSON.stringify(result);
     if (!failed && faults.lie === "negative") result.val_bpb = -result.val_bpb;
     if (faults.lie === "wrongId") result.experiment_id = `${id}-other`;
-    text = JSON.stringify(result);
+    let text = JSON.stringify(result);
     if (!failed && faults.lie === "nan") {
       // What Python's json.dumps writes for float("nan"): not valid JSON.
       text = text.replace(/"val_bpb":[^,}]+/, '"val_bpb":NaN');

@@ -238,4 +238,12 @@ test("signer modes", async () => {
   const r = await payExperiment(bad, w, body("exp-wrongkey"));
   assert.equal(r.response.status, 402);
   assert.equal(await chain.balance(w.payTo), before);
+
+  // A v = 0/1 voucher passes viem's signature check but not FiatToken's: refused, nothing moves.
+  const o = worker("obol");
+  const obolBefore = await chain.balance(o.payTo);
+  const r01 = await payExperiment(payingClient(remoteSigner(by("v01"))), o, body("exp-v01"));
+  assert.equal(r01.response.status, 402);
+  assert.match(JSON.parse(r01.text).error, /simulation_failed/);
+  assert.equal(await chain.balance(o.payTo), obolBefore);
 });
