@@ -129,8 +129,15 @@ async function waitReady(url, init, okStatus) {
 }
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  const cfg = normalize(loadConfig(args.config));
+  let args;
+  let cfg;
+  try {
+    args = parseArgs(process.argv.slice(2));
+    cfg = normalize(loadConfig(args.config));
+  } catch (e) {
+    log(`bad arguments or config: ${e.message}`);
+    process.exit(2);
+  }
   const t0 = Date.now();
   const closers = [];
   let anvil = null;

@@ -32,7 +32,7 @@ export async function startFacilitator({ rpcUrl, key, log }) {
   registerExactEvmScheme(facilitator, { signer, networks: `eip155:${CHAIN_ID}` });
 
   const app = express();
-  app.use(express.json({ limit: "1mb" }));
+  app.use(express.json({ limit: "1mb", type: () => true }));
   const parse = (req, res) => {
     const { paymentPayload, paymentRequirements } = req.body || {};
     if (!paymentPayload || !paymentRequirements) {

@@ -33,7 +33,7 @@ export async function startSigner({ key, wrongKey, token, mode = "normal" }) {
     }
     next();
   });
-  app.use("/api/v1", express.json({ limit: "1mb" }));
+  app.use("/api/v1", express.json({ limit: "1mb", type: () => true }));
   app.use("/api/v1", (err, req, res, next) => fail(res, 400, "BAD_REQUEST", "invalid JSON body"));
 
   app.get("/api/v1/keys", (req, res) => res.json({ keys: [account.address] }));
