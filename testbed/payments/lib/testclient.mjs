@@ -26,9 +26,10 @@ export function startTestbed(config) {
     const timer = setTimeout(() => reject(new Error(`testbed not ready in 30 s:\n${stderr}`)), 30_000);
     const lines = createInterface({ input: child.stdout });
     let got = false;
+    const extra = [];
     lines.on("line", (line) => {
       if (got) {
-        reject(new Error(`more than one line on stdout: ${line}`));
+        extra.push(line);
         return;
       }
       got = true;
@@ -38,7 +39,7 @@ export function startTestbed(config) {
         child.stdin.end();
         return exited;
       };
-      resolve({ manifest, child, stop, exited, stderr: () => stderr });
+      resolve({ manifest, child, stop, exited, stderr: () => stderr, extraStdout: () => extra });
     });
     child.on("exit", (code) => {
       if (!got) {

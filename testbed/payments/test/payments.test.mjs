@@ -46,6 +46,7 @@ after(async () => {
   const { anvil } = m.pids;
   const exit = await tb.stop();
   assert.equal(exit.code, 0, tb.stderr());
+  assert.deepEqual(tb.extraStdout(), [], "stdout carries only the manifest line");
   await new Promise((r) => setTimeout(r, 300));
   assert.throws(() => process.kill(anvil, 0), "anvil must be gone after the testbed stops");
 });
