@@ -27,9 +27,3 @@ export function listen(app) {
   });
 }
 
-// Express error handler that answers JSON instead of HTML (bad JSON bodies, etc.).
-export function jsonErrors(err, req, res, next) {
-  if (res.headersSent) return next(err);
-  const status = err.status || err.statusCode || 500;
-  res.status(status).json({ error: status === 400 ? "invalid JSON body" : String(err.message || err) });
-}
