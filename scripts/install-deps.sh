@@ -9,10 +9,4 @@ cd "$root"
 bash scripts/build-kube.sh >/dev/null
 
 # Node peers: anvil, Circle's USDC artifacts, the reference x402 facilitator and gates, helm.
-lock_hash=$(sha256sum testbed/package-lock.json | cut -d' ' -f1)
-stamp=testbed/node_modules/.installed-$lock_hash
-if [[ ! -e $stamp ]]; then
-  echo "installing testbed/ npm packages (first run only)" >&2
-  (cd testbed && npm ci --no-audit --no-fund --loglevel=error >&2)
-  touch "$stamp"
-fi
+bash scripts/testbed-install.sh
