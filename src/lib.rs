@@ -14,4 +14,5 @@ pub mod cli;
 pub mod crd;
 pub mod experiment;
 pub mod results;
+pub mod strategy;
 pub mod usdc;
