@@ -190,6 +190,18 @@ pub fn validate(search: &SearchSpec, base: Option<&Value>) -> Result<(), SpecErr
 
 /// Proposes up to `n` new experiments (fewer, possibly none, when the space is exhausted or every
 /// nearby point is in flight). See the module documentation for the contract.
+///
+/// - `search`, `objective`, `base`: the campaign's `spec.search`, `spec.objective` (hillClimb
+///   uses `noiseFloor`) and `spec.baseConfig`.
+/// - `train_py`: the train.py source; it is part of every experiment id.
+/// - `history`: every experiment started so far (in flight, succeeded or failed).
+/// - `state`: `status.strategyState`, read and rewritten (a few dozen bytes).
+/// - `n`: how many experiments the controller can start now (free parallelism). `n = 0` only
+///   updates `state` and reports exhaustion.
+///
+/// Errors when the search cannot run, naming the field (the same checks as [`validate`]).
+/// Cost: a few hashes per proposal; at most a few thousand when the space is nearly used up,
+/// plus one pass over `history` when `state` was lost.
 pub fn propose(
     search: &SearchSpec,
     objective: &ObjectiveSpec,

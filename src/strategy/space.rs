@@ -101,7 +101,7 @@ impl Space {
     pub fn read(&self, config: &Map<String, Value>) -> Vec<Coord> {
         self.dims
             .iter()
-            .map(|d| d.from_json(config.get(&d.name)))
+            .map(|d| d.snap(config.get(&d.name)))
             .collect()
     }
 }
@@ -161,8 +161,8 @@ fn to_unit(x: f64, lo: f64, hi: f64, log: bool) -> f64 {
     let u = if log {
         (x.ln() - lo.ln()) / (hi.ln() - lo.ln())
     } else {
-        // Divide first: `hi - lo` overflows for ranges like -1e308..1e308.
-        x / (hi - lo) - lo / (hi - lo)
+        // Halved so that `hi - lo` cannot overflow for ranges like -1e308..1e308.
+        (x * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
     };
     if u.is_finite() {
         u.clamp(0.0, 1.0)
@@ -210,7 +210,7 @@ impl Dim {
     }
 
     /// Reads a config value, snapping it into the range; unusable values give the middle.
-    pub fn from_json(&self, v: Option<&Value>) -> Coord {
+    pub fn snap(&self, v: Option<&Value>) -> Coord {
         match (&self.kind, v) {
             (DimKind::Choice { values }, Some(v)) => values
                 .iter()
@@ -334,16 +334,6 @@ impl Dim {
                 }
             }
             _ => c,
-        }
-    }
-
-    /// Whether a JSON value is a valid value of this dimension (used by tests and callers that
-    /// want to double-check a config).
-    pub fn admits(&self, v: &Value) -> bool {
-        match &self.kind {
-            DimKind::Float { lo, hi, .. } => v.as_f64().is_some_and(|x| *lo <= x && x <= *hi),
-            DimKind::Int { lo, hi, .. } => v.as_i64().is_some_and(|x| *lo <= x && x <= *hi),
-            DimKind::Choice { values } => values.contains(v),
         }
     }
 }
