@@ -6,12 +6,16 @@
 //!    in unit coordinates, up or down, at least one whole number or one choice.
 //! 3. A result that beats the incumbent by more than `objective.noiseFloor` becomes the incumbent
 //!    (keep); anything else, including a failed experiment, is discarded and counts as a failure.
-//! 4. After [`patience`] failures in a row the step halves, down to a floor.
+//! 4. After [`patience`] failures in a row the step halves; after the smallest step has failed
+//!    as often, it starts over at the first step (a restart: small steps cannot leave a local
+//!    minimum, and a fresh round of neighbours keeps a long campaign from running dry).
 //!
 //! Nothing of this is stored: the incumbent, step and failure count are recomputed by replaying
-//! the history in arrival order, and neighbour `j` of an incumbent at a step size is derived from
-//! `(seed, incumbent id, step level, j)`. So the strategy is idempotent, restarts exactly where it
+//! the history in arrival order, and neighbour `j` of an incumbent in shrink round `r` is derived
+//! from `(seed, incumbent id, r, j)`. So the strategy is idempotent, restarts exactly where it
 //! was, and with experiments in flight simply takes the next neighbour that is not in history.
+//! Each round has its own neighbours, so a call skips only the few of the current round that
+//! have already started (about `patience` plus those in flight), however long the campaign.
 
 use std::collections::HashSet;
 
@@ -22,10 +26,10 @@ use crate::crd::ObjectiveSpec;
 
 /// First step: a quarter of each range.
 const INITIAL_STEP: f64 = 0.25;
-/// The step halves this many times at most (0.25 / 2^6 ≈ 0.4 % of a range).
-const MAX_LEVEL: u32 = 6;
-/// Neighbours examined per step size and call before giving up on that step size.
-const TRIES_PER_LEVEL: usize = 256;
+/// Step sizes before starting over: 0.25 down to 0.25 / 2^6 ≈ 0.4 % of a range.
+const LEVELS: u64 = 7;
+/// Neighbours examined per round and call before trying the next round.
+const TRIES_PER_ROUND: usize = 256;
 
 /// What a hill-climbing call decided.
 pub(super) struct Climb {
@@ -42,14 +46,16 @@ fn patience(dims: usize) -> u32 {
     (dims as u32).clamp(2, 8) + 2
 }
 
-fn step_at(level: u32) -> f64 {
-    INITIAL_STEP / f64::from(1u32 << level)
+/// The step in shrink round `round`.
+fn step_at(round: u64) -> f64 {
+    INITIAL_STEP / (1u64 << (round % LEVELS)) as f64
 }
 
-/// The incumbent and step after replaying every finished trial in arrival order.
+/// The incumbent and shrink round after replaying every finished trial in arrival order.
 struct Replay<'h> {
     incumbent: Option<(&'h Trial, f64)>,
-    level: u32,
+    /// How often the step has shrunk (or started over) since the campaign began.
+    round: u64,
 }
 
 fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
@@ -59,7 +65,7 @@ fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
         0.0
     };
     let mut incumbent: Option<(&Trial, f64)> = None;
-    let mut level = 0;
+    let mut round = 0;
     let mut failures = 0;
     for trial in history.trials() {
         let improved = match (trial.outcome, incumbent) {
@@ -76,12 +82,12 @@ fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
         } else {
             failures += 1;
             if failures >= patience {
-                level = (level + 1).min(MAX_LEVEL);
+                round += 1;
                 failures = 0;
             }
         }
     }
-    Replay { incumbent, level }
+    Replay { incumbent, round }
 }
 
 pub(super) fn propose(
@@ -112,15 +118,13 @@ pub(super) fn propose(
         offer(center_proposal.clone(), &mut proposals);
     }
     let center_key = rng::hash_str(&center_proposal.experiment_id);
-    // The current step first; then smaller ones, then larger ones, so a neighbourhood that is
-    // used up (small discrete spaces, many experiments in flight) does not stall the campaign.
-    let levels = (state.level..=MAX_LEVEL).chain((0..state.level).rev());
-    for level in levels {
+    // The current round first, then the next ones (every step size once), so a neighbourhood
+    // that is used up (small discrete spaces, many experiments in flight) does not stall.
+    for round in state.round..state.round + LEVELS {
         let mut j = 0;
-        while proposals.len() < n && j < TRIES_PER_LEVEL {
-            let mut rng =
-                SplitMix64::new(rng::key(&[seed, center_key, u64::from(level), j as u64]));
-            let coords = neighbour(space, &center, step_at(level), &mut rng);
+        while proposals.len() < n && j < TRIES_PER_ROUND {
+            let mut rng = SplitMix64::new(rng::key(&[seed, center_key, round, j as u64]));
+            let coords = neighbour(space, &center, step_at(round), &mut rng);
             offer(
                 setup.proposal(space.layer(&setup.base, &coords)),
                 &mut proposals,
@@ -135,7 +139,7 @@ pub(super) fn propose(
             exhausted,
         },
         center: center_proposal.experiment_id,
-        step: step_at(state.level),
+        step: step_at(state.round),
     }
 }
 

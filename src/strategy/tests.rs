@@ -77,6 +77,8 @@ struct Sim {
     /// Before every call, round-trip the state through JSON and rebuild the history from its
     /// trials, as a restarted controller would (from status, results.jsonl and the ledger).
     restart_every_call: bool,
+    /// hillClimb's step after each call, consecutive repeats removed.
+    steps: Vec<String>,
 }
 
 impl Sim {
@@ -91,6 +93,7 @@ impl Sim {
             started: vec![],
             order,
             restart_every_call: false,
+            steps: vec![],
         }
     }
 
@@ -101,7 +104,7 @@ impl Sim {
             self.state = serde_json::from_str(&saved).unwrap();
             self.history = self.history.trials().iter().cloned().collect();
         }
-        propose(
+        let batch = propose(
             &self.search,
             &ObjectiveSpec::default(),
             Some(&self.base),
@@ -110,7 +113,13 @@ impl Sim {
             &mut self.state,
             n,
         )
-        .unwrap()
+        .unwrap();
+        if let Some(step) = self.state.get(STATE_STEP)
+            && self.steps.last() != Some(step)
+        {
+            self.steps.push(step.clone());
+        }
+        batch
     }
 
     /// Starts what the strategy proposes, checking every proposal on the way.
@@ -476,6 +485,19 @@ fn hill_climb_shrinks_its_step_after_failures() {
     }
     sim.propose(1);
     assert_eq!(sim.state[STATE_STEP], "0.125000");
+}
+
+#[test]
+fn hill_climb_keeps_going_in_a_long_campaign() {
+    // Far beyond the point where it has converged and every step size has failed many times.
+    let mut sim = Sim::new(search(Strategy::HillClimb, 8), base());
+    sim.run(600, 4);
+    assert_eq!(sim.started.len(), 600);
+    assert!(!sim.propose(4).exhausted);
+    // The step went round: 0.25 halving down to 0.25 / 64, then starting over.
+    let smallest = sim.steps.iter().position(|s| s == "0.003906").unwrap();
+    assert_eq!(sim.steps[smallest + 1], "0.250000", "{:?}", sim.steps);
+    assert_eq!(sim.steps[smallest - 1], "0.007812");
 }
 
 #[test]
