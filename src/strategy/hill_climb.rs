@@ -68,16 +68,16 @@ fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
     let mut round = 0;
     let mut failures = 0;
     for trial in history.trials() {
-        let improved = match (trial.outcome, incumbent) {
+        let kept = match (trial.outcome, incumbent) {
             (Outcome::InFlight, _) => continue,
-            (Outcome::Succeeded(v), None) if v.is_finite() => true,
-            (Outcome::Succeeded(v), Some((_, best))) if v.is_finite() => v < best - noise_floor,
-            _ => false,
-        };
-        if improved {
-            if let Outcome::Succeeded(v) = trial.outcome {
-                incumbent = Some((trial, v));
+            (Outcome::Succeeded(v), None) if v.is_finite() => Some(v),
+            (Outcome::Succeeded(v), Some((_, best))) if v.is_finite() && v < best - noise_floor => {
+                Some(v)
             }
+            _ => None,
+        };
+        if let Some(v) = kept {
+            incumbent = Some((trial, v));
             failures = 0;
         } else {
             failures += 1;

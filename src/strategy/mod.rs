@@ -227,7 +227,7 @@ pub fn propose(
     state.insert(STATE_STRATEGY.into(), strategy_name(search.strategy).into());
     state.insert(STATE_FINGERPRINT.into(), fingerprint);
 
-    let batch = match search.strategy {
+    let (batch, next) = match search.strategy {
         Strategy::HillClimb => {
             let climb = hill_climb::propose(&setup, search.seed, objective, history, n);
             state.insert(STATE_CENTER.into(), climb.center);
@@ -253,8 +253,8 @@ pub fn propose(
             setup.walk(history, cursor, None, n, item)
         }
     };
-    state.insert(STATE_NEXT.into(), batch.1.to_string());
-    Ok(batch.0)
+    state.insert(STATE_NEXT.into(), next.to_string());
+    Ok(batch)
 }
 
 fn strategy_name(s: Strategy) -> &'static str {
