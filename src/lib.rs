@@ -15,4 +15,5 @@ pub mod crd;
 pub mod experiment;
 pub mod ledger;
 pub mod results;
+pub mod strategy;
 pub mod usdc;

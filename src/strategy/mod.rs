@@ -1,0 +1,413 @@
+//! THINK: choose the next experiments of a campaign.
+//!
+//! [`propose`] is called from the reconcile loop, so it is pure, deterministic and free of I/O:
+//! its answer depends only on the spec, the train.py, the [`History`] of experiments and a small
+//! string map of [`State`] that the controller keeps in `status.strategyState`.
+//!
+//! # Contract
+//!
+//! - Every proposal is `baseConfig` with each search parameter set under its name (list entries
+//!   are merged onto `baseConfig` key by key). Floats are rounded to 6 significant digits, ints
+//!   are JSON integers, choices are one of `values`, and everything lies within `min..=max`.
+//! - No proposal has an experiment id that is in `history`, and a batch has no duplicates, so the
+//!   same (train.py, config) is never proposed twice (design invariant 4). Put every experiment in
+//!   `history` as soon as it is started, and keep it there (in flight, succeeded or failed).
+//! - `propose` is idempotent: called again with the same history it proposes the same experiments.
+//!   Proposals the controller did not start (no worker, budget) are therefore not lost; they come
+//!   back on the next call.
+//! - `state` is a cache, not a source of truth: it holds a cursor so that a long campaign does not
+//!   rescan its history, and a fingerprint of the search so that a changed spec starts over.
+//!   Losing it costs time, never correctness; after a restart with `state` restored and `history`
+//!   rebuilt the strategy continues exactly where it was.
+//! - `hillClimb` replays `history` in order to find its incumbent, so history must list finished
+//!   experiments in the order their results arrived (the order of results.jsonl); in-flight ones
+//!   may be anywhere.
+//!
+//! # Strategies
+//!
+//! - `list`: `search.experiments` in order; exhausted after the last one.
+//! - `grid`: every combination of the parameters' grid points (`gridPoints` per range, every
+//!   value of a choice), the last parameter varying fastest; exhausted after the last one.
+//! - `random`: independent uniform samples (log-uniform on a log scale), draw `k` derived from
+//!   `(seed, k)` alone.
+//! - `hillClimb`: see [`hill_climb`].
+
+mod hill_climb;
+pub mod landscape;
+mod rng;
+mod space;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use crate::crd::{ObjectiveSpec, SearchSpec, SpecError, Strategy};
+use crate::experiment::experiment_id;
+use rng::SplitMix64;
+use space::{Coord, Space};
+
+/// Strategy state persisted by the controller in `status.strategyState` (a few dozen bytes).
+pub type State = BTreeMap<String, String>;
+
+/// State key: name of the strategy that wrote the state.
+pub const STATE_STRATEGY: &str = "strategy";
+/// State key: fingerprint of (train.py, search, baseConfig); a different one resets the cursor.
+pub const STATE_FINGERPRINT: &str = "fingerprint";
+/// State key: list/grid/random cursor, the first entry not yet in history.
+pub const STATE_NEXT: &str = "next";
+/// State key (hillClimb, informational): experiment id of the incumbent, or of the start point.
+pub const STATE_CENTER: &str = "center";
+/// State key (hillClimb, informational): current step, in unit coordinates of each range.
+pub const STATE_STEP: &str = "step";
+
+/// Upper bound on candidates examined per call beyond those already in history, so a nearly
+/// exhausted space costs milliseconds, not a hang.
+const MAX_TRIES: usize = 4096;
+
+/// A new experiment to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    /// The config to send to the worker: `baseConfig` with the parameters layered on top.
+    pub config: Value,
+    /// `experiment_id(train_py, config)`.
+    pub experiment_id: String,
+}
+
+/// What [`propose`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Up to `n` new experiments, in the order they should start.
+    pub proposals: Vec<Proposal>,
+    /// Nothing will be proposed beyond `proposals`: the campaign is complete once they and the
+    /// experiments in flight have finished. `list` and `grid` set it when they reach their end;
+    /// `random` when it finds no unseen point within its bounded number of tries; `hillClimb` when
+    /// it finds no unseen neighbour at any step size and nothing is in flight that could move it.
+    pub exhausted: bool,
+}
+
+/// How an experiment in [`History`] ended, if it has.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    /// Started, no result yet.
+    InFlight,
+    /// Finished with this `val_bpb`.
+    Succeeded(f64),
+    /// Finished without a usable result (worker error, timeout, invalid answer).
+    Failed,
+}
+
+/// One experiment the campaign has started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trial {
+    /// Its experiment id.
+    pub experiment_id: String,
+    /// The config it ran with (hillClimb moves around the incumbent's config).
+    pub config: Value,
+    /// How it ended, if it has.
+    pub outcome: Outcome,
+}
+
+/// Every experiment the campaign has started: finished ones in the order their results arrived,
+/// and those in flight.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    trials: Vec<Trial>,
+    ids: HashSet<String>,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a trial. A trial whose id is already present replaces it and moves to the end, so a
+    /// result recorded for an in-flight experiment takes its place in arrival order.
+    pub fn record(&mut self, trial: Trial) {
+        if !self.ids.insert(trial.experiment_id.clone()) {
+            self.trials
+                .retain(|t| t.experiment_id != trial.experiment_id);
+        }
+        self.trials.push(trial);
+    }
+
+    /// Whether an experiment id has been started (in flight or finished).
+    pub fn contains(&self, experiment_id: &str) -> bool {
+        self.ids.contains(experiment_id)
+    }
+
+    /// The trials, finished ones in arrival order.
+    pub fn trials(&self) -> &[Trial] {
+        &self.trials
+    }
+
+    /// Number of trials.
+    pub fn len(&self) -> usize {
+        self.trials.len()
+    }
+
+    /// Whether no experiment has been started.
+    pub fn is_empty(&self) -> bool {
+        self.trials.is_empty()
+    }
+
+    /// Whether any experiment is in flight.
+    pub fn has_in_flight(&self) -> bool {
+        self.trials.iter().any(|t| t.outcome == Outcome::InFlight)
+    }
+
+    /// The lowest finite `val_bpb` so far, and its trial (the earliest on ties).
+    pub fn best(&self) -> Option<(&Trial, f64)> {
+        self.trials
+            .iter()
+            .filter_map(|t| match t.outcome {
+                Outcome::Succeeded(v) if v.is_finite() => Some((t, v)),
+                _ => None,
+            })
+            .fold(None, |best: Option<(&Trial, f64)>, (t, v)| match best {
+                Some((_, b)) if b <= v => best,
+                _ => Some((t, v)),
+            })
+    }
+}
+
+impl FromIterator<Trial> for History {
+    fn from_iter<I: IntoIterator<Item = Trial>>(iter: I) -> Self {
+        let mut history = History::new();
+        for trial in iter {
+            history.record(trial);
+        }
+        history
+    }
+}
+
+/// Checks that a search can run; [`propose`] returns the same errors. The messages name the field.
+pub fn validate(search: &SearchSpec, base: Option<&Value>) -> Result<(), SpecError> {
+    Setup::new(search, base, "").map(|_| ())
+}
+
+/// Proposes up to `n` new experiments (fewer, possibly none, when the space is exhausted or every
+/// nearby point is in flight). See the module documentation for the contract.
+///
+/// - `search`, `objective`, `base`: the campaign's `spec.search`, `spec.objective` (hillClimb
+///   uses `noiseFloor`) and `spec.baseConfig`.
+/// - `train_py`: the train.py source; it is part of every experiment id.
+/// - `history`: every experiment started so far (in flight, succeeded or failed).
+/// - `state`: `status.strategyState`, read and rewritten (a few dozen bytes).
+/// - `n`: how many experiments the controller can start now (free parallelism). `n = 0` only
+///   updates `state` and reports exhaustion.
+///
+/// Errors when the search cannot run, naming the field (the same checks as [`validate`]).
+/// Cost: a few hashes per proposal; at most a few thousand when the space is nearly used up,
+/// plus one pass over `history` when `state` was lost.
+pub fn propose(
+    search: &SearchSpec,
+    objective: &ObjectiveSpec,
+    base: Option<&Value>,
+    train_py: &str,
+    history: &History,
+    state: &mut State,
+    n: usize,
+) -> Result<Batch, SpecError> {
+    let setup = Setup::new(search, base, train_py)?;
+    let fingerprint = setup.fingerprint(search);
+    let same_search = state.get(STATE_FINGERPRINT) == Some(&fingerprint)
+        && state.get(STATE_STRATEGY).map(String::as_str) == Some(strategy_name(search.strategy));
+    let cursor = if same_search {
+        state
+            .get(STATE_NEXT)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    state.clear();
+    state.insert(STATE_STRATEGY.into(), strategy_name(search.strategy).into());
+    state.insert(STATE_FINGERPRINT.into(), fingerprint);
+
+    let (batch, next) = match search.strategy {
+        Strategy::HillClimb => {
+            let climb = hill_climb::propose(&setup, search.seed, objective, history, n);
+            state.insert(STATE_CENTER.into(), climb.center);
+            state.insert(STATE_STEP.into(), format!("{:.6}", climb.step));
+            return Ok(climb.batch);
+        }
+        Strategy::List => {
+            let len = search.experiments.len() as u128;
+            let item = |k: u128| setup.list_entry(&search.experiments[k as usize]);
+            setup.walk(history, cursor, Some(len), n, item)
+        }
+        Strategy::Grid => {
+            let axes: Vec<Vec<Coord>> = setup.space.dims.iter().map(|d| d.grid()).collect();
+            let len = axes
+                .iter()
+                .try_fold(1u128, |acc, a| acc.checked_mul(a.len() as u128));
+            // A grid too large to count (over 2^128 points) is never exhausted in practice.
+            let item = |k: u128| setup.grid_point(&axes, k);
+            setup.walk(history, cursor, Some(len.unwrap_or(u128::MAX)), n, item)
+        }
+        Strategy::Random => {
+            let item = |k: u128| setup.random_point(search.seed, k);
+            setup.walk(history, cursor, None, n, item)
+        }
+    };
+    state.insert(STATE_NEXT.into(), next.to_string());
+    Ok(batch)
+}
+
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::List => "list",
+        Strategy::Grid => "grid",
+        Strategy::Random => "random",
+        Strategy::HillClimb => "hillClimb",
+    }
+}
+
+/// What every strategy needs: the validated space, the base config and train.py.
+struct Setup<'a> {
+    space: Space,
+    base: Map<String, Value>,
+    train_py: &'a str,
+}
+
+impl<'a> Setup<'a> {
+    fn new(
+        search: &SearchSpec,
+        base: Option<&Value>,
+        train_py: &'a str,
+    ) -> Result<Self, SpecError> {
+        let base = match base {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map.clone(),
+            Some(_) => return Err(spec_error("baseConfig", "must be a JSON object")),
+        };
+        match search.strategy {
+            Strategy::List if search.experiments.is_empty() => {
+                return Err(spec_error(
+                    "search.experiments",
+                    "strategy list needs at least one entry in search.experiments",
+                ));
+            }
+            Strategy::Grid | Strategy::Random | Strategy::HillClimb
+                if search.parameters.is_empty() =>
+            {
+                return Err(spec_error(
+                    "search.parameters",
+                    "strategies grid, random and hillClimb need at least one entry in search.parameters",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(i) = search.experiments.iter().position(|e| !e.is_object()) {
+            return Err(spec_error(
+                &format!("search.experiments[{i}]"),
+                "must be a JSON object",
+            ));
+        }
+        Ok(Self {
+            space: Space::new(&search.parameters)?,
+            base,
+            train_py,
+        })
+    }
+
+    /// Identifies the sequence a cursor points into: the same train.py, search and base config.
+    fn fingerprint(&self, search: &SearchSpec) -> String {
+        let key = serde_json::json!({
+            "search": serde_json::to_value(search).unwrap_or(Value::Null),
+            "base": Value::Object(self.base.clone()),
+        });
+        experiment_id(self.train_py, &key)["exp-".len()..].to_string()
+    }
+
+    fn proposal(&self, config: Value) -> Proposal {
+        Proposal {
+            experiment_id: experiment_id(self.train_py, &config),
+            config,
+        }
+    }
+
+    /// A list entry merged onto the base config, key by key.
+    fn list_entry(&self, entry: &Value) -> Value {
+        let mut config = self.base.clone();
+        if let Value::Object(entry) = entry {
+            config.extend(entry.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Value::Object(config)
+    }
+
+    /// Grid point `k`: mixed-radix digits of `k`, the last parameter varying fastest.
+    fn grid_point(&self, axes: &[Vec<Coord>], mut k: u128) -> Value {
+        let mut coords = vec![Coord::Choice(0); axes.len()];
+        for (slot, axis) in coords.iter_mut().zip(axes).rev() {
+            let len = axis.len() as u128;
+            *slot = axis[(k % len) as usize];
+            k /= len;
+        }
+        self.space.layer(&self.base, &coords)
+    }
+
+    /// Random draw `k`, derived from `(seed, k)` alone so any draw can be recomputed.
+    fn random_point(&self, seed: u64, k: u128) -> Value {
+        let mut rng = SplitMix64::new(rng::key(&[seed, (k >> 64) as u64, k as u64]));
+        let coords: Vec<Coord> = self.space.dims.iter().map(|d| d.sample(&mut rng)).collect();
+        self.space.layer(&self.base, &coords)
+    }
+
+    /// Walks an indexed sequence from `cursor`, skipping what is in history, until `n` proposals,
+    /// the end, or the try limit. Returns the batch and the new cursor: the first index not yet in
+    /// history (proposals do not advance it, so an unstarted proposal is proposed again).
+    fn walk(
+        &self,
+        history: &History,
+        cursor: u128,
+        end: Option<u128>,
+        n: usize,
+        item: impl Fn(u128) -> Value,
+    ) -> (Batch, u128) {
+        // After a lost state the cursor is 0 and everything in history must be skipped again.
+        let max_tries = MAX_TRIES + history.len() + n;
+        let mut proposals: Vec<Proposal> = Vec::new();
+        let mut batch_ids = HashSet::new();
+        let mut next = cursor;
+        let mut k = cursor;
+        let mut tries = 0;
+        // Past `n` proposals, keep going only while the cursor can still advance (so that even
+        // `n = 0` moves it past what has started, and reports exhaustion).
+        while (proposals.len() < n || k == next) && end.is_none_or(|e| k < e) && tries < max_tries {
+            let p = self.proposal(item(k));
+            if history.contains(&p.experiment_id) {
+                if next == k {
+                    next = k + 1;
+                }
+            } else if batch_ids.insert(p.experiment_id.clone()) {
+                proposals.push(p);
+            }
+            k += 1;
+            tries += 1;
+        }
+        let at_end = end.is_some_and(|e| k >= e);
+        let exhausted = match end {
+            Some(_) => at_end,
+            // An endless sequence is exhausted when a whole round of tries found nothing new.
+            None => proposals.is_empty() && n > 0,
+        };
+        (
+            Batch {
+                proposals,
+                exhausted,
+            },
+            next,
+        )
+    }
+}
+
+fn spec_error(field: &str, message: &str) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
