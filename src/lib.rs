@@ -13,5 +13,6 @@
 pub mod cli;
 pub mod crd;
 pub mod experiment;
+pub mod payment;
 pub mod results;
 pub mod usdc;
