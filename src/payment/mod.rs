@@ -57,9 +57,9 @@ pub enum Prepared {
     /// A gate asked a price: the chosen requirement and the signed voucher.
     Paid {
         /// The requirement chosen.
-        offer: Offer,
+        offer: Box<Offer>,
         /// The voucher to persist and send.
-        voucher: Voucher,
+        voucher: Box<Voucher>,
     },
     /// The worker answered the probe without asking for payment.
     Free,
@@ -97,7 +97,10 @@ pub async fn prepare(
     };
     let offer = x402::choose(&required, policy)?;
     let voucher = sign_voucher(signer, &offer, terms, unix_now()).await?;
-    Ok(Prepared::Paid { offer, voucher })
+    Ok(Prepared::Paid {
+        offer: Box::new(offer),
+        voucher: Box::new(voucher),
+    })
 }
 
 /// Steps 1–4 for callers that need no persistence between signing and sending (the CLI).
