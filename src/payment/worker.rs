@@ -266,7 +266,8 @@ pub struct WorkerClient {
 
 impl WorkerClient {
     /// A client for `endpoint` (the service URL; a trailing `/experiment` is accepted too).
-    /// Paid runs may take `run_timeout` (plus a minute for the gate's settlement).
+    /// A paid run, including the gate's settlement after it, may take `run_timeout`; after that
+    /// the answer counts as lost and [`WorkerClient::recover`] is the way to find it.
     pub fn new(endpoint: &str, run_timeout: Duration) -> Result<Self, WorkerError> {
         let trimmed = endpoint.trim().trim_end_matches('/');
         let trimmed = trimmed.strip_suffix("/experiment").unwrap_or(trimmed);
@@ -277,7 +278,7 @@ impl WorkerClient {
         Ok(Self {
             endpoint: url,
             quick: http::client(Duration::from_secs(30)),
-            run: http::client(run_timeout + Duration::from_secs(60)),
+            run: http::client(run_timeout),
             run_timeout,
             poll_interval: Duration::from_secs(10),
         })
@@ -359,7 +360,7 @@ impl WorkerClient {
         for (name, value) in voucher.map(Voucher::headers).unwrap_or_default() {
             post = post.header(name, value);
         }
-        let response = send(post, &url, self.run_timeout.as_secs() + 60).await?;
+        let response = send(post, &url, self.run_timeout.as_secs()).await?;
         let status = response.status();
         let settlement = settlement(response.headers());
         let headers = response.headers().clone();
@@ -426,7 +427,7 @@ impl WorkerClient {
     ) -> Result<ExperimentResult, WorkerError> {
         let status_url = self.same_origin(&ticket.status_url)?;
         let result_url = self.same_origin(&ticket.result_url)?;
-        let deadline = tokio::time::Instant::now() + self.run_timeout + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + self.run_timeout;
         loop {
             let response =
                 send(self.quick.get(status_url.as_str()), status_url.as_str(), 30).await?;
@@ -461,7 +462,7 @@ impl WorkerClient {
             if tokio::time::Instant::now() >= deadline {
                 return Err(WorkerError::Timeout {
                     url: status_url.to_string(),
-                    secs: self.run_timeout.as_secs() + 60,
+                    secs: self.run_timeout.as_secs(),
                 });
             }
             tokio::time::sleep(self.poll_interval).await;
