@@ -2,18 +2,23 @@
 //!
 //! The loop, and where each step lives:
 //! - THINK: `strategy` proposes the next experiments;
-//! - CLAIM: `discovery` finds workers, `scheduler` picks one per experiment;
+//! - CLAIM: `discovery` finds workers; `engine` picks one per experiment (cheapest free worker);
 //! - RUN: `payment` signs an ERC-3009 voucher through the remote signer and pays the worker's
-//!   x402 gate;
-//! - PUBLISH: `results` appends to results.jsonl; the controller writes campaign status.
+//!   x402 gate; `engine::run` is the task that does it for one experiment;
+//! - PUBLISH: `results` appends to results.jsonl; `ledger` updates campaign status.
 //!
-//! `crd` is the custom resource; `controller` reconciles it; `cli` exposes the same steps by hand.
-//! The protocol modules know nothing of Kubernetes, so the CLI and the controller share them.
+//! `engine` drives one campaign through those steps for both the controller (`controller`,
+//! status in the API server) and the `loop` command (status in memory). `crd` is the custom
+//! resource; `cli` exposes each step by hand. The protocol modules know nothing of Kubernetes.
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod engine;
 pub mod experiment;
 pub mod ledger;
+pub mod payment;
 pub mod results;
 pub mod strategy;
+pub mod telemetry;
 pub mod usdc;

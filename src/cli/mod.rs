@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod crd;
+mod probe;
+mod submit;
 
 /// Run autoresearch campaigns on paid ERC-8004 GPU workers over x402.
 #[derive(Parser, Debug)]
@@ -22,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the ExperimentCampaign CustomResourceDefinition as YAML.
     Crd,
+    /// Show a worker's x402 price and whether it is free; pays nothing.
+    Probe(probe::ProbeArgs),
+    /// Pay one experiment over x402, run it, print and record the result.
+    Submit(submit::SubmitArgs),
 }
 
 impl Cli {
@@ -43,6 +49,8 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Crd => crd::run(),
+            Command::Probe(args) => probe::run(args).await,
+            Command::Submit(args) => submit::run(args).await,
         }
     }
 }
