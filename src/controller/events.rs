@@ -21,7 +21,13 @@ impl EventSink {
 }
 
 impl crate::engine::Notify for EventSink {
-    async fn notify(&self, notice: Notice) {
+    fn notify(&self, notice: Notice) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.publish(notice))
+    }
+}
+
+impl EventSink {
+    async fn publish(&self, notice: Notice) {
         let event = Event {
             type_: match notice.severity {
                 Severity::Normal => EventType::Normal,

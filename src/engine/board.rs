@@ -1,0 +1,126 @@
+//! The worker board: what this process knows about workers across every campaign. Workers are
+//! single-flight (one experiment at a time), so a worker running any campaign's experiment is
+//! busy for all; a worker that failed cools down; prices seen in 402s are remembered so that
+//! CLAIM can pick the cheapest without probing everyone each time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::usdc::Usdc;
+
+/// How long a failed worker is skipped, doubling per consecutive failure up to [`MAX_COOLDOWN`].
+pub const BASE_COOLDOWN: Duration = Duration::from_secs(30);
+/// Longest cooldown.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+/// How long a price seen in a 402 is trusted.
+pub const PRICE_TTL: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Default)]
+struct WorkerState {
+    busy_with: Option<String>,
+    failures: u32,
+    cool_until: Option<Instant>,
+    price: Option<(Usdc, Instant)>,
+}
+
+/// Shared, in-memory worker state. Lost on restart on purpose: after a restart the ledgers in
+/// campaign status say which workers are busy, and cooldowns start afresh.
+#[derive(Default)]
+pub struct WorkerBoard {
+    workers: Mutex<HashMap<String, WorkerState>>,
+}
+
+impl WorkerBoard {
+    /// Marks `endpoint` busy with `experiment_id` unless it is busy or cooling down.
+    pub fn try_claim(&self, endpoint: &str, experiment_id: &str) -> bool {
+        let mut map = self.workers.lock().expect("board lock");
+        let w = map.entry(endpoint.to_string()).or_default();
+        let cooling = w.cool_until.is_some_and(|t| Instant::now() < t);
+        match (&w.busy_with, cooling) {
+            (None, false) => {
+                w.busy_with = Some(experiment_id.to_string());
+                true
+            }
+            (Some(id), _) if id == experiment_id => true,
+            _ => false,
+        }
+    }
+
+    /// Marks `endpoint` busy with `experiment_id` whatever its state (a ledger entry found after
+    /// a restart is running there, or was).
+    pub fn hold(&self, endpoint: &str, experiment_id: &str) {
+        let mut map = self.workers.lock().expect("board lock");
+        map.entry(endpoint.to_string()).or_default().busy_with = Some(experiment_id.to_string());
+    }
+
+    /// Frees `endpoint` after `experiment_id`; `failed` starts or extends its cooldown.
+    pub fn release(&self, endpoint: &str, experiment_id: &str, failed: bool) {
+        let mut map = self.workers.lock().expect("board lock");
+        let w = map.entry(endpoint.to_string()).or_default();
+        if w.busy_with.as_deref() == Some(experiment_id) {
+            w.busy_with = None;
+        }
+        if failed {
+            w.failures = w.failures.saturating_add(1);
+            let factor = 2u32.saturating_pow(w.failures.saturating_sub(1).min(10));
+            w.cool_until = Some(Instant::now() + (BASE_COOLDOWN * factor).min(MAX_COOLDOWN));
+        } else {
+            w.failures = 0;
+            w.cool_until = None;
+        }
+    }
+
+    /// Remembers the price a worker asked.
+    pub fn note_price(&self, endpoint: &str, price: Usdc) {
+        let mut map = self.workers.lock().expect("board lock");
+        map.entry(endpoint.to_string()).or_default().price = Some((price, Instant::now()));
+    }
+
+    /// The last price seen, if recent.
+    pub fn price(&self, endpoint: &str) -> Option<Usdc> {
+        let map = self.workers.lock().expect("board lock");
+        let (price, at) = map.get(endpoint)?.price?;
+        (at.elapsed() < PRICE_TTL).then_some(price)
+    }
+
+    /// Whether `endpoint` is running an experiment.
+    pub fn is_busy(&self, endpoint: &str) -> bool {
+        let map = self.workers.lock().expect("board lock");
+        map.get(endpoint).is_some_and(|w| w.busy_with.is_some())
+    }
+
+    /// Whether `endpoint` is cooling down after a failure.
+    pub fn is_cooling(&self, endpoint: &str) -> bool {
+        let map = self.workers.lock().expect("board lock");
+        map.get(endpoint).and_then(|w| w.cool_until).is_some_and(|t| Instant::now() < t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_runs_one_experiment_at_a_time_and_cools_down_after_failing() {
+        let board = WorkerBoard::default();
+        assert!(board.try_claim("w", "a"));
+        assert!(board.try_claim("w", "a"), "claiming again for the same experiment is idempotent");
+        assert!(!board.try_claim("w", "b"));
+        board.release("w", "a", true);
+        assert!(!board.is_busy("w"));
+        assert!(board.is_cooling("w"));
+        assert!(!board.try_claim("w", "b"), "a cooling worker is not claimed");
+        board.release("w", "x", false);
+        assert!(!board.is_cooling("w"));
+        assert!(board.try_claim("w", "b"));
+    }
+
+    #[test]
+    fn prices_are_remembered() {
+        let board = WorkerBoard::default();
+        assert_eq!(board.price("w"), None);
+        board.note_price("w", Usdc::from_atomic(5));
+        assert_eq!(board.price("w"), Some(Usdc::from_atomic(5)));
+    }
+}

@@ -1,0 +1,416 @@
+//! RUN and PUBLISH for one experiment, as a task: price, sign, reserve in the ledger (persisted
+//! before anything is sent), send, then record the result in results.jsonl and status.
+//!
+//! Money rules, each enforced here or in `ledger`:
+//! - the voucher is signed before the ledger entry is written, and is sent only after the write
+//!   succeeded; a refused write drops the unsent voucher;
+//! - after a restart a ledger entry is finished by reading the worker's stored result, or by
+//!   re-sending the *same* voucher (its nonce settles at most once), never by signing again;
+//! - an attempt is retried on another worker only when the gate proved nothing was paid.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::Address;
+
+use super::{CampaignHandle, Candidate, Engine, Notice, Severity};
+use crate::crd::{LedgerEntry, PendingExperiment, ResultSummary};
+use crate::experiment;
+use crate::ledger::{self, Limits, Outcome, Recorded, Refusal};
+use crate::payment::{
+    ExperimentRequest, Policy, Quote, RunOutcome, Voucher, VoucherTerms, WorkerClient, WorkerError,
+    new_nonce, sign_voucher, unix_now, x402,
+};
+use crate::results::ResultRecord;
+use crate::usdc::Usdc;
+
+/// Starts a pending experiment on `worker`. Every early return leaves the experiment pending.
+pub async fn start(engine: Arc<Engine>, handle: CampaignHandle, pending: PendingExperiment, worker: Candidate) {
+    let id = pending.experiment_id.clone();
+    match prepare_and_reserve(&engine, &handle, &pending, &worker).await {
+        Ok(Some((entry, voucher, client))) => finish(&engine, &handle, entry, voucher, client, false).await,
+        Ok(None) => engine.board.release(&worker.endpoint, &id, false),
+        Err(failure) => {
+            engine.board.release(&worker.endpoint, &id, true);
+            engine.metrics.experiments.with_label_values(&["worker_failure"]).inc();
+            handle
+                .notify
+                .notify(Notice {
+                    severity: Severity::Warning,
+                    reason: "WorkerSkipped",
+                    action: "Claim",
+                    message: format!("experiment {id}: worker {} skipped: {failure}", worker.endpoint),
+                })
+                .await;
+        }
+    }
+    engine.changed.notify_waiters();
+}
+
+/// Price, sign and reserve. `Ok(None)`: the campaign refused the reservation (budget, limits,
+/// suspended), nothing was sent. `Err`: the worker is unusable for now.
+async fn prepare_and_reserve(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    pending: &PendingExperiment,
+    worker: &Candidate,
+) -> Result<Option<(LedgerEntry, Voucher, WorkerClient)>, String> {
+    let Some(campaign) = handle.store.get().await.map_err(|e| e.to_string())? else { return Ok(None) };
+    let spec = &campaign.spec;
+    let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
+    let client = WorkerClient::new(&worker.endpoint, timeout)
+        .map_err(|e| e.to_string())?
+        .with_poll_interval(engine.settings.job_poll);
+
+    // 1. Price.
+    let required = match client.quote().await.map_err(|e| e.to_string())? {
+        Quote::Priced(required) => required,
+        Quote::Free => return Err("answered without asking for payment; refusing an unpaid, unaccountable worker".into()),
+    };
+    let policy = Policy {
+        networks: vec![spec.payment.network],
+        max_price: limits.max_price,
+        extra_assets: spec.payment.extra_assets.iter().filter_map(|a| a.parse().ok()).collect(),
+    };
+    let offer = x402::choose(&required, &policy).map_err(|e| {
+        if let Some(asked) = cheapest_asked(&required) {
+            engine.board.note_price(&worker.endpoint, asked);
+        }
+        e.to_string()
+    })?;
+    engine.board.note_price(&worker.endpoint, offer.amount);
+    let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits).map_err(|e| e.to_string())?;
+    if offer.amount > left {
+        return Ok(None);
+    }
+
+    // 2. Sign (nothing leaves this process yet).
+    let from: Option<Address> = spec.payment.signer_address.as_deref().and_then(|a| a.parse().ok());
+    let terms = VoucherTerms { experiment_id: pending.experiment_id.clone(), nonce: new_nonce(), from, run_timeout: timeout };
+    let voucher = match sign_voucher(&handle.signer, &offer, &terms, unix_now()).await {
+        Ok(v) => v,
+        Err(e) => {
+            // The signer is the campaign's problem, not the worker's: no cooldown for the worker.
+            handle
+                .notify
+                .notify(Notice { severity: Severity::Warning, reason: "SignerFailed", action: "Sign", message: e.to_string() })
+                .await;
+            return Ok(None);
+        }
+    };
+
+    // 3. Reserve: the ledger entry, with the voucher, is stored before the voucher is sent.
+    let entry = LedgerEntry {
+        experiment_id: pending.experiment_id.clone(),
+        worker: worker.endpoint.clone(),
+        agent_id: worker.agent_id,
+        amount: voucher.amount.atomic().to_string(),
+        nonce: voucher.nonce.to_string(),
+        payment: serde_json::to_string(&voucher).expect("a voucher serialises"),
+        valid_before: voucher.valid_before,
+        config: pending.config.clone(),
+        attempt: pending.attempts + 1,
+        started_at: now_rfc3339(),
+    };
+    let reserved = handle
+        .store
+        .update(&mut |c, s| {
+            if c.spec.suspend {
+                return Err(Refusal::NoSlot(0));
+            }
+            let limits = Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+            if let Some(stop) = ledger::stop_reason(s, &limits) {
+                return Err(Refusal::Unreadable(stop.reason().into()));
+            }
+            if !s.pending.iter().any(|p| p.experiment_id == entry.experiment_id) {
+                return Err(Refusal::Duplicate(entry.experiment_id.clone()));
+            }
+            ledger::reserve(s, &limits, entry.clone())
+        })
+        .await;
+    match reserved {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::info!(campaign = %handle.key, experiment = %entry.experiment_id, reason = %e, "not started; the signed voucher is dropped unsent");
+            return Ok(None);
+        }
+    }
+    handle
+        .notify
+        .notify(Notice {
+            severity: Severity::Normal,
+            reason: "ExperimentStarted",
+            action: "Pay",
+            message: format!(
+                "experiment {} on {} for {} USDC (nonce {})",
+                entry.experiment_id, entry.worker, voucher.amount, entry.nonce
+            ),
+        })
+        .await;
+    Ok(Some((entry, voucher, client)))
+}
+
+fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
+    // v2 says `amount`, v1 `maxAmountRequired`; both are atomic units as strings.
+    required
+        .accepts
+        .iter()
+        .filter_map(|r| r.get("amount").or_else(|| r.get("maxAmountRequired"))?.as_str())
+        .filter_map(|a| Usdc::parse_atomic(a).ok())
+        .min()
+}
+
+/// Resumes a ledger entry found without a task (after a restart or a lost leadership).
+pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEntry) {
+    let id = entry.experiment_id.clone();
+    // Already in results.jsonl: the crash came between the two writes; finish the second.
+    if let Some(record) = engine.recorded(&handle, &id) {
+        let outcome = outcome_from_record(&record, &entry);
+        complete(&engine, &handle, &entry, outcome, None).await;
+        engine.changed.notify_waiters();
+        return;
+    }
+    let voucher: Voucher = match serde_json::from_str(&entry.payment) {
+        Ok(v) => v,
+        Err(e) => {
+            // Cannot re-send and must not sign again: count the reserved amount as spent.
+            let amount = Usdc::parse_atomic(&entry.amount).unwrap_or_default();
+            let outcome = Outcome::WorkerFailed { paid: amount, reason: format!("stored voucher unreadable: {e}") };
+            complete(&engine, &handle, &entry, outcome, None).await;
+            engine.changed.notify_waiters();
+            return;
+        }
+    };
+    let timeout = handle
+        .store
+        .get()
+        .await
+        .ok()
+        .flatten()
+        .map_or(Duration::from_secs(900), |c| Duration::from_secs(c.spec.experiment_timeout_seconds.into()));
+    let client = match WorkerClient::new(&entry.worker, timeout) {
+        Ok(c) => c.with_poll_interval(engine.settings.job_poll),
+        Err(e) => {
+            let outcome = Outcome::WorkerFailed { paid: voucher.amount, reason: e.to_string() };
+            complete(&engine, &handle, &entry, outcome, None).await;
+            return;
+        }
+    };
+    handle
+        .notify
+        .notify(Notice {
+            severity: Severity::Normal,
+            reason: "ExperimentResumed",
+            action: "Resume",
+            message: format!("experiment {id} on {}: recovering its result or re-sending the same voucher", entry.worker),
+        })
+        .await;
+    finish(&engine, &handle, entry, voucher, client, true).await;
+    engine.changed.notify_waiters();
+}
+
+/// Sends (or re-sends) the voucher, classifies the answer, and records it.
+async fn finish(engine: &Engine, handle: &CampaignHandle, entry: LedgerEntry, voucher: Voucher, client: WorkerClient, resumed: bool) {
+    let request = ExperimentRequest {
+        experiment_id: entry.experiment_id.clone(),
+        train_py: handle.train_py.to_string(),
+        config: entry.config.clone().unwrap_or_else(|| serde_json::json!({})),
+    };
+    let started = Instant::now();
+    let (outcome, tx) = attempt(&client, &voucher, &request, resumed).await;
+    let label = match &outcome {
+        Outcome::Finished { result: Some(_), .. } => "succeeded",
+        Outcome::Finished { .. } => "failed",
+        Outcome::WorkerFailed { .. } => "worker_failure",
+    };
+    engine.metrics.experiment_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    complete(engine, handle, &entry, outcome, tx).await;
+}
+
+/// One send, with recovery when the answer was lost. Returns the outcome and the settlement tx.
+async fn attempt(client: &WorkerClient, voucher: &Voucher, request: &ExperimentRequest, resumed: bool) -> (Outcome, Option<String>) {
+    let paid = voucher.amount;
+    if resumed && let Ok(Some(result)) = client.recover(request).await {
+        return (finished(result, paid, client.endpoint()), None);
+    }
+    if resumed && !voucher.is_live(unix_now()) {
+        // Expired and the worker has no result: it may or may not have settled; count it.
+        return (Outcome::WorkerFailed { paid, reason: "voucher expired and the worker has no result for it".into() }, None);
+    }
+    match client.run(Some(voucher), request).await {
+        Ok(run) => {
+            let tx = run.transaction().map(str::to_string);
+            (finished_run(run, paid, client.endpoint()), tx)
+        }
+        // Gates settle only answers below 400: these provably paid nothing.
+        Err(e @ (WorkerError::Busy | WorkerError::Http { .. })) => (Outcome::WorkerFailed { paid: Usdc::ZERO, reason: e.to_string() }, None),
+        // A refused voucher on first send moved nothing; on a re-send it may mean its nonce was
+        // already used by the first send.
+        Err(e @ WorkerError::PaymentRejected { .. }) if !resumed => {
+            (Outcome::WorkerFailed { paid: Usdc::ZERO, reason: e.to_string() }, None)
+        }
+        // The answer was lost or unusable after the voucher may have been sent: ask the worker.
+        // It knowing nothing of the experiment means it never answered it, and gates settle
+        // only after an answer below 400, so nothing was paid. If it cannot be asked either,
+        // the amount is counted as spent: the budget errs on the safe side.
+        Err(e) => match client.recover(request).await {
+            Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
+            Ok(None) if !resumed => (Outcome::WorkerFailed { paid: Usdc::ZERO, reason: e.to_string() }, None),
+            _ => (Outcome::WorkerFailed { paid, reason: e.to_string() }, None),
+        },
+    }
+}
+
+fn finished_run(run: RunOutcome, paid: Usdc, endpoint: &str) -> Outcome {
+    finished(run.result, paid, endpoint)
+}
+
+fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Outcome {
+    let summary = match (result.status.as_str(), result.val_bpb) {
+        ("completed", Some(v)) if ledger::is_valid_val_bpb(v) => Some(ResultSummary {
+            experiment_id: result.experiment_id.clone(),
+            val_bpb: v,
+            config: result.raw.get("config").cloned(),
+            worker: endpoint.to_string(),
+            train_hash: result.train_hash.clone(),
+        }),
+        _ => None,
+    };
+    Outcome::Finished { result: summary, paid }
+}
+
+fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
+    let paid = record
+        .amount
+        .as_deref()
+        .and_then(|a| Usdc::parse_atomic(a).ok())
+        .unwrap_or_else(|| Usdc::parse_atomic(&entry.amount).unwrap_or_default());
+    let result = match (record.status.as_deref(), record.val_bpb) {
+        (Some("completed"), Some(v)) if ledger::is_valid_val_bpb(v) => Some(ResultSummary {
+            experiment_id: record.experiment_id.clone(),
+            val_bpb: v,
+            config: record.config.clone(),
+            worker: record.worker_endpoint.clone(),
+            train_hash: Some(record.train_hash.clone()),
+        }),
+        _ => None,
+    };
+    Outcome::Finished { result, paid }
+}
+
+/// PUBLISH: results.jsonl first (flushed), then status (which removes the ledger entry), then
+/// events and metrics.
+async fn complete(engine: &Engine, handle: &CampaignHandle, entry: &LedgerEntry, outcome: Outcome, tx: Option<String>) {
+    let counted = !matches!(&outcome, Outcome::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
+    if counted {
+        let record = result_record(handle, entry, &outcome, tx.clone());
+        if let Err(e) = engine.record(handle, record).await {
+            // Without the durable line the status must not count it: leave the ledger entry so
+            // the next resume tries again.
+            tracing::error!(error = %e, experiment = %entry.experiment_id, "cannot append to results.jsonl; will retry");
+            engine.board.release(&entry.worker, &entry.experiment_id, false);
+            return;
+        }
+    }
+    let mut recorded = None;
+    let network = serde_json::from_str::<Voucher>(&entry.payment).map(|v| v.network.to_string()).unwrap_or_default();
+    let result = handle
+        .store
+        .update(&mut |c, s| {
+            let limits = Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+            recorded = Some(ledger::complete(s, &limits, &entry.experiment_id, outcome.clone())?);
+            Ok(())
+        })
+        .await;
+    let worker_failed = matches!(outcome, Outcome::WorkerFailed { .. });
+    engine.board.release(&entry.worker, &entry.experiment_id, worker_failed);
+    let ns = handle.namespace.clone().unwrap_or_default();
+    match result {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
+            return;
+        }
+    }
+    let paid = match &outcome {
+        Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
+    };
+    if paid > Usdc::ZERO && recorded != Some(Recorded::AlreadyCounted) {
+        engine.metrics.paid(&network, paid);
+    }
+    engine.metrics.in_flight.with_label_values(&[&ns, &handle.name]).set(0);
+    let notice = match (&outcome, &recorded) {
+        (_, Some(Recorded::AlreadyCounted)) | (_, None) => return,
+        (Outcome::Finished { result: Some(r), .. }, Some(Recorded::Counted { new_best, .. })) => {
+            engine.metrics.experiments.with_label_values(&["succeeded"]).inc();
+            Notice {
+                severity: Severity::Normal,
+                reason: if *new_best { "NewBest" } else { "ExperimentSucceeded" },
+                action: "Record",
+                message: format!("experiment {} on {}: val_bpb {} (paid {} USDC{})", r.experiment_id, entry.worker, r.val_bpb, paid, tx_note(&tx)),
+            }
+        }
+        (Outcome::Finished { .. }, _) => {
+            engine.metrics.experiments.with_label_values(&["failed"]).inc();
+            Notice {
+                severity: Severity::Warning,
+                reason: "ExperimentFailed",
+                action: "Record",
+                message: format!("experiment {} on {}: the run failed (paid {} USDC{})", entry.experiment_id, entry.worker, paid, tx_note(&tx)),
+            }
+        }
+        (Outcome::WorkerFailed { reason, .. }, Some(Recorded::Retry)) => {
+            engine.metrics.experiments.with_label_values(&["worker_failure"]).inc();
+            Notice {
+                severity: Severity::Warning,
+                reason: "WorkerFailed",
+                action: "Retry",
+                message: format!("experiment {} on {}: {reason}; nothing was paid, trying another worker", entry.experiment_id, entry.worker),
+            }
+        }
+        (Outcome::WorkerFailed { reason, .. }, _) => {
+            engine.metrics.experiments.with_label_values(&["worker_failure"]).inc();
+            engine.metrics.experiments.with_label_values(&["failed"]).inc();
+            Notice {
+                severity: Severity::Warning,
+                reason: "ExperimentFailed",
+                action: "Record",
+                message: format!("experiment {} on {}: {reason}; {} USDC counted as spent", entry.experiment_id, entry.worker, paid),
+            }
+        }
+    };
+    handle.notify.notify(notice).await;
+}
+
+fn tx_note(tx: &Option<String>) -> String {
+    tx.as_ref().map(|t| format!(", tx {t}")).unwrap_or_default()
+}
+
+fn result_record(handle: &CampaignHandle, entry: &LedgerEntry, outcome: &Outcome, tx: Option<String>) -> ResultRecord {
+    let (val_bpb, status, paid) = match outcome {
+        Outcome::Finished { result: Some(r), paid } => (Some(r.val_bpb), "completed", *paid),
+        Outcome::Finished { result: None, paid } => (None, "failed", *paid),
+        Outcome::WorkerFailed { paid, .. } => (None, "worker_failure", *paid),
+    };
+    let network = serde_json::from_str::<Voucher>(&entry.payment).ok().map(|v| v.network.to_string());
+    ResultRecord {
+        experiment_id: entry.experiment_id.clone(),
+        train_hash: experiment::train_hash(&handle.train_py),
+        val_bpb,
+        worker_endpoint: entry.worker.clone(),
+        worker_agent_id: entry.agent_id,
+        timestamp: now_rfc3339(),
+        payment_tx: tx,
+        network,
+        amount: Some(paid.atomic().to_string()),
+        status: Some(status.to_string()),
+        config: entry.config.clone(),
+        campaign_namespace: handle.namespace.clone(),
+        campaign_name: Some(handle.name.clone()),
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
