@@ -254,7 +254,8 @@ impl RemoteSigner {
                 },
             });
         }
-        if code == "SIGNER_NOT_FOUND" || (status.as_u16() == 404 && address.is_some()) {
+        // Only the signer's own code: a bare 404 is more likely a wrong REMOTE_SIGNER_URL path.
+        if code == "SIGNER_NOT_FOUND" {
             return Err(SignerError::KeyNotFound {
                 address: address.map(|a| a.to_string()).unwrap_or_default(),
             });
