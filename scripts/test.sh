@@ -19,6 +19,8 @@ start=$SECONDS
 bash scripts/cluster.sh start "$work/cluster" --owner-pid $$ >/dev/null
 echo "test cluster: kube-apiserver $(basename "$(dirname "$(bash scripts/build-kube.sh)")" | sed 's/^kube-//') up in $((SECONDS - start)) s"
 export AUTORESEARCH_TEST_KUBECONFIG="$work/cluster/kubeconfig"
+# Tests that need the npm testbed fail (rather than skip) when it is missing.
+export REQUIRE_TESTBED=1
 
 # The testbed's own self-test first: if a peer misbehaves, say so before the Rust tests do.
 node --test testbed/payments/test/
