@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod crd;
+mod loop_cmd;
 mod probe;
 mod submit;
 
@@ -28,6 +29,10 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// Pay one experiment over x402, run it, print and record the result.
     Submit(submit::SubmitArgs),
+    /// Run a campaign locally without Kubernetes: the controller's engine, in memory.
+    Loop(loop_cmd::LoopArgs),
+    /// Run the operator: reconcile ExperimentCampaigns in the cluster.
+    Controller(crate::controller::ControllerArgs),
 }
 
 impl Cli {
@@ -51,6 +56,13 @@ impl Cli {
             Command::Crd => crd::run(),
             Command::Probe(args) => probe::run(args).await,
             Command::Submit(args) => submit::run(args).await,
+            Command::Loop(args) => loop_cmd::run(args, worker_source()).await,
+            Command::Controller(args) => crate::controller::run(args, worker_source()).await,
         }
     }
+}
+
+/// Where the engine finds workers.
+fn worker_source() -> std::sync::Arc<dyn crate::engine::WorkerSource> {
+    std::sync::Arc::new(crate::engine::StaticWorkers)
 }

@@ -252,8 +252,11 @@ impl Engine {
             }
         };
         let candidates = eligible(&campaign.spec.discovery, candidates);
-        let mut pending = status.pending.clone();
+        // An experiment whose start task is still pricing or signing is not assigned again.
+        let mut pending: Vec<PendingExperiment> =
+            status.pending.iter().filter(|p| !self.has_live_task(handle, &p.experiment_id)).cloned().collect();
         pending.extend(proposals.iter().cloned());
+        let slots = slots.saturating_sub(self.running_tasks(&handle.key).saturating_sub(status.ledger.len()));
         let assignments = if active {
             self.assign(&pending, slots, &candidates, &limits)
         } else {
@@ -427,15 +430,16 @@ impl Engine {
         out
     }
 
+    fn has_live_task(&self, handle: &CampaignHandle, experiment_id: &str) -> bool {
+        let map = self.runtimes.lock().expect("runtimes lock");
+        map.get(&handle.key)
+            .and_then(|r| r.tasks.get(experiment_id))
+            .is_some_and(|t| !t.is_finished())
+    }
+
     fn resume_orphans(self: &Arc<Self>, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
         for entry in &status.ledger {
-            let running = {
-                let map = self.runtimes.lock().expect("runtimes lock");
-                map.get(&handle.key)
-                    .and_then(|r| r.tasks.get(&entry.experiment_id))
-                    .is_some_and(|t| !t.is_finished())
-            };
-            if !running {
+            if !self.has_live_task(handle, &entry.experiment_id) {
                 self.board.hold(&entry.worker, &entry.experiment_id);
                 self.spawn(handle, entry.experiment_id.clone(), run::resume(self.clone(), handle.clone(), entry.clone()));
             }
