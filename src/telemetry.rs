@@ -41,17 +41,26 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let experiments = IntCounterVec::new(
-            Opts::new("autoresearch_experiments_total", "Finished experiment attempts by result"),
+            Opts::new(
+                "autoresearch_experiments_total",
+                "Finished experiment attempts by result",
+            ),
             &["result"],
         )
         .expect("valid metric");
         let in_flight = IntGaugeVec::new(
-            Opts::new("autoresearch_experiments_in_flight", "Experiments in flight per campaign"),
+            Opts::new(
+                "autoresearch_experiments_in_flight",
+                "Experiments in flight per campaign",
+            ),
             &["namespace", "campaign"],
         )
         .expect("valid metric");
         let payments = IntCounterVec::new(
-            Opts::new("autoresearch_payments_total", "x402 payments sent to workers"),
+            Opts::new(
+                "autoresearch_payments_total",
+                "x402 payments sent to workers",
+            ),
             &["network"],
         )
         .expect("valid metric");
@@ -68,22 +77,33 @@ impl Metrics {
                 "autoresearch_experiment_duration_seconds",
                 "Time from payment to the worker's answer",
             )
-            .buckets(vec![1.0, 5.0, 15.0, 60.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0]),
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0,
+            ]),
             &["result"],
         )
         .expect("valid metric");
         let best_val_bpb = GaugeVec::new(
-            Opts::new("autoresearch_best_val_bpb", "Best val_bpb per campaign (lower is better)"),
+            Opts::new(
+                "autoresearch_best_val_bpb",
+                "Best val_bpb per campaign (lower is better)",
+            ),
             &["namespace", "campaign"],
         )
         .expect("valid metric");
         let discovery_errors = IntCounterVec::new(
-            Opts::new("autoresearch_discovery_errors_total", "Worker discovery failures by source"),
+            Opts::new(
+                "autoresearch_discovery_errors_total",
+                "Worker discovery failures by source",
+            ),
             &["source"],
         )
         .expect("valid metric");
         let reconciles = IntCounterVec::new(
-            Opts::new("autoresearch_reconciles_total", "Campaign reconciles by outcome"),
+            Opts::new(
+                "autoresearch_reconciles_total",
+                "Campaign reconciles by outcome",
+            ),
             &["outcome"],
         )
         .expect("valid metric");
@@ -97,7 +117,9 @@ impl Metrics {
             Box::new(discovery_errors.clone()),
             Box::new(reconciles.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,
@@ -116,7 +138,9 @@ impl Metrics {
     pub fn paid(&self, network: &str, amount: Usdc) {
         self.payments.with_label_values(&[network]).inc();
         let atomic = u64::try_from(amount.atomic()).unwrap_or(u64::MAX);
-        self.usdc_spent_atomic.with_label_values(&[network]).inc_by(atomic);
+        self.usdc_spent_atomic
+            .with_label_values(&[network])
+            .inc_by(atomic);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -139,10 +163,14 @@ mod tests {
         m.experiments.with_label_values(&["succeeded"]).inc();
         m.paid("base-sepolia", Usdc::from_atomic(10_000));
         m.best_val_bpb.with_label_values(&["ns", "c"]).set(0.97);
-        m.experiment_duration.with_label_values(&["succeeded"]).observe(2.0);
+        m.experiment_duration
+            .with_label_values(&["succeeded"])
+            .observe(2.0);
         let text = m.render();
         assert!(text.contains("autoresearch_experiments_total{result=\"succeeded\"} 1"));
-        assert!(text.contains("autoresearch_usdc_spent_atomic_total{network=\"base-sepolia\"} 10000"));
+        assert!(
+            text.contains("autoresearch_usdc_spent_atomic_total{network=\"base-sepolia\"} 10000")
+        );
         assert!(text.contains("autoresearch_best_val_bpb{campaign=\"c\",namespace=\"ns\"} 0.97"));
         // Every sample line parses as `name{labels} value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

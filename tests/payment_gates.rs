@@ -5,17 +5,15 @@
 //! Every test reads USDC balances on chain before and after: a payment moves exactly the price
 //! from payer to payee, once; a refusal moves nothing.
 //!
-//! Needs Node.js and `scripts/testbed-install.sh`. Without `testbed/node_modules` the tests
-//! print SKIPPED and pass, unless `REQUIRE_TESTBED=1` is set (as CI should).
+//! Needs Node.js and `scripts/testbed-install.sh` (scripts/test.sh runs it).
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
-use alloy::sol_types::SolCall;
 use autoresearch_coordinator::crd::Network;
 use autoresearch_coordinator::experiment;
 use autoresearch_coordinator::payment::{
@@ -24,143 +22,7 @@ use autoresearch_coordinator::payment::{
 };
 use autoresearch_coordinator::usdc::Usdc;
 use serde_json::{Value, json};
-
-alloy::sol! {
-    interface IERC20 {
-        function balanceOf(address owner) external view returns (uint256);
-    }
-}
-
-/// A running testbed; stops when dropped (its stdin closes).
-struct Testbed {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    m: Value,
-}
-
-impl Testbed {
-    /// Starts the testbed, or returns `None` (after saying so) when it is not installed.
-    fn start(config: Value) -> Option<Testbed> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        if !root.join("testbed/node_modules/@x402/express").exists() {
-            assert!(
-                std::env::var_os("REQUIRE_TESTBED").is_none(),
-                "REQUIRE_TESTBED is set but testbed/node_modules is missing: run scripts/testbed-install.sh"
-            );
-            eprintln!("SKIPPED: testbed not installed (scripts/testbed-install.sh)");
-            return None;
-        }
-        let mut child = Command::new("node")
-            .arg(root.join("testbed/payments/up.mjs"))
-            .arg("--config")
-            .arg(config.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node runs (Node.js 20 or later)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let m: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("testbed manifest ({e}): {line:?}"));
-        Some(Testbed {
-            stdin: child.stdin.take(),
-            child,
-            m,
-        })
-    }
-
-    fn worker(&self, name: &str) -> &Value {
-        self.m["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["name"] == name)
-            .unwrap_or_else(|| panic!("no worker {name}"))
-    }
-
-    fn signer(&self, name: &str) -> RemoteSigner {
-        let s = self.m["signers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no signer {name}"));
-        RemoteSigner::new(
-            s["url"].as_str().unwrap(),
-            s["token"].as_str().map(str::to_string),
-        )
-        .unwrap()
-    }
-
-    fn payer(&self) -> Address {
-        self.m["payer"].as_str().unwrap().parse().unwrap()
-    }
-
-    fn pay_to(&self, worker: &str) -> Address {
-        self.worker(worker)["payTo"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    fn client(&self, worker: &str) -> WorkerClient {
-        WorkerClient::new(
-            self.worker(worker)["endpoint"].as_str().unwrap(),
-            Duration::from_secs(60),
-        )
-        .unwrap()
-        .with_poll_interval(Duration::from_millis(100))
-    }
-
-    /// A JSON-RPC call to anvil. (The crate's alloy has no HTTP transport feature; a raw
-    /// `eth_call` through the payment module's HTTP client is enough here.)
-    async fn rpc(&self, method: &str, params: Value) -> Value {
-        let answer: Value = payment::http::client(Duration::from_secs(10))
-            .post(self.m["rpcUrl"].as_str().unwrap())
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["result"].clone()
-    }
-
-    /// USDC `balanceOf(who)`.
-    async fn balance(&self, who: Address) -> U256 {
-        let data = IERC20::balanceOfCall { owner: who }.abi_encode();
-        let call =
-            json!({"to": self.m["usdc"], "data": alloy::primitives::hex::encode_prefixed(data)});
-        let result = self.rpc("eth_call", json!([call, "latest"])).await;
-        let bytes = alloy::primitives::hex::decode(result.as_str().unwrap()).unwrap();
-        IERC20::balanceOfCall::abi_decode_returns(&bytes).unwrap()
-    }
-
-    /// Payer's and `worker`'s payee's balances.
-    async fn balances(&self, worker: &str) -> (U256, U256) {
-        (
-            self.balance(self.payer()).await,
-            self.balance(self.pay_to(worker)).await,
-        )
-    }
-
-    async fn block_number(&self) -> u64 {
-        let n = self.rpc("eth_blockNumber", json!([])).await;
-        u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
+use support::testbed::Testbed;
 
 fn policy() -> Policy {
     Policy {
@@ -197,16 +59,14 @@ fn price(n: u64) -> U256 {
 /// reported, the voucher survives a serde round trip, and re-sending it moves nothing more.
 #[tokio::test]
 async fn each_gate_kind_is_paid_exactly_once() {
-    let Some(tb) = Testbed::start(json!({
+    let tb = Testbed::start(json!({
         "workers": [
             {"name": "v2", "gate": "v2", "price": "10000", "durationMs": 50},
             {"name": "v1", "gate": "v1", "price": "20000", "durationMs": 50},
             {"name": "obol", "gate": "obol", "price": "30000", "durationMs": 50},
         ],
         "extraSigners": [{"name": "v01", "token": "t0k", "mode": "vZeroOne"}],
-    })) else {
-        return;
-    };
+    }));
     let signer = tb.signer("default");
     for (i, (name, amount)) in [("v2", 10_000u64), ("v1", 20_000), ("obol", 30_000)]
         .into_iter()
@@ -280,7 +140,7 @@ async fn each_gate_kind_is_paid_exactly_once() {
 /// Refusals before signing, signer failures and worker failures: nothing moves on chain.
 #[tokio::test]
 async fn refusals_and_failures_move_no_money() {
-    let Some(tb) = Testbed::start(json!({
+    let tb = Testbed::start(json!({
         "workers": [
             {"name": "dear", "gate": "v2", "price": "100001"},
             {"name": "ok", "gate": "obol", "price": "10000", "durationMs": 20},
@@ -292,9 +152,7 @@ async fn refusals_and_failures_move_no_money() {
             {"name": "wrong", "token": "t0k", "mode": "wrongKey"},
             {"name": "unauth", "token": "t0k", "mode": "unauthorized"},
         ],
-    })) else {
-        return;
-    };
+    }));
     let start_block = tb.block_number().await;
     let payer_before = tb.balance(tb.payer()).await;
 
@@ -436,7 +294,7 @@ async fn refusals_and_failures_move_no_money() {
 /// Answers that are lost, late, wrong or asynchronous.
 #[tokio::test]
 async fn lost_wrong_and_async_answers() {
-    let Some(tb) = Testbed::start(json!({
+    let tb = Testbed::start(json!({
         "workers": [
             {"name": "lost", "gate": "v2", "price": "10000", "durationMs": 20, "faults": {"failAfterPayment": 1}},
             {"name": "nan", "gate": "obol", "price": "10000", "durationMs": 20, "faults": {"lie": "nan"}},
@@ -445,9 +303,7 @@ async fn lost_wrong_and_async_answers() {
             {"name": "async", "gate": "obol", "price": "10000", "durationMs": 300, "faults": {"async": true}},
             {"name": "hang", "gate": "v2", "price": "10000", "faults": {"hang": true}},
         ],
-    })) else {
-        return;
-    };
+    }));
     let signer = tb.signer("default");
 
     // Answer lost after settlement: the stored result is recovered; paid once.
@@ -515,11 +371,9 @@ async fn lost_wrong_and_async_answers() {
 /// The real binary: `probe`, a paid `submit` that appends to results.jsonl, and a refused one.
 #[tokio::test]
 async fn the_binary_pays_records_and_refuses() {
-    let Some(tb) = Testbed::start(json!({
+    let tb = Testbed::start(json!({
         "workers": [{"name": "v1", "gate": "v1", "price": "20000", "durationMs": 20}],
-    })) else {
-        return;
-    };
+    }));
     let dir = tempfile::tempdir().unwrap();
     let train = dir.path().join("train.py");
     std::fs::write(&train, TRAIN_PY).unwrap();

@@ -17,7 +17,9 @@ use crate::crd::{
     BudgetSpec, DiscoverySpec, ExperimentCampaign, ExperimentCampaignSpec, Network, ObjectiveSpec,
     PaymentSpec, Phase, SearchSpec, StaticWorker, Strategy, TrainScript,
 };
-use crate::engine::{CampaignHandle, Engine, MemoryStore, Notice, Notify, Settings, Severity, WorkerSource};
+use crate::engine::{
+    CampaignHandle, Engine, MemoryStore, Notice, Notify, Settings, Severity, WorkerSource,
+};
 use crate::payment::{self, RemoteSigner};
 use crate::results::{ResultsLog, default_path};
 use crate::telemetry::Metrics;
@@ -96,7 +98,11 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     eprintln!(
         "loop: {} experiments, at most {max_price} USDC each{}, {total} USDC in total, paying on {}",
         spec.max_experiments,
-        if args.max_price.is_none() { " (default cap; pass --max-price to change it)" } else { "" },
+        if args.max_price.is_none() {
+            " (default cap; pass --max-price to change it)"
+        } else {
+            ""
+        },
         spec.payment.network
     );
     let campaign = ExperimentCampaign::new("local", spec);
@@ -105,7 +111,11 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         .map_err(|e| anyhow::anyhow!("--signer-url: {e}"))?;
     let results = ResultsLog::new(default_path(&args.data_dir));
     let results_path = results.path().to_path_buf();
-    let settings = Settings { idle_requeue: Duration::from_secs(5), no_worker_requeue: Duration::from_secs(10), ..Settings::default() };
+    let settings = Settings {
+        idle_requeue: Duration::from_secs(5),
+        no_worker_requeue: Duration::from_secs(10),
+        ..Settings::default()
+    };
     let engine = Engine::new(workers, results, Metrics::new(), settings);
     let handle = CampaignHandle {
         key: "local/local".into(),
@@ -128,7 +138,10 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
             eprintln!("{line}");
             last_line = line;
         }
-        if matches!(step.phase, Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted) {
+        if matches!(
+            step.phase,
+            Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted
+        ) {
             break;
         }
         tokio::select! {
@@ -143,7 +156,10 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     print_summary(&store, &results_path);
     let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
     if status.phase == Some(Phase::Failed) {
-        bail!("the loop failed: {}", condition_message(&status, "Progressing"));
+        bail!(
+            "the loop failed: {}",
+            condition_message(&status, "Progressing")
+        );
     }
     Ok(())
 }
@@ -156,51 +172,74 @@ fn build_spec(args: &LoopArgs, train_py: &str) -> anyhow::Result<ExperimentCampa
     }
     let mut spec = match &args.campaign {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let campaign: ExperimentCampaign = serde_yaml::from_str(&text).with_context(|| format!("{} is not an ExperimentCampaign", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let campaign: ExperimentCampaign = serde_yaml::from_str(&text)
+                .with_context(|| format!("{} is not an ExperimentCampaign", path.display()))?;
             campaign.spec
         }
         None => {
             let rounds = args.rounds.unwrap_or(5);
             ExperimentCampaignSpec {
-            train_script: TrainScript::default(),
-            base_config: Some(base.clone()),
-            // Each round is its own experiment (a distinct id), as the skill's loop resubmits.
-            search: SearchSpec {
-                strategy: Strategy::List,
-                parameters: Vec::new(),
-                experiments: (1..=rounds).map(|i| json!({ "round": i })).collect(),
-                seed: 0,
-            },
-            objective: ObjectiveSpec::default(),
-            max_experiments: rounds,
-            parallelism: args.parallelism,
-            max_failed_experiments: rounds.max(1),
-            experiment_timeout_seconds: args.timeout,
-            budget: BudgetSpec { total: String::new(), max_price_per_experiment: String::new() },
-            payment: PaymentSpec::default(),
-            discovery: DiscoverySpec::default(),
-            suspend: false,
+                train_script: TrainScript::default(),
+                base_config: Some(base.clone()),
+                // Each round is its own experiment (a distinct id), as the skill's loop resubmits.
+                search: SearchSpec {
+                    strategy: Strategy::List,
+                    parameters: Vec::new(),
+                    experiments: (1..=rounds).map(|i| json!({ "round": i })).collect(),
+                    seed: 0,
+                },
+                objective: ObjectiveSpec::default(),
+                max_experiments: rounds,
+                parallelism: args.parallelism,
+                max_failed_experiments: rounds.max(1),
+                experiment_timeout_seconds: args.timeout,
+                budget: BudgetSpec {
+                    total: String::new(),
+                    max_price_per_experiment: String::new(),
+                },
+                payment: PaymentSpec::default(),
+                discovery: DiscoverySpec::default(),
+                suspend: false,
             }
         }
     };
-    spec.train_script = TrainScript { inline: Some(train_py.to_string()), config_map_key_ref: None };
+    spec.train_script = TrainScript {
+        inline: Some(train_py.to_string()),
+        config_map_key_ref: None,
+    };
     if let Some(rounds) = args.rounds {
         spec.max_experiments = rounds;
     }
     spec.parallelism = args.parallelism;
-    let budget = args.budget.unwrap_or(Usdc::from_atomic(max_price.atomic() * u128::from(spec.max_experiments)));
-    spec.budget = BudgetSpec { total: budget.to_string(), max_price_per_experiment: max_price.to_string() };
+    let budget = args.budget.unwrap_or(Usdc::from_atomic(
+        max_price.atomic() * u128::from(spec.max_experiments),
+    ));
+    spec.budget = BudgetSpec {
+        total: budget.to_string(),
+        max_price_per_experiment: max_price.to_string(),
+    };
     spec.payment.network = args.network;
     spec.payment.remote_signer_url = args.signer_url.clone();
-    spec.discovery.scan_api_url = if args.no_discovery { String::new() } else { args.scan_api_url.clone() };
+    spec.discovery.scan_api_url = if args.no_discovery {
+        String::new()
+    } else {
+        args.scan_api_url.clone()
+    };
     if args.no_discovery {
         spec.discovery.on_chain.mode = crate::crd::OnChainMode::Never;
     }
-    spec.discovery.allow_private.extend(args.allow_private.iter().cloned());
+    spec.discovery
+        .allow_private
+        .extend(args.allow_private.iter().cloned());
     spec.discovery.prefer.extend(args.prefer.iter().cloned());
     for endpoint in &args.prefer {
-        spec.discovery.workers.push(StaticWorker { endpoint: endpoint.clone(), name: None, agent_id: None });
+        spec.discovery.workers.push(StaticWorker {
+            endpoint: endpoint.clone(),
+            name: None,
+            agent_id: None,
+        });
     }
     Ok(spec)
 }
@@ -224,16 +263,31 @@ fn progress_line(store: &MemoryStore) -> String {
 }
 
 fn condition_message(status: &crate::crd::ExperimentCampaignStatus, type_: &str) -> String {
-    status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.message.clone()).unwrap_or_default()
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 fn print_summary(store: &MemoryStore, results: &std::path::Path) {
     let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
-    println!("phase: {:?} ({})", status.phase.unwrap_or(Phase::Pending), condition_message(&status, "Progressing"));
+    println!(
+        "phase: {:?} ({})",
+        status.phase.unwrap_or(Phase::Pending),
+        condition_message(&status, "Progressing")
+    );
     println!("spent: {} USDC", status.spent.as_deref().unwrap_or("0"));
     println!("leaderboard:");
     for (i, r) in status.leaderboard.iter().enumerate() {
-        println!("  {:>2}. {:.6}  {}  {}", i + 1, r.val_bpb, r.experiment_id, r.worker);
+        println!(
+            "  {:>2}. {:.6}  {}  {}",
+            i + 1,
+            r.val_bpb,
+            r.experiment_id,
+            r.worker
+        );
     }
     println!("results: {}", results.display());
 }

@@ -146,7 +146,11 @@ async fn run_or_recover(
 ) -> anyhow::Result<RunOutcome> {
     match worker.run(prepared.voucher(), request).await {
         Ok(outcome) => Ok(outcome),
-        Err(e @ (WorkerError::Timeout { .. } | WorkerError::Unreachable { .. })) => {
+        Err(
+            e @ (WorkerError::Timeout { .. }
+            | WorkerError::Interrupted { .. }
+            | WorkerError::Unreachable { .. }),
+        ) => {
             eprintln!("the answer was lost ({e}); asking the worker for the stored result");
             match worker.recover(request).await {
                 Ok(Some(result)) => Ok(RunOutcome {

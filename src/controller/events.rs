@@ -15,8 +15,14 @@ pub struct EventSink {
 impl EventSink {
     /// Events from this controller replica about `campaign`.
     pub fn new(client: Client, instance: &str, campaign: &ExperimentCampaign) -> Self {
-        let reporter = Reporter { controller: "autoresearch-coordinator".into(), instance: Some(instance.into()) };
-        Self { recorder: Recorder::new(client, reporter), reference: campaign.object_ref(&()) }
+        let reporter = Reporter {
+            controller: "autoresearch-coordinator".into(),
+            instance: Some(instance.into()),
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+            reference: campaign.object_ref(&()),
+        }
     }
 }
 

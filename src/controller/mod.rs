@@ -68,25 +68,38 @@ struct Context {
 
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot configure a Kubernetes client (in cluster or from KUBECONFIG): {e}"))?;
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot configure a Kubernetes client (in cluster or from KUBECONFIG): {e}")
+    })?;
     let metrics = Metrics::new();
     let health = server::Health::default();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 
-    let server = tokio::spawn(server::serve(args.metrics_addr, metrics.clone(), health.clone(), shutdown.clone().cancelled_owned()));
+    let server = tokio::spawn(server::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
     client
         .apiserver_version()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API server: {e}"))?;
     health.ready.store(true, Ordering::Relaxed);
 
-    let identity = args.identity.clone().unwrap_or_else(|| format!("autoresearch-coordinator-{}", std::process::id()));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("autoresearch-coordinator-{}", std::process::id()));
     let results = ResultsLog::new(default_path(&args.data_dir));
     let engine = Engine::new(workers, results, metrics, Settings::default());
-    let ctx = Arc::new(Context { client: client.clone(), engine: engine.clone(), identity: identity.clone(), default_token: args.signer_token.clone() });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        engine: engine.clone(),
+        identity: identity.clone(),
+        default_token: args.signer_token.clone(),
+    });
 
     let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(&args.lease_namespace)
@@ -109,7 +122,11 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         tracing::info!(%identity, "became leader: reconciling campaigns");
         health.leader.store(true, Ordering::Relaxed);
         let stop = shutdown.child_token();
-        let controller = tokio::spawn(run_controller(ctx.clone(), args.namespace.clone(), stop.clone()));
+        let controller = tokio::spawn(run_controller(
+            ctx.clone(),
+            args.namespace.clone(),
+            stop.clone(),
+        ));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -166,42 +183,72 @@ pub enum ReconcileError {
     Engine(#[from] crate::engine::UpdateError),
 }
 
-async fn reconcile(campaign: Arc<ExperimentCampaign>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile(
+    campaign: Arc<ExperimentCampaign>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let namespace = campaign.namespace().unwrap_or_else(|| "default".into());
     let name = campaign.name_any();
     let handle = match handle_for(&ctx, &campaign, &namespace, &name).await {
         Ok(h) => h,
         Err(e) => {
-            ctx.engine.metrics().reconciles.with_label_values(&["error"]).inc();
+            ctx.engine
+                .metrics()
+                .reconciles
+                .with_label_values(&["error"])
+                .inc();
             return Err(e);
         }
     };
     let step = ctx.engine.reconcile(&handle).await;
     let outcome = if step.is_ok() { "ok" } else { "error" };
-    ctx.engine.metrics().reconciles.with_label_values(&[outcome]).inc();
+    ctx.engine
+        .metrics()
+        .reconciles
+        .with_label_values(&[outcome])
+        .inc();
     Ok(Action::requeue(step?.requeue))
 }
 
-fn error_policy(campaign: Arc<ExperimentCampaign>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+fn error_policy(
+    campaign: Arc<ExperimentCampaign>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
     tracing::warn!(campaign = %campaign.name_any(), error = %error, "reconcile failed; retrying in 15 s");
     Action::requeue(Duration::from_secs(15))
 }
 
 /// Resolves what the engine needs that lives in the cluster: train.py from a ConfigMap and the
 /// signer token from a Secret.
-async fn handle_for(ctx: &Context, campaign: &ExperimentCampaign, namespace: &str, name: &str) -> Result<CampaignHandle, ReconcileError> {
+async fn handle_for(
+    ctx: &Context,
+    campaign: &ExperimentCampaign,
+    namespace: &str,
+    name: &str,
+) -> Result<CampaignHandle, ReconcileError> {
     let spec = &campaign.spec;
-    let train_py = match (&spec.train_script.inline, &spec.train_script.config_map_key_ref) {
+    let train_py = match (
+        &spec.train_script.inline,
+        &spec.train_script.config_map_key_ref,
+    ) {
         (Some(inline), _) => inline.clone(),
         (None, Some(r)) => {
             let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
                 .get_opt(&r.name)
                 .await
                 .map_err(|e| ReconcileError::Input(format!("reading ConfigMap {}: {e}", r.name)))?
-                .ok_or_else(|| ReconcileError::Input(format!("ConfigMap {} (spec.trainScript.configMapKeyRef) not found", r.name)))?;
+                .ok_or_else(|| {
+                    ReconcileError::Input(format!(
+                        "ConfigMap {} (spec.trainScript.configMapKeyRef) not found",
+                        r.name
+                    ))
+                })?;
             cm.data
                 .and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| ReconcileError::Input(format!("ConfigMap {} has no key {}", r.name, r.key)))?
+                .ok_or_else(|| {
+                    ReconcileError::Input(format!("ConfigMap {} has no key {}", r.name, r.key))
+                })?
         }
         (None, None) => String::new(),
     };
@@ -211,12 +258,29 @@ async fn handle_for(ctx: &Context, campaign: &ExperimentCampaign, namespace: &st
                 .get_opt(&r.name)
                 .await
                 .map_err(|e| ReconcileError::Input(format!("reading Secret {}: {e}", r.name)))?
-                .ok_or_else(|| ReconcileError::Input(format!("Secret {} (spec.payment.tokenSecretRef) not found", r.name)))?;
+                .ok_or_else(|| {
+                    ReconcileError::Input(format!(
+                        "Secret {} (spec.payment.tokenSecretRef) not found",
+                        r.name
+                    ))
+                })?;
             let bytes = secret
                 .data
                 .and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| ReconcileError::Input(format!("Secret {} has no key {}", r.name, r.key)))?;
-            Some(String::from_utf8(bytes.0).map_err(|_| ReconcileError::Input(format!("Secret {} key {} is not text", r.name, r.key)))?.trim().to_string())
+                .ok_or_else(|| {
+                    ReconcileError::Input(format!("Secret {} has no key {}", r.name, r.key))
+                })?;
+            Some(
+                String::from_utf8(bytes.0)
+                    .map_err(|_| {
+                        ReconcileError::Input(format!(
+                            "Secret {} key {} is not text",
+                            r.name, r.key
+                        ))
+                    })?
+                    .trim()
+                    .to_string(),
+            )
         }
         None => ctx.default_token.clone(),
     };
@@ -227,7 +291,11 @@ async fn handle_for(ctx: &Context, campaign: &ExperimentCampaign, namespace: &st
         namespace: Some(namespace.to_string()),
         name: name.to_string(),
         store: Arc::new(store::StatusStore::new(ctx.client.clone(), namespace, name)),
-        notify: Arc::new(events::EventSink::new(ctx.client.clone(), &ctx.identity, campaign)),
+        notify: Arc::new(events::EventSink::new(
+            ctx.client.clone(),
+            &ctx.identity,
+            campaign,
+        )),
         signer: Arc::new(signer),
         train_py: train_py.into(),
     })
@@ -235,13 +303,14 @@ async fn handle_for(ctx: &Context, campaign: &ExperimentCampaign, namespace: &st
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping new work"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping new work"),

@@ -45,11 +45,18 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let role = if state.health.leader.load(Ordering::Relaxed) { "leader" } else { "standby" };
+    let role = if state.health.leader.load(Ordering::Relaxed) {
+        "leader"
+    } else {
+        "standby"
+    };
     if state.health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, format!("ready ({role})"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: API server not reached yet".to_string())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: API server not reached yet".to_string(),
+        )
     }
 }
 

@@ -29,18 +29,33 @@ pub struct StatusStore {
 impl StatusStore {
     /// The store of campaign `namespace/name`.
     pub fn new(client: Client, namespace: &str, name: &str) -> Self {
-        Self { api: Api::namespaced(client, namespace), name: name.to_string(), lock: Mutex::new(()) }
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            lock: Mutex::new(()),
+        }
     }
 
     fn failed(&self, source: kube::Error) -> UpdateError {
-        UpdateError::Store { name: self.name.clone(), source: source.into() }
+        UpdateError::Store {
+            name: self.name.clone(),
+            source: source.into(),
+        }
     }
 
-    async fn update_inner(&self, transition: Transition<'_>) -> Result<ExperimentCampaign, UpdateError> {
+    async fn update_inner(
+        &self,
+        transition: Transition<'_>,
+    ) -> Result<ExperimentCampaign, UpdateError> {
         let _guard = self.lock.lock().await;
         let mut conflicts = 0;
         loop {
-            let Some(mut campaign) = self.api.get_opt(&self.name).await.map_err(|e| self.failed(e))? else {
+            let Some(mut campaign) = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| self.failed(e))?
+            else {
                 return Err(UpdateError::Gone(self.name.clone()));
             };
             if campaign.metadata.deletion_timestamp.is_some() {
@@ -54,10 +69,18 @@ impl StatusStore {
             campaign.status = Some(status);
             // replace_status sends the resourceVersion we read: a concurrent write makes it fail
             // with 409 Conflict instead of being overwritten.
-            match self.api.replace_status(&self.name, &PostParams::default(), &campaign).await {
+            match self
+                .api
+                .replace_status(&self.name, &PostParams::default(), &campaign)
+                .await
+            {
                 Ok(stored) => return Ok(stored),
-                Err(kube::Error::Api(s)) if s.code == 409 && conflicts < MAX_CONFLICTS => conflicts += 1,
-                Err(kube::Error::Api(s)) if s.code == 404 => return Err(UpdateError::Gone(self.name.clone())),
+                Err(kube::Error::Api(s)) if s.code == 409 && conflicts < MAX_CONFLICTS => {
+                    conflicts += 1
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    return Err(UpdateError::Gone(self.name.clone()));
+                }
                 Err(e) => return Err(self.failed(e)),
             }
         }
@@ -67,12 +90,19 @@ impl StatusStore {
 impl CampaignStore for StatusStore {
     fn get(&self) -> BoxFuture<'_, Result<Option<ExperimentCampaign>, UpdateError>> {
         Box::pin(async move {
-            let campaign = self.api.get_opt(&self.name).await.map_err(|e| self.failed(e))?;
+            let campaign = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| self.failed(e))?;
             Ok(campaign.filter(|c| c.metadata.deletion_timestamp.is_none()))
         })
     }
 
-    fn update<'a>(&'a self, transition: Transition<'a>) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>> {
+    fn update<'a>(
+        &'a self,
+        transition: Transition<'a>,
+    ) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>> {
         Box::pin(self.update_inner(transition))
     }
 }

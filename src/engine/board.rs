@@ -93,7 +93,9 @@ impl WorkerBoard {
     /// Whether `endpoint` is cooling down after a failure.
     pub fn is_cooling(&self, endpoint: &str) -> bool {
         let map = self.workers.lock().expect("board lock");
-        map.get(endpoint).and_then(|w| w.cool_until).is_some_and(|t| Instant::now() < t)
+        map.get(endpoint)
+            .and_then(|w| w.cool_until)
+            .is_some_and(|t| Instant::now() < t)
     }
 }
 
@@ -105,12 +107,18 @@ mod tests {
     fn a_worker_runs_one_experiment_at_a_time_and_cools_down_after_failing() {
         let board = WorkerBoard::default();
         assert!(board.try_claim("w", "a"));
-        assert!(board.try_claim("w", "a"), "claiming again for the same experiment is idempotent");
+        assert!(
+            board.try_claim("w", "a"),
+            "claiming again for the same experiment is idempotent"
+        );
         assert!(!board.try_claim("w", "b"));
         board.release("w", "a", true);
         assert!(!board.is_busy("w"));
         assert!(board.is_cooling("w"));
-        assert!(!board.try_claim("w", "b"), "a cooling worker is not claimed");
+        assert!(
+            !board.try_claim("w", "b"),
+            "a cooling worker is not claimed"
+        );
         board.release("w", "x", false);
         assert!(!board.is_cooling("w"));
         assert!(board.try_claim("w", "b"));

@@ -47,14 +47,20 @@ pub struct Candidate {
 /// Where workers come from (discovery, or a fixed list).
 pub trait WorkerSource: Send + Sync {
     /// Workers for a campaign's discovery settings; the implementation caches across campaigns.
-    fn workers<'a>(&'a self, spec: &'a DiscoverySpec) -> BoxFuture<'a, Result<Vec<Candidate>, String>>;
+    fn workers<'a>(
+        &'a self,
+        spec: &'a DiscoverySpec,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, String>>;
 }
 
 /// Only the campaign's static `discovery.workers`.
 pub struct StaticWorkers;
 
 impl WorkerSource for StaticWorkers {
-    fn workers<'a>(&'a self, spec: &'a DiscoverySpec) -> BoxFuture<'a, Result<Vec<Candidate>, String>> {
+    fn workers<'a>(
+        &'a self,
+        spec: &'a DiscoverySpec,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, String>> {
         Box::pin(async move { Ok(static_candidates(spec)) })
     }
 }
@@ -63,7 +69,11 @@ impl WorkerSource for StaticWorkers {
 pub fn static_candidates(spec: &DiscoverySpec) -> Vec<Candidate> {
     spec.workers
         .iter()
-        .map(|w| Candidate { endpoint: w.endpoint.trim_end_matches('/').to_string(), agent_id: w.agent_id, name: w.name.clone() })
+        .map(|w| Candidate {
+            endpoint: w.endpoint.trim_end_matches('/').to_string(),
+            agent_id: w.agent_id,
+            name: w.name.clone(),
+        })
         .collect()
 }
 
@@ -170,7 +180,12 @@ pub struct Step {
 
 impl Engine {
     /// An engine appending results to `results`.
-    pub fn new(workers: Arc<dyn WorkerSource>, results: ResultsLog, metrics: Metrics, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        workers: Arc<dyn WorkerSource>,
+        results: ResultsLog,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> Arc<Self> {
         Arc::new(Self {
             workers,
             board: WorkerBoard::default(),
@@ -195,7 +210,8 @@ impl Engine {
     /// Experiments with a task running in this process, for a campaign.
     pub fn running_tasks(&self, key: &str) -> usize {
         let map = self.runtimes.lock().expect("runtimes lock");
-        map.get(key).map_or(0, |r| r.tasks.values().filter(|t| !t.is_finished()).count())
+        map.get(key)
+            .map_or(0, |r| r.tasks.values().filter(|t| !t.is_finished()).count())
     }
 
     /// Stops every task of every campaign (leadership lost, shutdown). In-flight payments are in
@@ -220,12 +236,16 @@ impl Engine {
     pub async fn reconcile(self: &Arc<Self>, handle: &CampaignHandle) -> Result<Step, UpdateError> {
         let Some(campaign) = handle.store.get().await? else {
             self.forget(&handle.key);
-            return Ok(Step { requeue: self.settings.idle_requeue, phase: Phase::Succeeded });
+            return Ok(Step {
+                requeue: self.settings.idle_requeue,
+                phase: Phase::Succeeded,
+            });
         };
         let generation = campaign.metadata.generation;
-        let limits = match Limits::from_spec(&campaign.spec)
-            .and_then(|l| strategy::validate(&campaign.spec.search, campaign.spec.base_config.as_ref()).map(|()| l))
-        {
+        let limits = match Limits::from_spec(&campaign.spec).and_then(|l| {
+            strategy::validate(&campaign.spec.search, campaign.spec.base_config.as_ref())
+                .map(|()| l)
+        }) {
             Ok(limits) => limits,
             Err(e) => return self.refuse_spec(handle, generation, e.to_string()).await,
         };
@@ -236,7 +256,11 @@ impl Engine {
         // THINK: top up `pending` to the free slots.
         let stop = ledger::stop_reason(&status, &limits);
         let active = stop.is_none() && !campaign.spec.suspend;
-        let slots = if active { ledger::free_slots(&status, &limits) as usize } else { 0 };
+        let slots = if active {
+            ledger::free_slots(&status, &limits) as usize
+        } else {
+            0
+        };
         let (proposals, exhausted, state) = if slots > status.pending.len() {
             self.think(handle, &campaign, &status, slots - status.pending.len())
         } else {
@@ -244,33 +268,57 @@ impl Engine {
         };
 
         // CLAIM: the workers, and one per pending experiment.
-        let (candidates, discovery_error) = match self.workers.workers(&campaign.spec.discovery).await {
-            Ok(c) => (c, None),
-            Err(e) => {
-                self.metrics.discovery_errors.with_label_values(&["any"]).inc();
-                (static_candidates(&campaign.spec.discovery), Some(e))
-            }
-        };
+        let (candidates, discovery_error) =
+            match self.workers.workers(&campaign.spec.discovery).await {
+                Ok(c) => (c, None),
+                Err(e) => {
+                    self.metrics
+                        .discovery_errors
+                        .with_label_values(&["any"])
+                        .inc();
+                    (static_candidates(&campaign.spec.discovery), Some(e))
+                }
+            };
         let candidates = eligible(&campaign.spec.discovery, candidates);
         // An experiment whose start task is still pricing or signing is not assigned again.
-        let mut pending: Vec<PendingExperiment> =
-            status.pending.iter().filter(|p| !self.has_live_task(handle, &p.experiment_id)).cloned().collect();
+        let mut pending: Vec<PendingExperiment> = status
+            .pending
+            .iter()
+            .filter(|p| !self.has_live_task(handle, &p.experiment_id))
+            .cloned()
+            .collect();
         pending.extend(proposals.iter().cloned());
-        let slots = slots.saturating_sub(self.running_tasks(&handle.key).saturating_sub(status.ledger.len()));
+        let slots = slots.saturating_sub(
+            self.running_tasks(&handle.key)
+                .saturating_sub(status.ledger.len()),
+        );
         let assignments = if active {
             self.assign(&pending, slots, &candidates, &limits)
         } else {
             Vec::new()
         };
-        let cheapest = candidates.iter().filter_map(|c| self.board.price(&c.endpoint)).min();
+        let cheapest = candidates
+            .iter()
+            .filter_map(|c| self.board.price(&c.endpoint))
+            .min();
         let counts = WorkerCounts {
             discovered: candidates.len() as u32,
             eligible: candidates
                 .iter()
-                .filter(|c| self.board.price(&c.endpoint).is_none_or(|p| p <= limits.max_price))
+                .filter(|c| {
+                    self.board
+                        .price(&c.endpoint)
+                        .is_none_or(|p| p <= limits.max_price)
+                })
                 .count() as u32,
-            busy: candidates.iter().filter(|c| self.board.is_busy(&c.endpoint)).count() as u32,
-            cooling_down: candidates.iter().filter(|c| self.board.is_cooling(&c.endpoint)).count() as u32,
+            busy: candidates
+                .iter()
+                .filter(|c| self.board.is_busy(&c.endpoint))
+                .count() as u32,
+            cooling_down: candidates
+                .iter()
+                .filter(|c| self.board.is_cooling(&c.endpoint))
+                .count() as u32,
         };
 
         // PUBLISH the decision: proposals, strategy state, phase and conditions, in one write.
@@ -278,13 +326,23 @@ impl Engine {
         let stored = handle
             .store
             .update(&mut |c, s| {
-                let Ok(limits) = Limits::from_spec(&c.spec) else { return Ok(()) };
+                let Ok(limits) = Limits::from_spec(&c.spec) else {
+                    return Ok(());
+                };
                 ledger::propose(s, proposals.clone());
                 s.strategy_state = state.clone();
                 s.workers = Some(counts.clone());
                 s.observed_generation = c.metadata.generation;
                 ledger::refresh_derived(s, &limits);
-                let verdict = verdict(c, s, &limits, exhausted, cheapest, &candidates, discovery_error.as_deref());
+                let verdict = verdict(
+                    c,
+                    s,
+                    &limits,
+                    exhausted,
+                    cheapest,
+                    &candidates,
+                    discovery_error.as_deref(),
+                );
                 phase_out = verdict.phase;
                 apply_verdict(s, verdict, c.metadata.generation);
                 Ok(())
@@ -300,10 +358,19 @@ impl Engine {
 
         // RUN: a task per assignment (each one reserves its payment in the ledger first).
         for (experiment, worker) in assignments {
-            if status.pending.iter().any(|p| p.experiment_id == experiment.experiment_id)
-                && self.board.try_claim(&worker.endpoint, &experiment.experiment_id)
+            if status
+                .pending
+                .iter()
+                .any(|p| p.experiment_id == experiment.experiment_id)
+                && self
+                    .board
+                    .try_claim(&worker.endpoint, &experiment.experiment_id)
             {
-                self.spawn(handle, experiment.experiment_id.clone(), run::start(self.clone(), handle.clone(), experiment, worker));
+                self.spawn(
+                    handle,
+                    experiment.experiment_id.clone(),
+                    run::start(self.clone(), handle.clone(), experiment, worker),
+                );
             }
         }
 
@@ -316,10 +383,18 @@ impl Engine {
         } else {
             self.settings.idle_requeue
         };
-        Ok(Step { requeue, phase: phase_out })
+        Ok(Step {
+            requeue,
+            phase: phase_out,
+        })
     }
 
-    async fn refuse_spec(&self, handle: &CampaignHandle, generation: Option<i64>, message: String) -> Result<Step, UpdateError> {
+    async fn refuse_spec(
+        &self,
+        handle: &CampaignHandle,
+        generation: Option<i64>,
+        message: String,
+    ) -> Result<Step, UpdateError> {
         let mut changed = false;
         handle
             .store
@@ -327,7 +402,10 @@ impl Engine {
                 let before = s.clone();
                 s.phase = Some(Phase::Failed);
                 s.observed_generation = generation;
-                set_condition(&mut s.conditions, condition("SpecValid", false, "InvalidSpec", &message, generation));
+                set_condition(
+                    &mut s.conditions,
+                    condition("SpecValid", false, "InvalidSpec", &message, generation),
+                );
                 changed = *s != before;
                 Ok(())
             })
@@ -335,10 +413,18 @@ impl Engine {
         if changed {
             handle
                 .notify
-                .notify(Notice { severity: Severity::Warning, reason: "InvalidSpec", action: "Validate", message })
+                .notify(Notice {
+                    severity: Severity::Warning,
+                    reason: "InvalidSpec",
+                    action: "Validate",
+                    message,
+                })
                 .await;
         }
-        Ok(Step { requeue: self.settings.idle_requeue, phase: Phase::Failed })
+        Ok(Step {
+            requeue: self.settings.idle_requeue,
+            phase: Phase::Failed,
+        })
     }
 
     /// Reads this campaign's past results from results.jsonl once per process.
@@ -355,7 +441,9 @@ impl Engine {
                     runtime.finished.insert(r.experiment_id.clone(), r);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, path = %self.results.path().display(), "cannot read results history"),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.results.path().display(), "cannot read results history")
+            }
         }
         map.insert(handle.key.clone(), runtime);
     }
@@ -371,7 +459,11 @@ impl Engine {
                     Some(v) if ledger::is_valid_val_bpb(v) => strategy::Outcome::Succeeded(v),
                     _ => strategy::Outcome::Failed,
                 };
-                history.record(Trial { experiment_id: id.clone(), config: r.config.clone().unwrap_or(Value::Null), outcome });
+                history.record(Trial {
+                    experiment_id: id.clone(),
+                    config: r.config.clone().unwrap_or(Value::Null),
+                    outcome,
+                });
             }
         }
         let in_flight = status
@@ -380,7 +472,11 @@ impl Engine {
             .map(|e| (&e.experiment_id, &e.config))
             .chain(status.pending.iter().map(|p| (&p.experiment_id, &p.config)));
         for (id, config) in in_flight {
-            history.record(Trial { experiment_id: id.clone(), config: config.clone().unwrap_or(Value::Null), outcome: strategy::Outcome::InFlight });
+            history.record(Trial {
+                experiment_id: id.clone(),
+                config: config.clone().unwrap_or(Value::Null),
+                outcome: strategy::Outcome::InFlight,
+            });
         }
         history
     }
@@ -395,12 +491,25 @@ impl Engine {
         let history = self.history(handle, status);
         let mut state = status.strategy_state.clone();
         let spec = &campaign.spec;
-        match strategy::propose(&spec.search, &spec.objective, spec.base_config.as_ref(), &handle.train_py, &history, &mut state, n) {
+        match strategy::propose(
+            &spec.search,
+            &spec.objective,
+            spec.base_config.as_ref(),
+            &handle.train_py,
+            &history,
+            &mut state,
+            n,
+        ) {
             Ok(batch) => {
                 let proposals = batch
                     .proposals
                     .into_iter()
-                    .map(|p| PendingExperiment { experiment_id: p.experiment_id, config: Some(p.config), attempts: 0, avoid: Vec::new() })
+                    .map(|p| PendingExperiment {
+                        experiment_id: p.experiment_id,
+                        config: Some(p.config),
+                        attempts: 0,
+                        avoid: Vec::new(),
+                    })
                     .collect();
                 (proposals, batch.exhausted, state)
             }
@@ -414,16 +523,36 @@ impl Engine {
     /// Pairs pending experiments with free workers: preferred workers first, then by the last
     /// price seen (cheapest first; unknown prices after known ones), skipping busy, cooling and
     /// too-expensive workers and those an experiment must avoid.
-    fn assign(&self, pending: &[PendingExperiment], slots: usize, candidates: &[Candidate], limits: &Limits) -> Vec<(PendingExperiment, Candidate)> {
+    fn assign(
+        &self,
+        pending: &[PendingExperiment],
+        slots: usize,
+        candidates: &[Candidate],
+        limits: &Limits,
+    ) -> Vec<(PendingExperiment, Candidate)> {
         let mut free: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| !self.board.is_busy(&c.endpoint) && !self.board.is_cooling(&c.endpoint))
-            .filter(|c| self.board.price(&c.endpoint).is_none_or(|p| p <= limits.max_price))
+            .filter(|c| {
+                self.board
+                    .price(&c.endpoint)
+                    .is_none_or(|p| p <= limits.max_price)
+            })
             .collect();
-        free.sort_by_key(|c| (self.board.price(&c.endpoint).map_or(u128::MAX, Usdc::atomic), c.endpoint.clone()));
+        free.sort_by_key(|c| {
+            (
+                self.board
+                    .price(&c.endpoint)
+                    .map_or(u128::MAX, Usdc::atomic),
+                c.endpoint.clone(),
+            )
+        });
         let mut out = Vec::new();
         for experiment in pending.iter().take(slots) {
-            if let Some(i) = free.iter().position(|c| !experiment.avoid.contains(&c.endpoint)) {
+            if let Some(i) = free
+                .iter()
+                .position(|c| !experiment.avoid.contains(&c.endpoint))
+            {
                 out.push((experiment.clone(), free.remove(i).clone()));
             }
         }
@@ -437,19 +566,35 @@ impl Engine {
             .is_some_and(|t| !t.is_finished())
     }
 
-    fn resume_orphans(self: &Arc<Self>, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
+    fn resume_orphans(
+        self: &Arc<Self>,
+        handle: &CampaignHandle,
+        status: &ExperimentCampaignStatus,
+    ) {
         for entry in &status.ledger {
             if !self.has_live_task(handle, &entry.experiment_id) {
                 self.board.hold(&entry.worker, &entry.experiment_id);
-                self.spawn(handle, entry.experiment_id.clone(), run::resume(self.clone(), handle.clone(), entry.clone()));
+                self.spawn(
+                    handle,
+                    entry.experiment_id.clone(),
+                    run::resume(self.clone(), handle.clone(), entry.clone()),
+                );
             }
         }
     }
 
-    fn spawn(&self, handle: &CampaignHandle, experiment_id: String, task: impl Future<Output = ()> + Send + 'static) {
+    fn spawn(
+        &self,
+        handle: &CampaignHandle,
+        experiment_id: String,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
         let join = tokio::spawn(task);
         let mut map = self.runtimes.lock().expect("runtimes lock");
-        map.entry(handle.key.clone()).or_default().tasks.insert(experiment_id, join);
+        map.entry(handle.key.clone())
+            .or_default()
+            .tasks
+            .insert(experiment_id, join);
     }
 
     /// The recorded result of an experiment, if results.jsonl has it.
@@ -473,14 +618,16 @@ impl Engine {
 }
 
 fn belongs_to(record: &ResultRecord, handle: &CampaignHandle) -> bool {
-    record.campaign_name.as_deref() == Some(handle.name.as_str()) && record.campaign_namespace == handle.namespace
+    record.campaign_name.as_deref() == Some(handle.name.as_str())
+        && record.campaign_namespace == handle.namespace
 }
 
 /// Drops excluded workers and duplicates; puts preferred ones first.
 fn eligible(spec: &DiscoverySpec, candidates: Vec<Candidate>) -> Vec<Candidate> {
     let matches = |list: &[String], c: &Candidate| {
         list.iter().any(|p| {
-            c.endpoint.starts_with(p.trim_end_matches('/')) || c.agent_id.is_some_and(|id| id.to_string() == *p)
+            c.endpoint.starts_with(p.trim_end_matches('/'))
+                || c.agent_id.is_some_and(|id| id.to_string() == *p)
         })
     };
     let mut seen = std::collections::HashSet::new();
@@ -515,28 +662,91 @@ fn verdict(
     }
     let search_done = stop.is_none() && exhausted && idle && status.pending.is_empty();
     let workers = if candidates.is_empty() {
-        let why = discovery_error.map(|e| format!(": {e}")).unwrap_or_default();
-        (false, "NoWorkers", format!("no worker found by discovery or in discovery.workers{why}; retrying"))
+        let why = discovery_error
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        (
+            false,
+            "NoWorkers",
+            format!("no worker found by discovery or in discovery.workers{why}; retrying"),
+        )
     } else {
-        (true, "WorkersFound", format!("{} workers", candidates.len()))
+        (
+            true,
+            "WorkersFound",
+            format!("{} workers", candidates.len()),
+        )
     };
     let (phase, progressing) = match (stop, search_done, campaign.spec.suspend) {
-        (Some(stop), _, _) if idle => (stop.phase(), (false, stop.reason(), stop_message(stop, status, limits))),
-        (Some(stop), _, _) => (Phase::Running, (true, "Draining", format!("{}; waiting for {} experiments in flight", stop_message(stop, status, limits), status.ledger.len()))),
-        (None, true, _) => (Phase::Succeeded, (false, "SearchExhausted", "the strategy has no experiment left to propose".to_string())),
-        (None, false, true) if idle => (Phase::Suspended, (false, "Suspended", "spec.suspend is set".to_string())),
-        (None, false, true) => (Phase::Running, (true, "Suspending", "spec.suspend is set; experiments in flight finish".to_string())),
-        (None, false, false) if status.submitted == 0 && candidates.is_empty() => (Phase::Pending, (false, "NoWorkers", workers.2.clone())),
-        (None, false, false) => (Phase::Running, (true, "Running", format!("{} running", status.ledger.len()))),
+        (Some(stop), _, _) if idle => (
+            stop.phase(),
+            (false, stop.reason(), stop_message(stop, status, limits)),
+        ),
+        (Some(stop), _, _) => (
+            Phase::Running,
+            (
+                true,
+                "Draining",
+                format!(
+                    "{}; waiting for {} experiments in flight",
+                    stop_message(stop, status, limits),
+                    status.ledger.len()
+                ),
+            ),
+        ),
+        (None, true, _) => (
+            Phase::Succeeded,
+            (
+                false,
+                "SearchExhausted",
+                "the strategy has no experiment left to propose".to_string(),
+            ),
+        ),
+        (None, false, true) if idle => (
+            Phase::Suspended,
+            (false, "Suspended", "spec.suspend is set".to_string()),
+        ),
+        (None, false, true) => (
+            Phase::Running,
+            (
+                true,
+                "Suspending",
+                "spec.suspend is set; experiments in flight finish".to_string(),
+            ),
+        ),
+        (None, false, false) if status.submitted == 0 && candidates.is_empty() => {
+            (Phase::Pending, (false, "NoWorkers", workers.2.clone()))
+        }
+        (None, false, false) => (
+            Phase::Running,
+            (true, "Running", format!("{} running", status.ledger.len())),
+        ),
     };
-    let done = matches!(phase, Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted);
+    let done = matches!(
+        phase,
+        Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted
+    );
     Verdict {
         phase,
         conditions: vec![
             ("SpecValid", true, "Valid", "the spec is valid".to_string()),
             ("WorkersAvailable", workers.0, workers.1, workers.2),
-            ("Progressing", progressing.0, progressing.1, progressing.2.clone()),
-            ("Complete", done, if done { progressing.1 } else { "InProgress" }, if done { progressing.2 } else { "not finished".to_string() }),
+            (
+                "Progressing",
+                progressing.0,
+                progressing.1,
+                progressing.2.clone(),
+            ),
+            (
+                "Complete",
+                done,
+                if done { progressing.1 } else { "InProgress" },
+                if done {
+                    progressing.2
+                } else {
+                    "not finished".to_string()
+                },
+            ),
         ],
     }
 }
@@ -548,8 +758,14 @@ fn stop_message(stop: Stop, status: &ExperimentCampaignStatus, limits: &Limits) 
             status.best.as_ref().map_or(f64::NAN, |b| b.val_bpb),
             limits.goal.unwrap_or_default()
         ),
-        Stop::MaxExperimentsReached => format!("{} experiments finished (maxExperiments)", ledger::finished(status)),
-        Stop::TooManyFailures => format!("{} experiments failed (maxFailedExperiments {})", status.failed, limits.max_failed),
+        Stop::MaxExperimentsReached => format!(
+            "{} experiments finished (maxExperiments)",
+            ledger::finished(status)
+        ),
+        Stop::TooManyFailures => format!(
+            "{} experiments failed (maxFailedExperiments {})",
+            status.failed, limits.max_failed
+        ),
         Stop::BudgetExhausted => format!(
             "{} of {} USDC spent; what is left pays no acceptable worker",
             status.spent.as_deref().unwrap_or("0"),
@@ -561,11 +777,20 @@ fn stop_message(stop: Stop, status: &ExperimentCampaignStatus, limits: &Limits) 
 fn apply_verdict(status: &mut ExperimentCampaignStatus, verdict: Verdict, generation: Option<i64>) {
     status.phase = Some(verdict.phase);
     for (type_, ok, reason, message) in verdict.conditions {
-        set_condition(&mut status.conditions, condition(type_, ok, reason, &message, generation));
+        set_condition(
+            &mut status.conditions,
+            condition(type_, ok, reason, &message, generation),
+        );
     }
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
@@ -581,8 +806,15 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str, generation: Opt
 pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
-            let time = if old.status == new.status { old.last_transition_time.clone() } else { new.last_transition_time.clone() };
-            *old = Condition { last_transition_time: time, ..new };
+            let time = if old.status == new.status {
+                old.last_transition_time.clone()
+            } else {
+                new.last_transition_time.clone()
+            };
+            *old = Condition {
+                last_transition_time: time,
+                ..new
+            };
         }
         None => conditions.push(new),
     }

@@ -18,28 +18,42 @@ use crate::crd::{LedgerEntry, PendingExperiment, ResultSummary};
 use crate::experiment;
 use crate::ledger::{self, Limits, Outcome, Recorded, Refusal};
 use crate::payment::{
-    ExperimentRequest, Policy, Quote, RunOutcome, Voucher, VoucherTerms, WorkerClient, WorkerError,
-    new_nonce, sign_voucher, unix_now, x402,
+    ExperimentRequest, Policy, Quote, Voucher, VoucherTerms, WorkerClient, WorkerError, new_nonce,
+    sign_voucher, unix_now, x402,
 };
 use crate::results::ResultRecord;
 use crate::usdc::Usdc;
 
 /// Starts a pending experiment on `worker`. Every early return leaves the experiment pending.
-pub async fn start(engine: Arc<Engine>, handle: CampaignHandle, pending: PendingExperiment, worker: Candidate) {
+pub async fn start(
+    engine: Arc<Engine>,
+    handle: CampaignHandle,
+    pending: PendingExperiment,
+    worker: Candidate,
+) {
     let id = pending.experiment_id.clone();
     match prepare_and_reserve(&engine, &handle, &pending, &worker).await {
-        Ok(Some((entry, voucher, client))) => finish(&engine, &handle, entry, voucher, client, false).await,
+        Ok(Some((entry, voucher, client))) => {
+            finish(&engine, &handle, entry, voucher, client, false).await
+        }
         Ok(None) => engine.board.release(&worker.endpoint, &id, false),
         Err(failure) => {
             engine.board.release(&worker.endpoint, &id, true);
-            engine.metrics.experiments.with_label_values(&["worker_failure"]).inc();
+            engine
+                .metrics
+                .experiments
+                .with_label_values(&["worker_failure"])
+                .inc();
             handle
                 .notify
                 .notify(Notice {
                     severity: Severity::Warning,
                     reason: "WorkerSkipped",
                     action: "Claim",
-                    message: format!("experiment {id}: worker {} skipped: {failure}", worker.endpoint),
+                    message: format!(
+                        "experiment {id}: worker {} skipped: {failure}",
+                        worker.endpoint
+                    ),
                 })
                 .await;
         }
@@ -55,7 +69,9 @@ async fn prepare_and_reserve(
     pending: &PendingExperiment,
     worker: &Candidate,
 ) -> Result<Option<(LedgerEntry, Voucher, WorkerClient)>, String> {
-    let Some(campaign) = handle.store.get().await.map_err(|e| e.to_string())? else { return Ok(None) };
+    let Some(campaign) = handle.store.get().await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
     let spec = &campaign.spec;
     let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
@@ -66,12 +82,22 @@ async fn prepare_and_reserve(
     // 1. Price.
     let required = match client.quote().await.map_err(|e| e.to_string())? {
         Quote::Priced(required) => required,
-        Quote::Free => return Err("answered without asking for payment; refusing an unpaid, unaccountable worker".into()),
+        Quote::Free => {
+            return Err(
+                "answered without asking for payment; refusing an unpaid, unaccountable worker"
+                    .into(),
+            );
+        }
     };
     let policy = Policy {
         networks: vec![spec.payment.network],
         max_price: limits.max_price,
-        extra_assets: spec.payment.extra_assets.iter().filter_map(|a| a.parse().ok()).collect(),
+        extra_assets: spec
+            .payment
+            .extra_assets
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
     };
     let offer = x402::choose(&required, &policy).map_err(|e| {
         if let Some(asked) = cheapest_asked(&required) {
@@ -80,21 +106,36 @@ async fn prepare_and_reserve(
         e.to_string()
     })?;
     engine.board.note_price(&worker.endpoint, offer.amount);
-    let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits).map_err(|e| e.to_string())?;
+    let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)
+        .map_err(|e| e.to_string())?;
     if offer.amount > left {
         return Ok(None);
     }
 
     // 2. Sign (nothing leaves this process yet).
-    let from: Option<Address> = spec.payment.signer_address.as_deref().and_then(|a| a.parse().ok());
-    let terms = VoucherTerms { experiment_id: pending.experiment_id.clone(), nonce: new_nonce(), from, run_timeout: timeout };
+    let from: Option<Address> = spec
+        .payment
+        .signer_address
+        .as_deref()
+        .and_then(|a| a.parse().ok());
+    let terms = VoucherTerms {
+        experiment_id: pending.experiment_id.clone(),
+        nonce: new_nonce(),
+        from,
+        run_timeout: timeout,
+    };
     let voucher = match sign_voucher(&handle.signer, &offer, &terms, unix_now()).await {
         Ok(v) => v,
         Err(e) => {
             // The signer is the campaign's problem, not the worker's: no cooldown for the worker.
             handle
                 .notify
-                .notify(Notice { severity: Severity::Warning, reason: "SignerFailed", action: "Sign", message: e.to_string() })
+                .notify(Notice {
+                    severity: Severity::Warning,
+                    reason: "SignerFailed",
+                    action: "Sign",
+                    message: e.to_string(),
+                })
                 .await;
             return Ok(None);
         }
@@ -119,11 +160,16 @@ async fn prepare_and_reserve(
             if c.spec.suspend {
                 return Err(Refusal::NoSlot(0));
             }
-            let limits = Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+            let limits =
+                Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
             if let Some(stop) = ledger::stop_reason(s, &limits) {
                 return Err(Refusal::Unreadable(stop.reason().into()));
             }
-            if !s.pending.iter().any(|p| p.experiment_id == entry.experiment_id) {
+            if !s
+                .pending
+                .iter()
+                .any(|p| p.experiment_id == entry.experiment_id)
+            {
                 return Err(Refusal::Duplicate(entry.experiment_id.clone()));
             }
             ledger::reserve(s, &limits, entry.clone())
@@ -156,7 +202,11 @@ fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
     required
         .accepts
         .iter()
-        .filter_map(|r| r.get("amount").or_else(|| r.get("maxAmountRequired"))?.as_str())
+        .filter_map(|r| {
+            r.get("amount")
+                .or_else(|| r.get("maxAmountRequired"))?
+                .as_str()
+        })
         .filter_map(|a| Usdc::parse_atomic(a).ok())
         .min()
 }
@@ -176,7 +226,10 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
         Err(e) => {
             // Cannot re-send and must not sign again: count the reserved amount as spent.
             let amount = Usdc::parse_atomic(&entry.amount).unwrap_or_default();
-            let outcome = Outcome::WorkerFailed { paid: amount, reason: format!("stored voucher unreadable: {e}") };
+            let outcome = Outcome::WorkerFailed {
+                paid: amount,
+                reason: format!("stored voucher unreadable: {e}"),
+            };
             complete(&engine, &handle, &entry, outcome, None).await;
             engine.changed.notify_waiters();
             return;
@@ -188,11 +241,16 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
         .await
         .ok()
         .flatten()
-        .map_or(Duration::from_secs(900), |c| Duration::from_secs(c.spec.experiment_timeout_seconds.into()));
+        .map_or(Duration::from_secs(900), |c| {
+            Duration::from_secs(c.spec.experiment_timeout_seconds.into())
+        });
     let client = match WorkerClient::new(&entry.worker, timeout) {
         Ok(c) => c.with_poll_interval(engine.settings.job_poll),
         Err(e) => {
-            let outcome = Outcome::WorkerFailed { paid: voucher.amount, reason: e.to_string() };
+            let outcome = Outcome::WorkerFailed {
+                paid: voucher.amount,
+                reason: e.to_string(),
+            };
             complete(&engine, &handle, &entry, outcome, None).await;
             return;
         }
@@ -203,7 +261,10 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
             severity: Severity::Normal,
             reason: "ExperimentResumed",
             action: "Resume",
-            message: format!("experiment {id} on {}: recovering its result or re-sending the same voucher", entry.worker),
+            message: format!(
+                "experiment {id} on {}: recovering its result or re-sending the same voucher",
+                entry.worker
+            ),
         })
         .await;
     finish(&engine, &handle, entry, voucher, client, true).await;
@@ -211,59 +272,134 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
 }
 
 /// Sends (or re-sends) the voucher, classifies the answer, and records it.
-async fn finish(engine: &Engine, handle: &CampaignHandle, entry: LedgerEntry, voucher: Voucher, client: WorkerClient, resumed: bool) {
+async fn finish(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: LedgerEntry,
+    voucher: Voucher,
+    client: WorkerClient,
+    resumed: bool,
+) {
     let request = ExperimentRequest {
         experiment_id: entry.experiment_id.clone(),
         train_py: handle.train_py.to_string(),
-        config: entry.config.clone().unwrap_or_else(|| serde_json::json!({})),
+        config: entry
+            .config
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({})),
     };
     let started = Instant::now();
-    let (outcome, tx) = attempt(&client, &voucher, &request, resumed).await;
+    let (outcome, tx) = attempt(
+        &client,
+        &voucher,
+        &request,
+        resumed,
+        engine.settings.job_poll,
+    )
+    .await;
     let label = match &outcome {
-        Outcome::Finished { result: Some(_), .. } => "succeeded",
+        Outcome::Finished {
+            result: Some(_), ..
+        } => "succeeded",
         Outcome::Finished { .. } => "failed",
         Outcome::WorkerFailed { .. } => "worker_failure",
     };
-    engine.metrics.experiment_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    engine
+        .metrics
+        .experiment_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
     complete(engine, handle, &entry, outcome, tx).await;
 }
 
 /// One send, with recovery when the answer was lost. Returns the outcome and the settlement tx.
-async fn attempt(client: &WorkerClient, voucher: &Voucher, request: &ExperimentRequest, resumed: bool) -> (Outcome, Option<String>) {
+async fn attempt(
+    client: &WorkerClient,
+    voucher: &Voucher,
+    request: &ExperimentRequest,
+    resumed: bool,
+    poll: Duration,
+) -> (Outcome, Option<String>) {
     let paid = voucher.amount;
-    if resumed && let Ok(Some(result)) = client.recover(request).await {
-        return (finished(result, paid, client.endpoint()), None);
-    }
-    if resumed && !voucher.is_live(unix_now()) {
-        // Expired and the worker has no result: it may or may not have settled; count it.
-        return (Outcome::WorkerFailed { paid, reason: "voucher expired and the worker has no result for it".into() }, None);
+    if resumed {
+        return (
+            settle_uncertain(client, voucher, request, poll, None).await,
+            None,
+        );
     }
     match client.run(Some(voucher), request).await {
         Ok(run) => {
             let tx = run.transaction().map(str::to_string);
-            (finished_run(run, paid, client.endpoint()), tx)
+            (finished(run.result, paid, client.endpoint()), tx)
         }
-        // Gates settle only answers below 400: these provably paid nothing.
-        Err(e @ (WorkerError::Busy | WorkerError::Http { .. })) => (Outcome::WorkerFailed { paid: Usdc::ZERO, reason: e.to_string() }, None),
-        // A refused voucher on first send moved nothing; on a re-send it may mean its nonce was
-        // already used by the first send.
-        Err(e @ WorkerError::PaymentRejected { .. }) if !resumed => {
-            (Outcome::WorkerFailed { paid: Usdc::ZERO, reason: e.to_string() }, None)
-        }
-        // The answer was lost or unusable after the voucher may have been sent: ask the worker.
-        // It knowing nothing of the experiment means it never answered it, and gates settle
-        // only after an answer below 400, so nothing was paid. If it cannot be asked either,
-        // the amount is counted as spent: the budget errs on the safe side.
+        // Gates settle only answers below 400, and a refused connection sent nothing: these
+        // provably paid nothing, so the experiment may go to another worker.
+        Err(
+            e @ (WorkerError::Busy
+            | WorkerError::Http { .. }
+            | WorkerError::PaymentRejected { .. }
+            | WorkerError::Unreachable { .. }),
+        ) => (
+            Outcome::WorkerFailed {
+                paid: Usdc::ZERO,
+                reason: e.to_string(),
+            },
+            None,
+        ),
+        // The request may be running at the worker: its gate settles when it answers. Wait for
+        // the stored result; never send the experiment elsewhere meanwhile.
+        Err(e @ (WorkerError::Timeout { .. } | WorkerError::Interrupted { .. })) => (
+            settle_uncertain(client, voucher, request, poll, Some(e.to_string())).await,
+            None,
+        ),
+        // A 200 that is not a valid result (a lying worker): the gate settled, the answer is not
+        // recorded as a result, and the experiment is not paid for again.
         Err(e) => match client.recover(request).await {
             Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
-            Ok(None) if !resumed => (Outcome::WorkerFailed { paid: Usdc::ZERO, reason: e.to_string() }, None),
-            _ => (Outcome::WorkerFailed { paid, reason: e.to_string() }, None),
+            _ => (
+                Outcome::WorkerFailed {
+                    paid,
+                    reason: e.to_string(),
+                },
+                None,
+            ),
         },
     }
 }
 
-fn finished_run(run: RunOutcome, paid: Usdc, endpoint: &str) -> Outcome {
-    finished(run.result, paid, endpoint)
+/// Finishes an experiment whose voucher may be in use at the worker: polls its stored result,
+/// re-sending the *same* voucher while it is live (it settles at most once). When the voucher
+/// expires with no result, its amount is counted as spent: the budget errs on the safe side.
+async fn settle_uncertain(
+    client: &WorkerClient,
+    voucher: &Voucher,
+    request: &ExperimentRequest,
+    poll: Duration,
+    first_error: Option<String>,
+) -> Outcome {
+    let paid = voucher.amount;
+    let mut last = first_error.unwrap_or_else(|| "resumed after a restart".into());
+    loop {
+        match client.recover(request).await {
+            Ok(Some(result)) => return finished(result, paid, client.endpoint()),
+            Err(WorkerError::InvalidAnswer(e)) => return Outcome::WorkerFailed { paid, reason: e },
+            _ => {}
+        }
+        if !voucher.is_live(unix_now()) {
+            return Outcome::WorkerFailed {
+                paid,
+                reason: format!("{last}; the voucher expired with no result from the worker"),
+            };
+        }
+        match client.run(Some(voucher), request).await {
+            Ok(run) => return finished(run.result, paid, client.endpoint()),
+            Err(WorkerError::InvalidAnswer(e)) => return Outcome::WorkerFailed { paid, reason: e },
+            // Busy (probably with this very experiment), refused (the nonce may be in use by the
+            // first send), unreachable or cut: the stored result may still come.
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Outcome {
@@ -277,7 +413,10 @@ fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str
         }),
         _ => None,
     };
-    Outcome::Finished { result: summary, paid }
+    Outcome::Finished {
+        result: summary,
+        paid,
+    }
 }
 
 fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
@@ -301,7 +440,13 @@ fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
 
 /// PUBLISH: results.jsonl first (flushed), then status (which removes the ledger entry), then
 /// events and metrics.
-async fn complete(engine: &Engine, handle: &CampaignHandle, entry: &LedgerEntry, outcome: Outcome, tx: Option<String>) {
+async fn complete(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    outcome: Outcome,
+    tx: Option<String>,
+) {
     let counted = !matches!(&outcome, Outcome::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
     if counted {
         let record = result_record(handle, entry, &outcome, tx.clone());
@@ -309,22 +454,34 @@ async fn complete(engine: &Engine, handle: &CampaignHandle, entry: &LedgerEntry,
             // Without the durable line the status must not count it: leave the ledger entry so
             // the next resume tries again.
             tracing::error!(error = %e, experiment = %entry.experiment_id, "cannot append to results.jsonl; will retry");
-            engine.board.release(&entry.worker, &entry.experiment_id, false);
+            engine
+                .board
+                .release(&entry.worker, &entry.experiment_id, false);
             return;
         }
     }
     let mut recorded = None;
-    let network = serde_json::from_str::<Voucher>(&entry.payment).map(|v| v.network.to_string()).unwrap_or_default();
+    let network = serde_json::from_str::<Voucher>(&entry.payment)
+        .map(|v| v.network.to_string())
+        .unwrap_or_default();
     let result = handle
         .store
         .update(&mut |c, s| {
-            let limits = Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
-            recorded = Some(ledger::complete(s, &limits, &entry.experiment_id, outcome.clone())?);
+            let limits =
+                Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+            recorded = Some(ledger::complete(
+                s,
+                &limits,
+                &entry.experiment_id,
+                outcome.clone(),
+            )?);
             Ok(())
         })
         .await;
     let worker_failed = matches!(outcome, Outcome::WorkerFailed { .. });
-    engine.board.release(&entry.worker, &entry.experiment_id, worker_failed);
+    engine
+        .board
+        .release(&entry.worker, &entry.experiment_id, worker_failed);
     let ns = handle.namespace.clone().unwrap_or_default();
     match result {
         Ok(_) => {}
@@ -339,44 +496,96 @@ async fn complete(engine: &Engine, handle: &CampaignHandle, entry: &LedgerEntry,
     if paid > Usdc::ZERO && recorded != Some(Recorded::AlreadyCounted) {
         engine.metrics.paid(&network, paid);
     }
-    engine.metrics.in_flight.with_label_values(&[&ns, &handle.name]).set(0);
+    engine
+        .metrics
+        .in_flight
+        .with_label_values(&[&ns, &handle.name])
+        .set(0);
     let notice = match (&outcome, &recorded) {
         (_, Some(Recorded::AlreadyCounted)) | (_, None) => return,
-        (Outcome::Finished { result: Some(r), .. }, Some(Recorded::Counted { new_best, .. })) => {
-            engine.metrics.experiments.with_label_values(&["succeeded"]).inc();
+        (
+            Outcome::Finished {
+                result: Some(r), ..
+            },
+            Some(Recorded::Counted { new_best, .. }),
+        ) => {
+            engine
+                .metrics
+                .experiments
+                .with_label_values(&["succeeded"])
+                .inc();
             Notice {
                 severity: Severity::Normal,
-                reason: if *new_best { "NewBest" } else { "ExperimentSucceeded" },
+                reason: if *new_best {
+                    "NewBest"
+                } else {
+                    "ExperimentSucceeded"
+                },
                 action: "Record",
-                message: format!("experiment {} on {}: val_bpb {} (paid {} USDC{})", r.experiment_id, entry.worker, r.val_bpb, paid, tx_note(&tx)),
+                message: format!(
+                    "experiment {} on {}: val_bpb {} (paid {} USDC{})",
+                    r.experiment_id,
+                    entry.worker,
+                    r.val_bpb,
+                    paid,
+                    tx_note(&tx)
+                ),
             }
         }
         (Outcome::Finished { .. }, _) => {
-            engine.metrics.experiments.with_label_values(&["failed"]).inc();
+            engine
+                .metrics
+                .experiments
+                .with_label_values(&["failed"])
+                .inc();
             Notice {
                 severity: Severity::Warning,
                 reason: "ExperimentFailed",
                 action: "Record",
-                message: format!("experiment {} on {}: the run failed (paid {} USDC{})", entry.experiment_id, entry.worker, paid, tx_note(&tx)),
+                message: format!(
+                    "experiment {} on {}: the run failed (paid {} USDC{})",
+                    entry.experiment_id,
+                    entry.worker,
+                    paid,
+                    tx_note(&tx)
+                ),
             }
         }
         (Outcome::WorkerFailed { reason, .. }, Some(Recorded::Retry)) => {
-            engine.metrics.experiments.with_label_values(&["worker_failure"]).inc();
+            engine
+                .metrics
+                .experiments
+                .with_label_values(&["worker_failure"])
+                .inc();
             Notice {
                 severity: Severity::Warning,
                 reason: "WorkerFailed",
                 action: "Retry",
-                message: format!("experiment {} on {}: {reason}; nothing was paid, trying another worker", entry.experiment_id, entry.worker),
+                message: format!(
+                    "experiment {} on {}: {reason}; nothing was paid, trying another worker",
+                    entry.experiment_id, entry.worker
+                ),
             }
         }
         (Outcome::WorkerFailed { reason, .. }, _) => {
-            engine.metrics.experiments.with_label_values(&["worker_failure"]).inc();
-            engine.metrics.experiments.with_label_values(&["failed"]).inc();
+            engine
+                .metrics
+                .experiments
+                .with_label_values(&["worker_failure"])
+                .inc();
+            engine
+                .metrics
+                .experiments
+                .with_label_values(&["failed"])
+                .inc();
             Notice {
                 severity: Severity::Warning,
                 reason: "ExperimentFailed",
                 action: "Record",
-                message: format!("experiment {} on {}: {reason}; {} USDC counted as spent", entry.experiment_id, entry.worker, paid),
+                message: format!(
+                    "experiment {} on {}: {reason}; {} USDC counted as spent",
+                    entry.experiment_id, entry.worker, paid
+                ),
             }
         }
     };
@@ -387,13 +596,23 @@ fn tx_note(tx: &Option<String>) -> String {
     tx.as_ref().map(|t| format!(", tx {t}")).unwrap_or_default()
 }
 
-fn result_record(handle: &CampaignHandle, entry: &LedgerEntry, outcome: &Outcome, tx: Option<String>) -> ResultRecord {
+fn result_record(
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    outcome: &Outcome,
+    tx: Option<String>,
+) -> ResultRecord {
     let (val_bpb, status, paid) = match outcome {
-        Outcome::Finished { result: Some(r), paid } => (Some(r.val_bpb), "completed", *paid),
+        Outcome::Finished {
+            result: Some(r),
+            paid,
+        } => (Some(r.val_bpb), "completed", *paid),
         Outcome::Finished { result: None, paid } => (None, "failed", *paid),
         Outcome::WorkerFailed { paid, .. } => (None, "worker_failure", *paid),
     };
-    let network = serde_json::from_str::<Voucher>(&entry.payment).ok().map(|v| v.network.to_string());
+    let network = serde_json::from_str::<Voucher>(&entry.payment)
+        .ok()
+        .map(|v| v.network.to_string());
     ResultRecord {
         experiment_id: entry.experiment_id.clone(),
         train_hash: experiment::train_hash(&handle.train_py),

@@ -11,8 +11,10 @@ use crate::ledger::Refusal;
 
 /// A status transition: pure, may refuse (then nothing is written), may be called more than once
 /// (after a write conflict), so it reads everything it needs from its arguments.
-pub type Transition<'a> =
-    &'a mut (dyn FnMut(&ExperimentCampaign, &mut ExperimentCampaignStatus) -> Result<(), Refusal> + Send);
+pub type Transition<'a> = &'a mut (
+            dyn FnMut(&ExperimentCampaign, &mut ExperimentCampaignStatus) -> Result<(), Refusal>
+                + Send
+        );
 
 /// Why a status update did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +42,10 @@ pub trait CampaignStore: Send + Sync {
     fn get(&self) -> BoxFuture<'_, Result<Option<ExperimentCampaign>, UpdateError>>;
 
     /// Applies `transition` to the latest status and stores the result before returning.
-    fn update<'a>(&'a self, transition: Transition<'a>) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>>;
+    fn update<'a>(
+        &'a self,
+        transition: Transition<'a>,
+    ) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>>;
 }
 
 /// A campaign kept in memory (the `loop` command, and tests of the engine).
@@ -51,7 +56,9 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// A store holding `campaign`.
     pub fn new(campaign: ExperimentCampaign) -> Self {
-        Self { campaign: Mutex::new(Some(campaign)) }
+        Self {
+            campaign: Mutex::new(Some(campaign)),
+        }
     }
 
     /// The campaign as stored now.
@@ -73,10 +80,15 @@ impl CampaignStore for MemoryStore {
         Box::pin(async move { Ok(campaign) })
     }
 
-    fn update<'a>(&'a self, transition: Transition<'a>) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>> {
+    fn update<'a>(
+        &'a self,
+        transition: Transition<'a>,
+    ) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>> {
         let result = (|| {
             let mut guard = self.campaign.lock().expect("store lock");
-            let campaign = guard.as_mut().ok_or_else(|| UpdateError::Gone("local".into()))?;
+            let campaign = guard
+                .as_mut()
+                .ok_or_else(|| UpdateError::Gone("local".into()))?;
             let mut status = campaign.status.clone().unwrap_or_default();
             transition(campaign, &mut status).map_err(UpdateError::Refused)?;
             campaign.status = Some(status);

@@ -187,6 +187,18 @@ pub enum WorkerError {
         /// Transport error.
         reason: String,
     },
+    /// The connection broke after the request was sent (reset, closed mid-answer): the gate may
+    /// have accepted the voucher and the run may still happen and be paid. Recover with
+    /// `GET <endpoint>/experiments/<id>` before anything else.
+    #[error(
+        "the connection to {url} broke after the request was sent ({reason}); the experiment may run and be paid: recover its result with GET <endpoint>/experiments/<id> rather than paying again"
+    )]
+    Interrupted {
+        /// URL asked.
+        url: String,
+        /// Transport error.
+        reason: String,
+    },
     /// No answer in time: the run may have happened and been paid. Recover with
     /// `GET <endpoint>/experiments/<id>` before anything else.
     #[error(
@@ -515,13 +527,30 @@ async fn send(
                 url: url.into(),
                 secs,
             }
-        } else {
+        } else if e.is_connect() {
             WorkerError::Unreachable {
                 url: url.into(),
                 reason: e.to_string(),
             }
+        } else {
+            // Not a connection failure: the request may have reached the gate.
+            WorkerError::Interrupted {
+                url: url.into(),
+                reason: error_chain(&e),
+            }
         }
     })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn read(response: reqwest::Response) -> Result<Vec<u8>, WorkerError> {
@@ -531,7 +560,7 @@ async fn read(response: reqwest::Response) -> Result<Vec<u8>, WorkerError> {
         .map_err(|e| match e {
             BodyError::TooLarge(_) => WorkerError::TooLarge(e.to_string()),
             BodyError::Read(inner) if inner.is_timeout() => WorkerError::Timeout { url, secs: 0 },
-            BodyError::Read(inner) => WorkerError::Unreachable {
+            BodyError::Read(inner) => WorkerError::Interrupted {
                 url,
                 reason: inner.to_string(),
             },

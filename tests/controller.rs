@@ -1,0 +1,388 @@
+//! The controller end to end: a real API server, real payments on anvil through the reference
+//! x402 gates, stand-in workers that simulate train.py (testbed/payments), and the controller
+//! binary as a process — killed, restarted and doubled to check the invariants of design.md.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::controller::{Controller, campaign, is_final, results, signer_secret, wait_for};
+use support::testbed::Testbed;
+
+struct Setup {
+    client: Client,
+    ns: String,
+    api: Api<ExperimentCampaign>,
+    tb: Testbed,
+    data: tempfile::TempDir,
+}
+
+async fn setup(prefix: &str, testbed: Value) -> Setup {
+    let client = support::client().await;
+    support::install_crd(&client).await;
+    let ns = support::namespace(&client, prefix).await;
+    let tb = Testbed::start(testbed);
+    signer_secret(&client, &ns, &tb).await;
+    let api = Api::namespaced(client.clone(), &ns);
+    Setup {
+        client,
+        ns,
+        api,
+        tb,
+        data: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Sum of USDC received by every worker's payee.
+async fn paid_to_workers(tb: &Testbed) -> U256 {
+    let mut total = U256::ZERO;
+    for w in tb.m["workers"].as_array().unwrap() {
+        total += tb
+            .balance(w["payTo"].as_str().unwrap().parse().unwrap())
+            .await;
+    }
+    total
+}
+
+fn three_workers(duration_ms: u64) -> Value {
+    json!({"workers": [
+        {"name": "w-v2", "gate": "v2", "price": "10000", "durationMs": duration_ms},
+        {"name": "w-v1", "gate": "v1", "price": "10000", "durationMs": duration_ms},
+        {"name": "w-obol", "gate": "obol", "price": "10000", "durationMs": duration_ms}
+    ]})
+}
+
+fn unique_ids(lines: &[Value]) -> usize {
+    lines
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+#[tokio::test]
+async fn twelve_experiments_over_three_workers_are_each_paid_once() {
+    let s = setup("twelve", three_workers(300)).await;
+    let payer_before = s.tb.balance(s.tb.payer()).await;
+    let payees_before = paid_to_workers(&s.tb).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl-a");
+    s.api
+        .create(
+            &PostParams::default(),
+            &campaign("twelve", &s.tb, json!({})),
+        )
+        .await
+        .unwrap();
+
+    let done = wait_for(
+        &s.api,
+        "twelve",
+        120,
+        "a final phase",
+        &[&controller],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    assert_eq!(
+        (status.succeeded, status.failed, status.running),
+        (12, 0, 0)
+    );
+    assert_eq!(status.spent.as_deref(), Some("0.12"));
+    assert_eq!(status.progress.as_deref(), Some("12/12"));
+    assert!(status.ledger.is_empty() && status.pending.is_empty());
+    assert_eq!(status.leaderboard.len(), 10);
+    assert_eq!(
+        status.best.as_ref().unwrap().val_bpb,
+        status.leaderboard[0].val_bpb
+    );
+
+    // Exactly 12 × price left the payer and reached the payees, on chain.
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(120_000)
+    );
+    assert_eq!(
+        payer_before - s.tb.balance(s.tb.payer()).await,
+        U256::from(120_000)
+    );
+
+    let lines = results(s.data.path());
+    assert_eq!(lines.len(), 12);
+    assert_eq!(unique_ids(&lines), 12);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["campaign_name"] == "twelve" && l["campaign_namespace"] == s.ns.as_str())
+    );
+    assert!(lines.iter().all(|l| {
+        l["payment_tx"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("0x"))
+    }));
+
+    // kubectl agrees with the status.
+    let (out, _) = support::kubectl_eventually(&["get", "campaigns", "-n", &s.ns]);
+    let row: Vec<_> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["twelve", "Succeeded", "12/12"], "{out}");
+    assert_eq!(row[5], "0.12", "{out}");
+
+    // Events and conditions for `kubectl describe`.
+    let (events, _) = support::kubectl_eventually(&["get", "events", "-n", &s.ns, "-o", "json"]);
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let reasons: HashSet<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains("ExperimentStarted") && reasons.contains("NewBest"),
+        "{reasons:?}"
+    );
+    let complete = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert_eq!(
+        (complete.status.as_str(), complete.reason.as_str()),
+        ("True", "MaxExperimentsReached")
+    );
+
+    // Metrics count what happened.
+    let (code, metrics) = controller.http_get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("autoresearch_experiments_total{result=\"succeeded\"} 12"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("autoresearch_usdc_spent_atomic_total{network=\"base-sepolia\"} 120000"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result() {
+    let s = setup("sigkill", three_workers(2500)).await;
+    let payees_before = paid_to_workers(&s.tb).await;
+    let mut first = Controller::start(&s.ns, s.data.path(), "ctl-first");
+    let spec = json!({"maxExperiments": 9, "parallelism": 3});
+    s.api
+        .create(&PostParams::default(), &campaign("resume", &s.tb, spec))
+        .await
+        .unwrap();
+
+    // Kill it while three experiments are paid and running.
+    wait_for(&s.api, "resume", 60, "3 in flight", &[&first], |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|st| st.ledger.len() == 3 && st.succeeded >= 1)
+    })
+    .await;
+    first.kill();
+    let second = Controller::start(&s.ns, s.data.path(), "ctl-second");
+    let done = wait_for(
+        &s.api,
+        "resume",
+        180,
+        "a final phase",
+        &[&first, &second],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(
+        (status.phase, status.succeeded, status.failed),
+        (Some(Phase::Succeeded), 9, 0),
+        "{status:?}"
+    );
+    assert!(second.log_text().contains("ExperimentResumed") || status.worker_failures == 0);
+
+    // Each of the 9 experiments was paid exactly once and recorded exactly once.
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(90_000)
+    );
+    assert_eq!(status.spent.as_deref(), Some("0.09"));
+    let lines = results(s.data.path());
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert_eq!(unique_ids(&lines), 9);
+}
+
+#[tokio::test]
+async fn only_the_leader_works_and_a_standby_takes_over() {
+    let s = setup("leader", three_workers(1500)).await;
+    let payees_before = paid_to_workers(&s.tb).await;
+    let mut a = Controller::start(&s.ns, s.data.path(), "ctl-a");
+    // Let `a` take the lease before `b` starts, so we know who leads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !a
+        .http_get("/readyz")
+        .await
+        .is_some_and(|(_, b)| b.contains("leader"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never led:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Controller::start(&s.ns, s.data.path(), "ctl-b");
+    s.api
+        .create(
+            &PostParams::default(),
+            &campaign("ha", &s.tb, json!({"maxExperiments": 9, "parallelism": 3})),
+        )
+        .await
+        .unwrap();
+    wait_for(&s.api, "ha", 60, "2 finished", &[&a, &b], |c| {
+        c.status.as_ref().is_some_and(|st| st.succeeded >= 2)
+    })
+    .await;
+    let (_, ready_b) = b.http_get("/readyz").await.unwrap();
+    assert!(ready_b.contains("standby"), "{ready_b}");
+    assert!(
+        !b.log_text().contains("ExperimentStarted"),
+        "the standby started work"
+    );
+
+    a.kill();
+    let done = wait_for(&s.api, "ha", 180, "a final phase", &[&a, &b], is_final).await;
+    let status = done.status.unwrap();
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 9),
+        "{status:?}"
+    );
+    assert!(b.http_get("/readyz").await.unwrap().1.contains("leader"));
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(90_000)
+    );
+    assert_eq!(unique_ids(&results(s.data.path())), 9);
+}
+
+#[tokio::test]
+async fn the_budget_stops_the_campaign_exactly_with_parallel_experiments() {
+    let s = setup("budget", three_workers(400)).await;
+    let payees_before = paid_to_workers(&s.tb).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    // 0.055 USDC pays five 0.01 experiments, not six, whatever the parallelism.
+    let spec = json!({"maxExperiments": 20, "parallelism": 3, "budget": {"total": "0.055", "maxPricePerExperiment": "0.01"}});
+    s.api
+        .create(&PostParams::default(), &campaign("budget", &s.tb, spec))
+        .await
+        .unwrap();
+    let done = wait_for(
+        &s.api,
+        "budget",
+        120,
+        "a final phase",
+        &[&controller],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::BudgetExhausted), "{status:?}");
+    assert_eq!(status.succeeded, 5);
+    assert_eq!(status.spent.as_deref(), Some("0.05"));
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(50_000)
+    );
+    assert_eq!(results(s.data.path()).len(), 5);
+
+    // Raising the budget resumes the campaign.
+    let patch = json!({"spec": {"budget": {"total": "0.075", "maxPricePerExperiment": "0.01"}}});
+    s.api
+        .patch("budget", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let done = wait_for(&s.api, "budget", 120, "7 succeeded", &[&controller], |c| {
+        is_final(c) && c.status.as_ref().is_some_and(|st| st.succeeded == 7)
+    })
+    .await;
+    assert_eq!(done.status.unwrap().phase, Some(Phase::BudgetExhausted));
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(70_000)
+    );
+}
+
+#[tokio::test]
+async fn failing_and_lying_workers_fail_over_and_are_never_recorded_as_results() {
+    let testbed = json!({"workers": [
+        {"name": "good", "gate": "v2", "price": "10000", "durationMs": 200},
+        {"name": "crash", "gate": "obol", "price": "10000", "durationMs": 100, "faults": {"failBeforePayment": 1000}},
+        {"name": "busy", "gate": "v1", "price": "10000", "durationMs": 100, "faults": {"busy": true}},
+        {"name": "liar", "gate": "v2", "price": "10000", "durationMs": 100, "faults": {"lie": "nan"}}
+    ]});
+    let s = setup("faults", testbed).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    let spec = json!({"maxExperiments": 6, "parallelism": 2, "maxFailedExperiments": 5});
+    s.api
+        .create(&PostParams::default(), &campaign("faults", &s.tb, spec))
+        .await
+        .unwrap();
+    let done = wait_for(
+        &s.api,
+        "faults",
+        180,
+        "a final phase",
+        &[&controller],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert!(status.worker_failures >= 3, "{status:?}");
+    // The liar was paid (its gate settled) but its answer is not a result.
+    let lines = results(s.data.path());
+    let liar = s.tb.worker("liar")["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for l in &lines {
+        if l["worker_endpoint"] == liar.as_str() {
+            assert!(
+                l["val_bpb"].is_null(),
+                "a lying worker's answer was recorded: {l}"
+            );
+        }
+        if let Some(v) = l["val_bpb"].as_f64() {
+            assert!(v.is_finite() && v > 0.0);
+        }
+    }
+    assert!(status.leaderboard.iter().all(|r| r.worker != liar));
+    let good = s.tb.worker("good")["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        status.succeeded >= 1 && status.leaderboard.iter().all(|r| r.worker == good),
+        "{status:?}"
+    );
+    assert_eq!(
+        unique_ids(&lines),
+        lines.len(),
+        "a result was recorded twice"
+    );
+    assert_eq!(ledger_total(&lines), status.spent.clone().unwrap());
+}
+
+fn ledger_total(lines: &[Value]) -> String {
+    let atomic: u128 = lines
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap().parse::<u128>().unwrap())
+        .sum();
+    autoresearch_coordinator::usdc::Usdc::from_atomic(atomic).to_string()
+}
