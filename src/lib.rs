@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod crd;
+pub mod discovery;
 pub mod experiment;
 pub mod results;
 pub mod usdc;
