@@ -208,10 +208,11 @@ impl Registration {
                 (reg_chain == c).then_some(*id).flatten()
             })
         });
-        on_chain.or_else(|| match self.registrations.as_slice() {
+        let only = match self.registrations.as_slice() {
             [(id, _)] => *id,
             _ => None,
-        })
+        };
+        on_chain.or(only)
     }
 }
 

@@ -116,27 +116,15 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     let seg = ip.segments();
     // Forms that carry an IPv4 address (IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::/96, 6to4
     // 2002::/16) reach that address through a translator: they are only as public as it is.
-    let embedded = if seg[..6] == [0; 6] {
-        Some(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ))
-    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        Some(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ))
+    let tail = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    let embedded = if seg[..6] == [0; 6] || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(tail(seg[6], seg[7]))
     } else if seg[0] == 0x2002 {
-        Some(Ipv4Addr::new(
-            (seg[1] >> 8) as u8,
-            seg[1] as u8,
-            (seg[2] >> 8) as u8,
-            seg[2] as u8,
-        ))
+        Some(tail(seg[1], seg[2]))
     } else {
         None
     };
