@@ -7,8 +7,10 @@
 //! the process shares.
 
 pub mod document;
+pub mod fetch;
 pub mod http;
 pub mod policy;
+pub mod scan;
 pub mod worker;
 
 pub use document::{Registration, SkillFilter, parse_registration};
