@@ -159,6 +159,9 @@ impl Pacer {
     }
 }
 
+/// A detail record and the row `updated_at` it was read for.
+type CachedDetail = (Option<String>, Value);
+
 /// A client for one 8004scan deployment. Share one per base URL: the pacing and the detail
 /// cache are per client.
 #[derive(Debug)]
@@ -170,7 +173,7 @@ pub struct ScanClient {
     requests: std::sync::atomic::AtomicU64,
     // Detail records by (chain, token), with the row's `updated_at` they were read for: an
     // unchanged agent costs no detail call on the next refresh.
-    details: Mutex<HashMap<(u64, u64), (Option<String>, Value)>>,
+    details: Mutex<HashMap<(u64, u64), CachedDetail>>,
 }
 
 impl ScanClient {
@@ -558,7 +561,7 @@ mod tests {
     fn both_envelopes() {
         let a = json!({"success": true, "data": [{"token_id": "1"}],
             "meta": {"pagination": {"page": 1, "limit": 1, "total": 2, "hasMore": true}}});
-        assert_eq!(parse_page(&a, 1, 1).unwrap().1, true);
+        assert!(parse_page(&a, 1, 1).unwrap().1);
         let b = json!({"items": [{"token_id": "2"}], "total": 2, "limit": 1, "offset": 1});
         assert_eq!(
             parse_page(&b, 2, 1).unwrap(),
