@@ -6,13 +6,16 @@
 //! [`policy`]. [`service::Discovery`] ties them together behind a cache that every campaign of
 //! the process shares.
 
+pub mod chain;
 pub mod document;
 pub mod fetch;
 pub mod http;
 pub mod policy;
 pub mod scan;
+pub mod service;
 pub mod worker;
 
 pub use document::{Registration, SkillFilter, parse_registration};
 pub use policy::{AddressClass, AddressPolicy, PinnedResolver, Refusal};
+pub use service::{Discovery, DiscoveryError, DiscoverySettings, Rejected, WorkerSet};
 pub use worker::{NotAWorker, Source, Worker, merge, rank_by_published_bpb};
