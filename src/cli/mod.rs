@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod crd;
+mod discover;
+mod leaderboard;
 
 /// Run autoresearch campaigns on paid ERC-8004 GPU workers over x402.
 #[derive(Parser, Debug)]
@@ -22,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the ExperimentCampaign CustomResourceDefinition as YAML.
     Crd,
+    /// List GPU workers advertising the autoresearch skill (8004scan, chain, with address checks).
+    Discover(discover::DiscoverCmd),
+    /// Rank workers by the best val_bpb they publish; show the best local result.
+    Leaderboard(leaderboard::LeaderboardCmd),
 }
 
 impl Cli {
@@ -43,6 +49,8 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Crd => crd::run(),
+            Command::Discover(cmd) => discover::run(cmd).await,
+            Command::Leaderboard(cmd) => leaderboard::run(cmd).await,
         }
     }
 }

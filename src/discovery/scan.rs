@@ -36,6 +36,8 @@ pub struct ScanSettings {
     pub retry_after_max: Duration,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Rows per page (at most 100).
+    pub page_size: usize,
 }
 
 impl Default for ScanSettings {
@@ -47,6 +49,7 @@ impl Default for ScanSettings {
             backoff_max: Duration::from_secs(30),
             retry_after_max: Duration::from_secs(120),
             timeout: Duration::from_secs(30),
+            page_size: MAX_PAGE_SIZE,
         }
     }
 }
@@ -239,7 +242,7 @@ impl ScanClient {
 
     /// Pages through `/agents` until `hasMore` is false or `limit` rows are in hand.
     async fn list(&self, search: Option<&str>, limit: usize) -> Result<Vec<Value>, ScanError> {
-        let page_size = limit.min(MAX_PAGE_SIZE);
+        let page_size = limit.min(self.settings.page_size).clamp(1, MAX_PAGE_SIZE);
         let mut rows = Vec::new();
         for page in 1..=MAX_PAGES {
             let mut url = self.base.join("agents").expect("static path joins");

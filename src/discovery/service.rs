@@ -15,10 +15,13 @@ use url::Url;
 use super::chain::{ChainConfig, ChainError, ChainIndex};
 use super::document::{SkillFilter, parse_registration};
 use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
-use super::policy::{AddressPolicy, AllowEntryError};
+use super::policy::{AddressPolicy, AllowEntryError, Refusal};
 use super::scan::{IndexEntry, ScanClient, ScanError, ScanResult, ScanSettings};
 use super::worker::{Source, Worker, merge};
 use crate::crd::{DiscoverySpec, OnChainMode};
+
+/// A failed index scan is retried after at most this long, whatever the refresh interval.
+const FAILURE_TTL: Duration = Duration::from_secs(60);
 
 /// Documents and endpoints vetted at once.
 const CONCURRENCY: usize = 8;
@@ -410,7 +413,12 @@ impl Discovery {
         let slot = slot(&self.inner.index, (base.to_string(), skill.clone())).await;
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
-            && c.at.elapsed() < ttl
+            && c.at.elapsed()
+                < if c.value.is_ok() {
+                    ttl
+                } else {
+                    ttl.min(FAILURE_TTL)
+                }
         {
             return c.value.clone();
         }
@@ -725,6 +733,8 @@ async fn vet(
     };
     match fetcher.policy().resolve_url(&url).await {
         Ok(_) => Outcome::Worker(worker),
+        // Not a policy decision: the endpoint cannot be reached at all.
+        Err(why @ Refusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
         Err(refusal) => Outcome::Refused(Rejected {
             agent,
             target: worker.endpoint,

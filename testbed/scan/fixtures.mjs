@@ -110,7 +110,8 @@ export function agents(origin) {
     endpoint: `http://127.0.0.2:${new URL(origin).port}/services/w` }) }, false);
   add(26, "Unresolvable", { rowContent: doc(origin, 26, "Unresolvable", {
     endpoint: "https://worker.decoy.invalid/services/w" }) }, false);
-  add(27, "Cluster Document", { uri: "http://docs.autoresearch.svc.cluster.local/agent.json" }, false);
+  add(27, "Cluster Document", { uri: "http://docs.autoresearch.svc.cluster.local/agent.json" }, false,
+    { searchText: SKILL });
   return list;
 }
 
