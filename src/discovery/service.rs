@@ -464,8 +464,10 @@ impl Discovery {
         fetcher: &DocumentFetcher,
         out: &mut Discovered,
     ) -> Vec<Worker> {
-        let outcomes: Vec<Outcome> = futures::stream::iter(scan.entries.iter())
-            .map(|entry| index_entry_worker(entry, skill, fetcher))
+        // Owned entries: a stream of borrowed ones makes the future fail `tokio::spawn`'s
+        // lifetime requirements.
+        let outcomes: Vec<Outcome> = futures::stream::iter(scan.entries.clone())
+            .map(|entry| async move { index_entry_worker(&entry, skill, fetcher).await })
             .buffered(CONCURRENCY)
             .collect()
             .await;

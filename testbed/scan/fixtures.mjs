@@ -30,7 +30,7 @@ function doc(origin, token, name, opts = {}) {
     active: opts.active ?? true,
     registrations: [{ agentId: token, agentRegistry: `eip155:${CHAIN}:${REGISTRY}` }],
     supportedTrust: ["reputation"],
-    metadata: { gpu: "A100-80GB", best_val_bpb: opts.bpb ?? "0.9900", total_experiments: "12",
+    metadata: { gpu: "A100-80GB", best_val_bpb: "bpb" in opts ? opts.bpb : "0.9900", total_experiments: "12",
       updated: "2026-03-12T10:30:00Z" },
   };
 }
