@@ -24,6 +24,20 @@ impl Proc {
     /// Runs `program args` in the testbed folder and waits (up to `wait`) for a stdout line
     /// `KEY=<value>`.
     pub fn spawn(program: &str, args: &[&str], key: &str, wait: Duration) -> Self {
+        let prefix = format!("{key}=");
+        Self::spawn_until(program, args, wait, move |line| {
+            line.strip_prefix(&prefix).map(|v| v.trim().to_string())
+        })
+    }
+
+    /// Runs `program args` in the testbed folder and waits for a stdout line that `ready`
+    /// turns into a value.
+    pub fn spawn_until(
+        program: &str,
+        args: &[&str],
+        wait: Duration,
+        ready: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> Self {
         let mut child = Command::new(program)
             .args(args)
             .current_dir(testbed())
@@ -34,11 +48,11 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot start {program} {args:?}: {e}"));
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
-        let prefix = format!("{key}=");
+        // Keeps reading after the ready line, so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(v) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(v.trim().to_string());
+                if let Some(v) = ready(&line) {
+                    let _ = tx.send(v);
                 }
             }
         });
@@ -50,7 +64,7 @@ impl Proc {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                panic!("{program} {args:?} did not print {key}=… in {wait:?}; stderr:\n{err}");
+                panic!("{program} {args:?} was not ready in {wait:?}; stderr:\n{err}");
             }
         }
     }
@@ -114,10 +128,73 @@ async fn reqwest_get_json(url: &str) -> serde_json::Value {
         .expect("stats JSON")
 }
 
-/// The anvil binary from the testbed's npm packages.
-pub fn anvil_bin() -> String {
-    testbed()
-        .join("node_modules/.bin/anvil")
-        .to_string_lossy()
-        .into_owned()
+/// anvil (from the testbed's npm packages) on a free loopback port, chain id 84532.
+pub fn anvil() -> Proc {
+    let bin = testbed().join("node_modules/.bin/anvil");
+    Proc::spawn_until(
+        bin.to_str().expect("utf-8 path"),
+        &["--port", "0", "--host", "127.0.0.1", "--chain-id", "84532"],
+        Duration::from_secs(30),
+        |line| {
+            line.strip_prefix("Listening on ")
+                .map(|addr| format!("http://{}", addr.trim()))
+        },
+    )
+}
+
+/// What `testbed/registry/deploy.mjs` reports.
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployed {
+    /// Registry address.
+    pub address: String,
+    /// Chain id.
+    pub chain_id: u64,
+    /// Deployment block.
+    pub start_block: u64,
+    /// Head after the last registration.
+    pub head: u64,
+    /// Agent id → endpoint of every real worker.
+    pub workers: std::collections::BTreeMap<u64, String>,
+}
+
+/// Deploys the registry stand-in and registers the test agents.
+pub fn deploy_registry(rpc: &str, origin: &str) -> Deployed {
+    let out = Command::new("node")
+        .args(["registry/deploy.mjs", "--rpc", rpc, "--origin", origin])
+        .current_dir(testbed())
+        .output()
+        .expect("run deploy.mjs");
+    assert!(
+        out.status.success(),
+        "deploy.mjs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REGISTRY_DEPLOYED="))
+        .expect("deploy.mjs prints REGISTRY_DEPLOYED=");
+    serde_json::from_str(line).expect("deployment JSON")
+}
+
+/// The JSON-RPC proxy that refuses `eth_getLogs` ranges wider than `max_range`.
+pub fn range_proxy(upstream: &str, max_range: u64) -> Proc {
+    Proc::spawn(
+        "node",
+        &[
+            "registry/range-proxy.mjs",
+            "--upstream",
+            upstream,
+            "--max-range",
+            &max_range.to_string(),
+        ],
+        "RPC_URL",
+        Duration::from_secs(20),
+    )
+}
+
+/// GET a JSON document (stats endpoints of the stand-ins).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest_get_json(url).await
 }
