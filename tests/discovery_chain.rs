@@ -247,3 +247,61 @@ async fn wrong_chain_is_named() {
     );
     assert!(err.to_string().contains("ERPC_NETWORK"));
 }
+
+#[tokio::test]
+async fn documents_written_by_agent0_sdk_are_read() {
+    let chain = Chain::start();
+    let install = std::process::Command::new("bash")
+        .arg("registry/agent0/install.sh")
+        .current_dir(discovery_support::testbed())
+        .output()
+        .expect("run install.sh");
+    assert!(
+        install.status.success(),
+        "installing agent0-sdk failed: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let out = std::process::Command::new("node")
+        .args([
+            "registry/agent0/register.mjs",
+            "--rpc",
+            &chain.proxy.value,
+            "--registry",
+            &chain.deployed.address,
+            "--origin",
+            &chain.scan.origin(),
+        ])
+        .current_dir(discovery_support::testbed())
+        .output()
+        .expect("run register.mjs");
+    assert!(
+        out.status.success(),
+        "agent0-sdk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("AGENT0_REGISTERED="))
+        .expect("register.mjs prints AGENT0_REGISTERED=");
+    let registered: serde_json::Value = serde_json::from_str(line).unwrap();
+    let agent_id = registered["agentId"].as_u64().unwrap();
+
+    let set = chain
+        .discovery()
+        .workers(&chain.spec("", OnChainMode::Always))
+        .await
+        .unwrap();
+    let w = set
+        .workers
+        .iter()
+        .find(|w| w.agent_id == Some(agent_id))
+        .unwrap_or_else(|| panic!("agent0 worker not found; skipped: {:#?}", set.skipped));
+    assert_eq!(w.name, "Agent0 Worker");
+    assert_eq!(w.endpoint, registered["endpoint"].as_str().unwrap());
+    assert!(w.x402);
+    assert_eq!(w.best_val_bpb, Some(0.969));
+    assert_eq!(w.gpu.as_deref(), Some("L4"));
+    assert_eq!(w.total_experiments, Some(7));
+    assert_eq!(set.workers.len(), chain.deployed.workers.len() + 1);
+}
