@@ -338,3 +338,45 @@ async fn cli_discover_and_leaderboard() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --allow-private"));
 }
+
+#[tokio::test]
+async fn redirects_and_oversized_documents_are_refused() {
+    use autoresearch_coordinator::discovery::AddressPolicy;
+    use autoresearch_coordinator::discovery::fetch::{DocumentFetcher, FetchError};
+
+    let server = ScanServer::start(&["--fail-every", "0"]);
+    let policy = AddressPolicy::with_allowlist(&["127.0.0.1/32"]).unwrap();
+    let fetcher = DocumentFetcher::new(policy, Url::parse(&server.origin()).unwrap()).unwrap();
+    let origin = server.origin();
+
+    let doc = fetcher
+        .fetch(&format!("{origin}/docs/gamma.json"))
+        .await
+        .unwrap();
+    assert_eq!(doc["name"], "Gamma");
+
+    // 127.0.0.1 is allowed, the [::1] it redirects to is not.
+    let err = fetcher
+        .fetch(&format!("{origin}/docs/redirect.json"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.refusal().is_some() && err.to_string().contains("loopback address ::1"),
+        "{err}"
+    );
+
+    let err = fetcher
+        .fetch(&format!("{origin}/docs/huge.json"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Body { .. }), "{err}");
+
+    // A name is resolved by the pinned resolver: `localhost` is a local name, refused although
+    // it resolves to the allowed 127.0.0.1.
+    let port = Url::parse(&origin).unwrap().port().unwrap();
+    let err = fetcher
+        .fetch(&format!("http://localhost:{port}/docs/gamma.json"))
+        .await
+        .unwrap_err();
+    assert!(err.refusal().is_some(), "{err}");
+}

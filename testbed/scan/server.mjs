@@ -134,6 +134,16 @@ app.get("/api/v1/public/agents/:chain/:token", (req, res) => {
   res.json({ success: true, data: detail(a) });
 });
 
+// A document that redirects to a loopback address outside 127.0.0.1/32, and one too large to read.
+app.get("/docs/redirect.json", (req, res) => {
+  stats.docs += 1;
+  res.redirect(302, `http://[::1]:${req.socket.localPort}/docs/gamma.json`);
+});
+app.get("/docs/huge.json", (_req, res) => {
+  stats.docs += 1;
+  res.json({ name: "Huge", padding: "x".repeat(400 * 1024) });
+});
+
 app.get("/docs/:name.json", (req, res) => {
   stats.docs += 1;
   const a = list.find((x) => x.hosted && x.name.toLowerCase() === req.params.name);
