@@ -115,7 +115,9 @@ pub enum DiscoveryError {
     #[error(transparent)]
     Allowlist(#[from] AllowEntryError),
     /// Every configured source failed.
-    #[error("no worker source answered: {0}")]
+    #[error(
+        "no worker source answered: {0}. Check SCAN_API_URL and ERPC_URL / ERPC_NETWORK (or the campaign's discovery settings), or name workers by hand"
+    )]
     AllSourcesFailed(String),
 }
 
@@ -173,6 +175,14 @@ struct Timed<T> {
 
 type Slot<T> = Arc<Mutex<Option<Timed<T>>>>;
 
+/// The last good discovery for a key, and the last failure since (so that an outage of every
+/// source is not retried by every caller).
+#[derive(Default)]
+struct Resolved {
+    good: Option<Timed<Arc<Discovered>>>,
+    failure: Option<Timed<String>>,
+}
+
 /// An index scan, or why it failed (failures are cached too, so an outage is not hammered).
 type IndexOutcome = Result<Arc<ScanResult>, String>;
 
@@ -211,7 +221,7 @@ struct Inner {
     scan_clients: Mutex<HashMap<String, Arc<ScanClient>>>,
     chains: Mutex<HashMap<ChainConfig, Arc<ChainIndex>>>,
     index: Mutex<HashMap<(String, SkillFilter), Slot<IndexOutcome>>>,
-    resolved: Mutex<HashMap<ResolveKey, Slot<Arc<Discovered>>>>,
+    resolved: Mutex<HashMap<ResolveKey, Arc<Mutex<Resolved>>>>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -258,35 +268,55 @@ impl Discovery {
         let ttl = Duration::from_secs(u64::from(spec.refresh_interval_seconds.max(1)));
         let slot = slot(&self.inner.resolved, key.clone()).await;
         let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref()
+        if let Some(c) = &cached.good
             && c.at.elapsed() < ttl
         {
             return Ok(finish(spec, &c.value));
         }
-        match self.discover(&key, ttl).await {
+        let recent_failure = cached
+            .failure
+            .as_ref()
+            .filter(|f| f.at.elapsed() < ttl.min(FAILURE_TTL))
+            .map(|f| DiscoveryError::AllSourcesFailed(f.value.clone()));
+        let outcome = match recent_failure {
+            Some(e) => Err(e),
+            None => self.discover(&key, ttl).await,
+        };
+        match outcome {
             Ok(found) => {
                 let found = Arc::new(found);
-                *cached = Some(Timed {
+                cached.good = Some(Timed {
                     at: Instant::now(),
                     value: found.clone(),
                 });
+                cached.failure = None;
                 Ok(finish(spec, &found))
             }
-            Err(e) => match cached.as_ref() {
-                // A source outage should not take every campaign's workers away at once.
-                Some(c) if c.at.elapsed() < self.inner.settings.max_stale => {
-                    let mut set = finish(spec, &c.value);
-                    set.warnings
-                        .push(format!("serving the result of an earlier refresh: {e}"));
-                    Ok(set)
+            Err(e) => {
+                if let DiscoveryError::AllSourcesFailed(msg) = &e
+                    && cached.failure.is_none()
+                {
+                    cached.failure = Some(Timed {
+                        at: Instant::now(),
+                        value: msg.clone(),
+                    });
                 }
-                _ if !spec.workers.is_empty() => {
-                    let mut set = finish(spec, &Discovered::empty());
-                    set.warnings.push(e.to_string());
-                    Ok(set)
+                match &cached.good {
+                    // A source outage should not take every campaign's workers away at once.
+                    Some(c) if c.at.elapsed() < self.inner.settings.max_stale => {
+                        let mut set = finish(spec, &c.value);
+                        set.warnings
+                            .push(format!("serving the result of an earlier refresh: {e}"));
+                        Ok(set)
+                    }
+                    _ if !spec.workers.is_empty() => {
+                        let mut set = finish(spec, &Discovered::empty());
+                        set.warnings.push(e.to_string());
+                        Ok(set)
+                    }
+                    _ => Err(e),
                 }
-                _ => Err(e),
-            },
+            }
         }
     }
 
@@ -296,7 +326,7 @@ impl Discovery {
         let key = self.key(spec, &[]).ok()?;
         let slot = slot(&self.inner.resolved, key).await;
         let cached = slot.try_lock().ok()?;
-        cached.as_ref().map(|c| finish(spec, &c.value))
+        cached.good.as_ref().map(|c| finish(spec, &c.value))
     }
 
     fn key(
@@ -602,7 +632,11 @@ fn mode_of(key: OnChainModeKey) -> OnChainMode {
     }
 }
 
-async fn slot<K: std::hash::Hash + Eq, T>(map: &Mutex<HashMap<K, Slot<T>>>, key: K) -> Slot<T> {
+/// The shared entry for a key, created empty on first use.
+async fn slot<K: std::hash::Hash + Eq, V: Default>(
+    map: &Mutex<HashMap<K, Arc<Mutex<V>>>>,
+    key: K,
+) -> Arc<Mutex<V>> {
     map.lock().await.entry(key).or_default().clone()
 }
 
