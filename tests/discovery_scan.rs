@@ -319,6 +319,8 @@ async fn cli_discover_and_leaderboard() {
             "leaderboard",
             "--on-chain",
             "off",
+            "--limit",
+            "2",
             "--allow-private",
             "127.0.0.1/32",
         ],
@@ -327,6 +329,13 @@ async fn cli_discover_and_leaderboard() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("best local result: val_bpb 0.982000, experiment exp-b"),
+        "{text}"
+    );
+    // --limit 2 shows two rows, ranked over the whole index.
+    let rows: Vec<&str> = text.lines().skip(1).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("Beta") && rows[1].contains("Alpha"),
         "{text}"
     );
 

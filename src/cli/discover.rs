@@ -64,10 +64,11 @@ impl DiscoveryArgs {
         spec
     }
 
-    /// Runs discovery once with these flags and the environment.
-    pub async fn discover(&self) -> anyhow::Result<WorkerSet> {
+    /// Runs discovery once with these flags and the environment, reading at most `index_rows`
+    /// agents from the index.
+    pub async fn discover(&self, index_rows: usize) -> anyhow::Result<WorkerSet> {
         let mut settings = DiscoverySettings::from_env()?;
-        settings.index_limit = self.limit as usize;
+        settings.index_limit = index_rows;
         let discovery = Discovery::new(settings);
         Ok(discovery.workers(&self.spec()).await?)
     }
@@ -84,7 +85,7 @@ pub struct DiscoverCmd {
 }
 
 pub(super) async fn run(cmd: DiscoverCmd) -> anyhow::Result<()> {
-    let set = cmd.discovery.discover().await?;
+    let set = cmd.discovery.discover(cmd.discovery.limit as usize).await?;
     let shown: Vec<_> = set
         .workers
         .iter()

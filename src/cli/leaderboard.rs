@@ -10,6 +10,9 @@ use super::discover::{DiscoveryArgs, report_rejections, write_table};
 use crate::discovery::rank_by_published_bpb;
 use crate::results::{ResultRecord, default_path, read_records};
 
+/// Index rows read to rank workers, whatever `--limit` shows.
+const LEADERBOARD_INDEX_ROWS: usize = 100;
+
 /// `leaderboard` flags.
 #[derive(Args, Debug)]
 pub struct LeaderboardCmd {
@@ -32,7 +35,11 @@ pub(super) async fn run(cmd: LeaderboardCmd) -> anyhow::Result<()> {
         )
     })?;
     let local_best = best_local(&records);
-    let set = cmd.discovery.discover().await?;
+    // Ranking needs more of the index than the rows shown.
+    let set = cmd
+        .discovery
+        .discover((cmd.discovery.limit as usize).max(LEADERBOARD_INDEX_ROWS))
+        .await?;
     let ranked: Vec<_> = rank_by_published_bpb(&set.workers)
         .into_iter()
         .take(cmd.discovery.limit as usize)
