@@ -2,7 +2,7 @@
 //! often answers 500, so every call is paced, retried and cached.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{Map, Value};
@@ -141,7 +141,8 @@ pub struct ScanResult {
 #[derive(Debug)]
 struct Pacer {
     interval: Duration,
-    next: Mutex<Option<Instant>>,
+    // tokio's clock, so that tests can run it paused.
+    next: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Pacer {
@@ -156,9 +157,9 @@ impl Pacer {
         // The lock is held across the sleep, so waiters queue in order (tokio's Mutex is fair).
         let mut next = self.next.lock().await;
         if let Some(at) = *next {
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
         }
-        *next = Some(Instant::now() + self.interval);
+        *next = Some(tokio::time::Instant::now() + self.interval);
     }
 }
 
@@ -595,6 +596,20 @@ mod tests {
             embedded(&onchain).1.as_deref(),
             Some("data:application/json,{}")
         );
+    }
+
+    #[tokio::test]
+    async fn pacing_spaces_requests_evenly() {
+        // 1200 a minute: one every 50 ms, the first at once.
+        let pacer = Pacer::new(1200);
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            pacer.wait().await;
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+        assert_eq!(Pacer::new(10).interval, Duration::from_secs(6));
     }
 
     #[test]
