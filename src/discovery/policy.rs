@@ -686,6 +686,11 @@ mod tests {
             "http://169.254.169.254/latest/meta-data/",
             "http://[::ffff:7f00:1]/",
             "http://10.1.1.1/",
+            // Other spellings of 127.0.0.1 that URL parsers accept.
+            "http://0x7f000001/",
+            "http://2130706433/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
         ] {
             assert!(strict.check_url(&url(u)).is_err(), "{u}");
         }
