@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod discovery;
 pub mod engine;
 pub mod experiment;
 pub mod ledger;

@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod crd;
+mod discover;
+mod leaderboard;
 mod loop_cmd;
 mod probe;
 mod submit;
@@ -33,6 +35,10 @@ pub enum Command {
     Loop(loop_cmd::LoopArgs),
     /// Run the operator: reconcile ExperimentCampaigns in the cluster.
     Controller(crate::controller::ControllerArgs),
+    /// List GPU workers advertising the autoresearch skill (8004scan, chain, with address checks).
+    Discover(discover::DiscoverCmd),
+    /// Rank workers by the best val_bpb they publish; show the best local result.
+    Leaderboard(leaderboard::LeaderboardCmd),
 }
 
 impl Cli {
@@ -56,13 +62,21 @@ impl Cli {
             Command::Crd => crd::run(),
             Command::Probe(args) => probe::run(args).await,
             Command::Submit(args) => submit::run(args).await,
-            Command::Loop(args) => loop_cmd::run(args, worker_source()).await,
-            Command::Controller(args) => crate::controller::run(args, worker_source()).await,
+            Command::Loop(args) => loop_cmd::run(args, worker_source()?).await,
+            Command::Controller(args) => crate::controller::run(args, worker_source()?).await,
+            Command::Discover(cmd) => discover::run(cmd).await,
+            Command::Leaderboard(cmd) => leaderboard::run(cmd).await,
         }
     }
 }
 
-/// Where the engine finds workers.
-fn worker_source() -> std::sync::Arc<dyn crate::engine::WorkerSource> {
-    std::sync::Arc::new(crate::engine::StaticWorkers)
+/// Where the engine finds workers: discovery configured from the environment (IPFS_GATEWAY,
+/// ERPC_URL, ERPC_NETWORK, ...), one cache shared by every campaign.
+fn worker_source() -> anyhow::Result<std::sync::Arc<dyn crate::engine::WorkerSource>> {
+    let settings = crate::discovery::DiscoverySettings::from_env()?;
+    let discovery = crate::discovery::Discovery::new(settings);
+    Ok(std::sync::Arc::new(crate::engine::Discovered::new(
+        discovery,
+        std::time::Duration::from_secs(5),
+    )))
 }

@@ -819,3 +819,50 @@ pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
         None => conditions.push(new),
     }
 }
+
+/// Discovery (8004scan, the chain, static lists) as the engine's worker source. A cold index scan
+/// is slow (the public index allows about 10 requests a minute), so a reconcile waits for it only
+/// briefly: the scan goes on in a task, static workers serve meanwhile, and the next reconcile
+/// finds the cache warm.
+pub struct Discovered {
+    discovery: crate::discovery::Discovery,
+    wait: Duration,
+}
+
+impl Discovered {
+    /// Wraps a discovery service; `wait` bounds how long a reconcile waits for a refresh.
+    pub fn new(discovery: crate::discovery::Discovery, wait: Duration) -> Self {
+        Self { discovery, wait }
+    }
+}
+
+impl WorkerSource for Discovered {
+    fn workers<'a>(
+        &'a self,
+        spec: &'a DiscoverySpec,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, String>> {
+        Box::pin(async move {
+            let discovery = self.discovery.clone();
+            let owned = spec.clone();
+            let refresh = tokio::spawn(async move { discovery.workers(&owned).await });
+            let set = match tokio::time::timeout(self.wait, refresh).await {
+                Ok(Ok(Ok(set))) => set,
+                Ok(Ok(Err(e))) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err(format!("discovery task failed: {e}")),
+                Err(_) => match self.discovery.peek(spec).await {
+                    Some(set) => set,
+                    None => return Ok(static_candidates(spec)),
+                },
+            };
+            Ok(set
+                .workers
+                .into_iter()
+                .map(|w| Candidate {
+                    endpoint: w.endpoint,
+                    agent_id: w.agent_id,
+                    name: Some(w.name),
+                })
+                .collect())
+        })
+    }
+}

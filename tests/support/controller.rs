@@ -24,7 +24,11 @@ pub struct Controller {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Controller {
@@ -35,7 +39,12 @@ impl Controller {
     }
 
     /// As [`Controller::start`], with extra environment.
-    pub fn start_with(namespace: &str, data_dir: &Path, identity: &str, env: &[(&str, &str)]) -> Self {
+    pub fn start_with(
+        namespace: &str,
+        data_dir: &Path,
+        identity: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let log = data_dir.join(format!("{identity}.log"));
         std::fs::create_dir_all(data_dir).unwrap();
@@ -55,7 +64,11 @@ impl Controller {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start the controller");
-        Controller { child, metrics: format!("127.0.0.1:{port}"), log }
+        Controller {
+            child,
+            metrics: format!("127.0.0.1:{port}"),
+            log,
+        }
     }
 
     /// SIGKILL: no chance to clean up, as in a node failure.
@@ -66,14 +79,19 @@ impl Controller {
 
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("controller did not stop within 10 s of SIGTERM; log:\n{}", self.log_text());
+        panic!(
+            "controller did not stop within 10 s of SIGTERM; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Whether the process is still running.
@@ -112,7 +130,10 @@ pub async fn signer_secret(client: &Client, namespace: &str, tb: &Testbed) {
         "stringData": {"authToken": tb.m["signer"]["token"]}
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), namespace).create(&PostParams::default(), &secret).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
 }
 
 /// A campaign over the testbed's workers (named statically) and its signer.

@@ -1,0 +1,626 @@
+//! The 8004scan public API (protocols.md §1): a seed source that is slow, rate-limited and
+//! often answers 500, so every call is paced, retried and cached.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::document::{SkillFilter, parse_id};
+use super::http::{BodyError, USER_AGENT, ensure_crypto_provider, read_capped, snippet};
+
+/// A list page is at most 100 rows of a few KiB each.
+const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The public API's largest page.
+const MAX_PAGE_SIZE: usize = 100;
+/// Never page forever, whatever `hasMore` says.
+const MAX_PAGES: u32 = 50;
+/// An embedded document given as a JSON string is parsed only up to this size.
+const MAX_EMBEDDED_BYTES: usize = 256 * 1024;
+
+/// How the client paces and retries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanSettings {
+    /// Requests per minute (the anonymous limit is about 10).
+    pub requests_per_minute: u32,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// First retry delay; doubled each attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Longest computed delay between attempts.
+    pub backoff_max: Duration,
+    /// Longest `Retry-After` honoured (a hostile or broken server could ask for hours).
+    pub retry_after_max: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Rows per page (at most 100).
+    pub page_size: usize,
+}
+
+impl Default for ScanSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 10,
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(120),
+            timeout: Duration::from_secs(30),
+            page_size: MAX_PAGE_SIZE,
+        }
+    }
+}
+
+/// Why the index could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The client could not be built.
+    #[error("building the HTTP client: {0}")]
+    Client(reqwest::Error),
+    /// The base URL is unusable.
+    #[error("SCAN_API_URL {0:?} is not an http(s) URL")]
+    BadBase(String),
+    /// A non-retryable status.
+    #[error("GET {url} answered {status}: {body}")]
+    Status {
+        /// URL.
+        url: String,
+        /// Status.
+        status: u16,
+        /// Start of the body.
+        body: String,
+    },
+    /// Retries ran out.
+    #[error("GET {url} failed after {attempts} attempts; last error: {last}")]
+    Exhausted {
+        /// URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+    /// A transport error that retrying will not fix.
+    #[error("GET {url}: {source}")]
+    Transport {
+        /// URL.
+        url: String,
+        /// Error.
+        source: reqwest::Error,
+    },
+    /// The body was too large or cut.
+    #[error("GET {url}: {source}")]
+    Body {
+        /// URL.
+        url: String,
+        /// Error.
+        source: BodyError,
+    },
+    /// The answer is not what the API documents.
+    #[error("GET {url}: unexpected answer: {why}")]
+    Shape {
+        /// URL.
+        url: String,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+/// One agent as the index knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexEntry {
+    /// Chain id.
+    pub chain_id: Option<u64>,
+    /// Token (agent) id.
+    pub token_id: Option<u64>,
+    /// The registration document, when the index carries it.
+    pub document: Option<Value>,
+    /// Where the document lives, when the index does not carry it.
+    pub document_uri: Option<String>,
+    /// The index's own record (detail, else row): parsed as a last resort, since 8004scan
+    /// flattens the document's services into it.
+    pub record: Value,
+}
+
+/// What a scan found, and what went wrong on the way without failing it.
+#[derive(Clone, Debug, Default)]
+pub struct ScanResult {
+    /// Agents, in index order, without duplicates.
+    pub entries: Vec<IndexEntry>,
+    /// Agents skipped (detail call failed...).
+    pub problems: Vec<String>,
+    /// Requests sent, retries included.
+    pub requests: u64,
+}
+
+/// Paces requests: one every `60 s / rate`, first one immediately. A steady spacing rather
+/// than a burst keeps any 60-second window within the server's limit.
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    // tokio's clock, so that tests can run it paused.
+    next: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pacer {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            interval: Duration::from_secs(60) / per_minute.max(1),
+            next: Mutex::new(None),
+        }
+    }
+
+    async fn wait(&self) {
+        // The lock is held across the sleep, so waiters queue in order (tokio's Mutex is fair).
+        let mut next = self.next.lock().await;
+        if let Some(at) = *next {
+            tokio::time::sleep_until(at).await;
+        }
+        *next = Some(tokio::time::Instant::now() + self.interval);
+    }
+}
+
+/// A detail record and the row `updated_at` it was read for.
+type CachedDetail = (Option<String>, Value);
+
+/// A client for one 8004scan deployment. Share one per base URL: the pacing and the detail
+/// cache are per client.
+#[derive(Debug)]
+pub struct ScanClient {
+    base: Url,
+    http: reqwest::Client,
+    settings: ScanSettings,
+    pacer: Pacer,
+    requests: std::sync::atomic::AtomicU64,
+    // Detail records by (chain, token), with the row's `updated_at` they were read for: an
+    // unchanged agent costs no detail call on the next refresh.
+    details: Mutex<HashMap<(u64, u64), CachedDetail>>,
+}
+
+impl ScanClient {
+    /// A client for `base` (e.g. `https://www.8004scan.io/api/v1/public`).
+    pub fn new(base: &str, settings: ScanSettings) -> Result<Self, ScanError> {
+        ensure_crypto_provider();
+        let mut base = Url::parse(base.trim()).map_err(|_| ScanError::BadBase(base.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ScanError::BadBase(base.to_string()));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(settings.timeout)
+            .build()
+            .map_err(ScanError::Client)?;
+        Ok(Self {
+            base,
+            http,
+            pacer: Pacer::new(settings.requests_per_minute),
+            settings,
+            requests: Default::default(),
+            details: Mutex::default(),
+        })
+    }
+
+    /// Lists agents with the skill (every spelling), up to `limit`, with their documents or
+    /// document URIs. If no spelling finds anything, lists without `search` and leaves the
+    /// filtering to the caller, as the reference script does.
+    pub async fn scan(&self, filter: &SkillFilter, limit: usize) -> Result<ScanResult, ScanError> {
+        let start = self.request_count();
+        let limit = limit.max(1);
+        let mut rows: Vec<Value> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for name in filter.names() {
+            for row in self.list(Some(name), limit).await? {
+                if seen.insert(row_key(&row)) {
+                    rows.push(row);
+                }
+            }
+        }
+        if rows.is_empty() {
+            rows = self.list(None, limit).await?;
+        }
+        rows.truncate(limit);
+        let mut result = ScanResult::default();
+        for row in rows {
+            match self.entry(row).await {
+                Ok(entry) => result.entries.push(entry),
+                Err(e) => result.problems.push(e.to_string()),
+            }
+        }
+        result.requests = self.request_count() - start;
+        Ok(result)
+    }
+
+    fn request_count(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Pages through `/agents` until `hasMore` is false or `limit` rows are in hand.
+    async fn list(&self, search: Option<&str>, limit: usize) -> Result<Vec<Value>, ScanError> {
+        let page_size = limit.min(self.settings.page_size).clamp(1, MAX_PAGE_SIZE);
+        let mut rows = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let mut url = self.base.join("agents").expect("static path joins");
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("protocol", "OASF");
+                if let Some(s) = search {
+                    q.append_pair("search", s);
+                }
+                q.append_pair("limit", &page_size.to_string());
+                q.append_pair("page", &page.to_string());
+            }
+            let body = self.get_json(&url).await?;
+            let (page_rows, has_more) =
+                parse_page(&body, page, page_size).map_err(|why| ScanError::Shape {
+                    url: url.to_string(),
+                    why,
+                })?;
+            let empty = page_rows.is_empty();
+            rows.extend(page_rows);
+            if !has_more || empty || rows.len() >= limit {
+                break;
+            }
+        }
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// A row with its document: embedded, or from the detail call.
+    async fn entry(&self, row: Value) -> Result<IndexEntry, ScanError> {
+        let (chain_id, token_id) = ids(&row);
+        let (document, document_uri) = embedded(&row);
+        if document.is_some() || document_uri.is_some() {
+            return Ok(IndexEntry {
+                chain_id,
+                token_id,
+                document,
+                document_uri,
+                record: row,
+            });
+        }
+        let (Some(chain), Some(token)) = (chain_id, token_id) else {
+            return Err(ScanError::Shape {
+                url: self.base.to_string(),
+                why: format!(
+                    "a row without chain and token ids: {}",
+                    snippet(row.to_string().as_bytes(), 120)
+                ),
+            });
+        };
+        let detail = self
+            .detail(chain, token, text_field(&row, "updated_at"))
+            .await?;
+        let (document, document_uri) = embedded(&detail);
+        Ok(IndexEntry {
+            chain_id,
+            token_id,
+            document,
+            document_uri,
+            record: detail,
+        })
+    }
+
+    async fn detail(
+        &self,
+        chain: u64,
+        token: u64,
+        updated: Option<String>,
+    ) -> Result<Value, ScanError> {
+        if let Some((seen, record)) = self.details.lock().await.get(&(chain, token))
+            && updated.is_some()
+            && *seen == updated
+        {
+            return Ok(record.clone());
+        }
+        let url = self
+            .base
+            .join(&format!("agents/{chain}/{token}"))
+            .expect("numeric path joins");
+        let body = self.get_json(&url).await?;
+        let record = match body.get("data") {
+            Some(d @ Value::Object(_)) => d.clone(),
+            _ if body.get("success") == Some(&Value::Bool(false)) => {
+                return Err(ScanError::Shape {
+                    url: url.to_string(),
+                    why: format!("success: false ({})", api_message(&body)),
+                });
+            }
+            _ => body,
+        };
+        self.details
+            .lock()
+            .await
+            .insert((chain, token), (updated, record.clone()));
+        Ok(record)
+    }
+
+    /// GET with pacing, and retries with backoff and jitter on 429, 5xx and transient
+    /// transport errors; `Retry-After` is honoured (capped).
+    async fn get_json(&self, url: &Url) -> Result<Value, ScanError> {
+        let attempts = self.settings.max_attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            self.pacer.wait().await;
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let delay = match self.http.get(url.clone()).send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = retry_after(resp.headers());
+                    let body = read_capped(resp, MAX_PAGE_BYTES).await.map_err(|source| {
+                        ScanError::Body {
+                            url: url.to_string(),
+                            source,
+                        }
+                    })?;
+                    if status.is_success() {
+                        return serde_json::from_slice(&body).map_err(|e| ScanError::Shape {
+                            url: url.to_string(),
+                            why: format!("not JSON: {e}"),
+                        });
+                    }
+                    if status.as_u16() != 429 && !status.is_server_error() {
+                        return Err(ScanError::Status {
+                            url: url.to_string(),
+                            status: status.as_u16(),
+                            body: snippet(&body, 200),
+                        });
+                    }
+                    last = format!("{status}: {}", snippet(&body, 120));
+                    retry_after
+                        .map(|d| d.min(self.settings.retry_after_max))
+                        .unwrap_or_else(|| self.backoff(attempt))
+                }
+                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                    last = e.to_string();
+                    self.backoff(attempt)
+                }
+                Err(source) => {
+                    return Err(ScanError::Transport {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            };
+            if attempt < attempts {
+                tracing::debug!(%url, attempt, ?delay, error = %last, "8004scan request failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Err(ScanError::Exhausted {
+            url: url.to_string(),
+            attempts,
+            last,
+        })
+    }
+
+    /// Exponential backoff with jitter: a random delay between half and all of
+    /// `base * 2^(attempt-1)`, capped, so that many clients do not retry in step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .settings
+            .backoff_base
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(self.settings.backoff_max);
+        exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Rows and whether another page exists, from either envelope.
+fn parse_page(body: &Value, page: u32, page_size: usize) -> Result<(Vec<Value>, bool), String> {
+    if body.get("success") == Some(&Value::Bool(false)) {
+        return Err(format!("success: false ({})", api_message(body)));
+    }
+    if let Some(rows) = body.get("data").and_then(Value::as_array) {
+        let pagination = body.pointer("/meta/pagination");
+        let has_more = match pagination
+            .and_then(|p| p.get("hasMore"))
+            .and_then(Value::as_bool)
+        {
+            Some(b) => b,
+            None => pagination
+                .and_then(|p| p.get("total"))
+                .and_then(parse_id)
+                .is_some_and(|total| (page as u64) * (page_size as u64) < total),
+        };
+        return Ok((rows.clone(), has_more));
+    }
+    if let Some(rows) = body.get("items").and_then(Value::as_array) {
+        let offset = body.get("offset").and_then(parse_id).unwrap_or(0);
+        let total = body.get("total").and_then(parse_id).unwrap_or(0);
+        return Ok((rows.clone(), offset + (rows.len() as u64) < total));
+    }
+    if let Some(rows) = body.as_array() {
+        return Ok((rows.clone(), rows.len() >= page_size));
+    }
+    Err("neither {data, meta} nor {items, total} nor a list".into())
+}
+
+fn api_message(body: &Value) -> String {
+    ["error", "message"]
+        .iter()
+        .find_map(|k| body.get(*k))
+        .map(|v| snippet(v.to_string().as_bytes(), 200))
+        .unwrap_or_else(|| "no message".into())
+}
+
+fn text_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(|s| match s {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// `(chain_id, token_id)` from `chain_id`/`token_id`, or from `agent_id` `"<chain>:<registry>:<token>"`.
+fn ids(row: &Value) -> (Option<u64>, Option<u64>) {
+    let agent = row.get("agent_id").and_then(Value::as_str).unwrap_or("");
+    let mut parts = agent.split(':');
+    let from_agent_chain = parts.next().and_then(|c| c.parse().ok());
+    let from_agent_token = parts.next_back().and_then(|t| t.parse().ok());
+    let chain = ["chain_id", "chainId"]
+        .iter()
+        .find_map(|k| row.get(*k).and_then(parse_id))
+        .or(from_agent_chain);
+    let token = ["token_id", "tokenId"]
+        .iter()
+        .find_map(|k| row.get(*k).and_then(parse_id))
+        .or(from_agent_token);
+    (chain, token)
+}
+
+fn row_key(row: &Value) -> String {
+    match ids(row) {
+        (Some(c), Some(t)) => format!("{c}:{t}"),
+        _ => row.to_string(),
+    }
+}
+
+/// The document and/or its URI from `raw_metadata` (`offchain_content`, `offchain_uri`, or
+/// `offchain` as either).
+fn embedded(record: &Value) -> (Option<Value>, Option<String>) {
+    let Some(raw) = record.get("raw_metadata").and_then(Value::as_object) else {
+        return (None, None);
+    };
+    let mut doc = raw.get("offchain_content").and_then(as_document);
+    let mut uri = raw.get("offchain_uri").and_then(as_uri);
+    match raw.get("offchain") {
+        Some(Value::Object(o)) if o.contains_key("content") || o.contains_key("uri") => {
+            doc = doc.or_else(|| o.get("content").and_then(as_document));
+            uri = uri.or_else(|| o.get("uri").and_then(as_uri));
+        }
+        Some(other) => {
+            doc = doc.or_else(|| as_document(other));
+            uri = uri.or_else(|| as_uri(other));
+        }
+        None => {}
+    }
+    if uri.is_none() {
+        uri = onchain_uri(raw);
+    }
+    (doc, uri)
+}
+
+/// A document given as an object or as a JSON string.
+fn as_document(v: &Value) -> Option<Value> {
+    match v {
+        Value::Object(o) if !o.is_empty() => Some(v.clone()),
+        Value::String(s) if s.trim_start().starts_with('{') && s.len() <= MAX_EMBEDDED_BYTES => {
+            serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(Value::is_object)
+        }
+        _ => None,
+    }
+}
+
+fn as_uri(v: &Value) -> Option<String> {
+    let s = v.as_str()?.trim();
+    (!s.is_empty() && !s.starts_with('{')).then(|| s.to_string())
+}
+
+/// The registration URI among the on-chain metadata entries, if the index lists it there.
+fn onchain_uri(raw: &Map<String, Value>) -> Option<String> {
+    raw.get("onchain")?.as_array()?.iter().find_map(|entry| {
+        let key = entry.get("key")?.as_str()?.to_ascii_lowercase();
+        if !matches!(key.as_str(), "agenturi" | "tokenuri" | "uri" | "agent_uri") {
+            return None;
+        }
+        entry
+            .get("decoded")
+            .and_then(as_uri)
+            .or_else(|| entry.get("value").and_then(as_uri))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn both_envelopes() {
+        let a = json!({"success": true, "data": [{"token_id": "1"}],
+            "meta": {"pagination": {"page": 1, "limit": 1, "total": 2, "hasMore": true}}});
+        assert!(parse_page(&a, 1, 1).unwrap().1);
+        let b = json!({"items": [{"token_id": "2"}], "total": 2, "limit": 1, "offset": 1});
+        assert_eq!(
+            parse_page(&b, 2, 1).unwrap(),
+            (vec![json!({"token_id": "2"})], false)
+        );
+        assert!(parse_page(&json!({"success": false, "error": "boom"}), 1, 1).is_err());
+        assert!(parse_page(&json!({"weird": 1}), 1, 1).is_err());
+    }
+
+    #[test]
+    fn ids_and_embedded_documents() {
+        let row = json!({"agent_id": "84532:0x8004A818BFB912233c491871b3d84c89A494BD9e:42"});
+        assert_eq!(ids(&row), (Some(84532), Some(42)));
+        let row = json!({"chain_id": 8453, "token_id": "7"});
+        assert_eq!(ids(&row), (Some(8453), Some(7)));
+        let detail = json!({"raw_metadata": {"offchain_uri": "ipfs://cid",
+            "offchain_content": "{\"name\": \"x\"}"}});
+        assert_eq!(
+            embedded(&detail),
+            (Some(json!({"name": "x"})), Some("ipfs://cid".into()))
+        );
+        let alt = json!({"raw_metadata": {"offchain": {"name": "y"}}});
+        assert_eq!(embedded(&alt).0, Some(json!({"name": "y"})));
+        let alt = json!({"raw_metadata": {"offchain": "https://h/doc.json"}});
+        assert_eq!(embedded(&alt), (None, Some("https://h/doc.json".into())));
+        let onchain = json!({"raw_metadata": {"onchain": [{"key": "agentURI", "value": "0x", "decoded": "data:application/json,{}"}]}});
+        assert_eq!(
+            embedded(&onchain).1.as_deref(),
+            Some("data:application/json,{}")
+        );
+    }
+
+    #[tokio::test]
+    async fn pacing_spaces_requests_evenly() {
+        // 1200 a minute: one every 50 ms, the first at once.
+        let pacer = Pacer::new(1200);
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            pacer.wait().await;
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+        assert_eq!(Pacer::new(10).interval, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+}

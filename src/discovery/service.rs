@@ -1,0 +1,780 @@
+//! Discovery as one shared service: every campaign of the process asks the same [`Discovery`],
+//! which caches what the index and the chain returned, so a hundred campaigns with the same
+//! settings cost one index scan per refresh interval.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::chain::{ChainConfig, ChainError, ChainIndex};
+use super::document::{SkillFilter, parse_registration};
+use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
+use super::policy::{AddressPolicy, AllowEntryError, Refusal};
+use super::scan::{IndexEntry, ScanClient, ScanError, ScanResult, ScanSettings};
+use super::worker::{Source, Worker, merge};
+use crate::crd::{DiscoverySpec, OnChainMode};
+
+/// A failed index scan is retried after at most this long, whatever the refresh interval.
+const FAILURE_TTL: Duration = Duration::from_secs(60);
+
+/// Documents and endpoints vetted at once.
+const CONCURRENCY: usize = 8;
+
+/// Process-wide discovery settings (from the environment for the CLI and the controller).
+#[derive(Clone, Debug)]
+pub struct DiscoverySettings {
+    /// Pacing and retries of the index.
+    pub scan: ScanSettings,
+    /// Most index rows read per refresh.
+    pub index_limit: usize,
+    /// Gateway for `ipfs://` URIs.
+    pub ipfs_gateway: Url,
+    /// The registry to read on chain. Its `rpc_url` is replaced by the campaign's
+    /// `discovery.onChain.erpcUrl` when that is set.
+    pub chain: Option<ChainConfig>,
+    /// How long a result may be served after refreshes started failing.
+    pub max_stale: Duration,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            scan: ScanSettings::default(),
+            index_limit: 100,
+            ipfs_gateway: Url::parse(DEFAULT_IPFS_GATEWAY).expect("constant URL"),
+            chain: None,
+            max_stale: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl DiscoverySettings {
+    /// Reads `IPFS_GATEWAY`, `SCAN_RATE_LIMIT` (requests per minute), `ERPC_NETWORK`
+    /// (`base` / `base-sepolia`, default `base-sepolia`), `ERPC_URL`, and the overrides
+    /// `ERC8004_REGISTRY`, `ERC8004_START_BLOCK`, `ERPC_MAX_BLOCK_RANGE` (for a private chain).
+    pub fn from_env() -> Result<Self, DiscoveryError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let mut s = Self::default();
+        if let Some(g) = var("IPFS_GATEWAY") {
+            s.ipfs_gateway = Url::parse(&g)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    DiscoveryError::Config(format!("IPFS_GATEWAY {g:?} is not an http(s) URL"))
+                })?;
+        }
+        if let Some(r) = var("SCAN_RATE_LIMIT") {
+            s.scan.requests_per_minute = r.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                DiscoveryError::Config(format!(
+                    "SCAN_RATE_LIMIT {r:?} is not a positive number of requests per minute"
+                ))
+            })?;
+        }
+        let network = var("ERPC_NETWORK").unwrap_or_else(|| "base-sepolia".into());
+        let rpc = var("ERPC_URL").unwrap_or_else(|| crate::crd::DEFAULT_ERPC_URL.into());
+        let mut chain = ChainConfig::for_network(&network, &rpc)
+            .map_err(|e| DiscoveryError::Config(e.to_string()))?;
+        if let Some(a) = var("ERC8004_REGISTRY") {
+            chain.registry = a.trim().parse().map_err(|_| {
+                DiscoveryError::Config(format!("ERC8004_REGISTRY {a:?} is not an address"))
+            })?;
+        }
+        let number = |k: &str| -> Result<Option<u64>, DiscoveryError> {
+            var(k)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        DiscoveryError::Config(format!("{k} {v:?} is not a block number"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(b) = number("ERC8004_START_BLOCK")? {
+            chain.start_block = b;
+        }
+        if let Some(r) = number("ERPC_MAX_BLOCK_RANGE")? {
+            chain.max_block_range = r.max(1);
+        }
+        s.chain = Some(chain);
+        Ok(s)
+    }
+}
+
+/// Discovery could not produce a single worker source.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Bad settings.
+    #[error("{0}")]
+    Config(String),
+    /// Bad allowlist.
+    #[error(transparent)]
+    Allowlist(#[from] AllowEntryError),
+    /// Every configured source failed.
+    #[error(
+        "no worker source answered: {0}. Check SCAN_API_URL and ERPC_URL / ERPC_NETWORK (or the campaign's discovery settings), or name workers by hand"
+    )]
+    AllSourcesFailed(String),
+}
+
+/// An agent that was found but not kept, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rejected {
+    /// `<chain>:<agent>` when known.
+    pub agent: String,
+    /// The endpoint or document URI concerned.
+    pub target: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of a discovery.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerSet {
+    /// Usable workers: static ones, then discovered ones; preferred first; excluded removed.
+    pub workers: Vec<Worker>,
+    /// Agents refused by the address policy.
+    pub refused: Vec<Rejected>,
+    /// Agents that are not workers (inactive, wrong skill, no endpoint, unreadable document).
+    pub skipped: Vec<Rejected>,
+    /// Sources that failed without failing the whole discovery.
+    pub warnings: Vec<String>,
+    /// When the discovered part was fetched.
+    #[serde(with = "system_time_rfc3339")]
+    pub fetched_at: SystemTime,
+}
+
+mod system_time_rfc3339 {
+    pub fn serialize<S: serde::Serializer>(
+        t: &std::time::SystemTime,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let t: chrono::DateTime<chrono::Utc> = (*t).into();
+        s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+}
+
+/// What the discovered part of a [`WorkerSet`] is cached as.
+#[derive(Clone, Debug)]
+struct Discovered {
+    workers: Vec<Worker>,
+    refused: Vec<Rejected>,
+    skipped: Vec<Rejected>,
+    warnings: Vec<String>,
+    fetched_at: SystemTime,
+}
+
+struct Timed<T> {
+    at: Instant,
+    value: T,
+}
+
+type Slot<T> = Arc<Mutex<Option<Timed<T>>>>;
+
+/// The last good discovery for a key, and the last failure since (so that an outage of every
+/// source is not retried by every caller).
+#[derive(Default)]
+struct Resolved {
+    good: Option<Timed<Arc<Discovered>>>,
+    failure: Option<Timed<String>>,
+}
+
+/// An index scan, or why it failed (failures are cached too, so an outage is not hammered).
+type IndexOutcome = Result<Arc<ScanResult>, String>;
+
+/// Everything that changes what is discovered, except the lists applied afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ResolveKey {
+    scan_api_url: String,
+    skill: SkillFilter,
+    mode: OnChainModeKey,
+    chain: Option<ChainConfig>,
+    policy: AddressPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct OnChainModeKey(u8);
+
+impl From<OnChainMode> for OnChainModeKey {
+    fn from(m: OnChainMode) -> Self {
+        Self(match m {
+            OnChainMode::Fallback => 0,
+            OnChainMode::Always => 1,
+            OnChainMode::Confirm => 2,
+            OnChainMode::Never => 3,
+        })
+    }
+}
+
+/// The shared discovery service. Cheap to clone; clones share caches.
+#[derive(Clone)]
+pub struct Discovery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: DiscoverySettings,
+    scan_clients: Mutex<HashMap<String, Arc<ScanClient>>>,
+    chains: Mutex<HashMap<ChainConfig, Arc<ChainIndex>>>,
+    index: Mutex<HashMap<(String, SkillFilter), Slot<IndexOutcome>>>,
+    resolved: Mutex<HashMap<ResolveKey, Arc<Mutex<Resolved>>>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// A service with these settings.
+    pub fn new(settings: DiscoverySettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                scan_clients: Mutex::default(),
+                chains: Mutex::default(),
+                index: Mutex::default(),
+                resolved: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &DiscoverySettings {
+        &self.inner.settings
+    }
+
+    /// The workers for a campaign's discovery spec: cached for `refreshIntervalSeconds`, shared
+    /// with every campaign whose spec discovers the same way; static workers and the
+    /// `prefer` / `exclude` lists applied on top. Callers queue while one refresh runs.
+    pub async fn workers(&self, spec: &DiscoverySpec) -> Result<WorkerSet, DiscoveryError> {
+        self.workers_allowing(spec, &[]).await
+    }
+
+    /// As [`Discovery::workers`], with extra allowlist entries (the CLI's `--allow-private`).
+    pub async fn workers_allowing(
+        &self,
+        spec: &DiscoverySpec,
+        extra_allow: &[String],
+    ) -> Result<WorkerSet, DiscoveryError> {
+        let key = self.key(spec, extra_allow)?;
+        let ttl = Duration::from_secs(u64::from(spec.refresh_interval_seconds.max(1)));
+        let slot = slot(&self.inner.resolved, key.clone()).await;
+        let mut cached = slot.lock().await;
+        if let Some(c) = &cached.good
+            && c.at.elapsed() < ttl
+        {
+            return Ok(finish(spec, &c.value));
+        }
+        let recent_failure = cached
+            .failure
+            .as_ref()
+            .filter(|f| f.at.elapsed() < ttl.min(FAILURE_TTL))
+            .map(|f| DiscoveryError::AllSourcesFailed(f.value.clone()));
+        let outcome = match recent_failure {
+            Some(e) => Err(e),
+            None => self.discover(&key, ttl).await,
+        };
+        match outcome {
+            Ok(found) => {
+                let found = Arc::new(found);
+                cached.good = Some(Timed {
+                    at: Instant::now(),
+                    value: found.clone(),
+                });
+                cached.failure = None;
+                Ok(finish(spec, &found))
+            }
+            Err(e) => {
+                if let DiscoveryError::AllSourcesFailed(msg) = &e
+                    && cached.failure.is_none()
+                {
+                    cached.failure = Some(Timed {
+                        at: Instant::now(),
+                        value: msg.clone(),
+                    });
+                }
+                match &cached.good {
+                    // A source outage should not take every campaign's workers away at once.
+                    Some(c) if c.at.elapsed() < self.inner.settings.max_stale => {
+                        let mut set = finish(spec, &c.value);
+                        set.warnings
+                            .push(format!("serving the result of an earlier refresh: {e}"));
+                        Ok(set)
+                    }
+                    _ if !spec.workers.is_empty() => {
+                        let mut set = finish(spec, &Discovered::empty());
+                        set.warnings.push(e.to_string());
+                        Ok(set)
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    /// The cached result for a spec, without waiting or refreshing (for a reconcile loop that
+    /// must not block).
+    pub async fn peek(&self, spec: &DiscoverySpec) -> Option<WorkerSet> {
+        let key = self.key(spec, &[]).ok()?;
+        let slot = slot(&self.inner.resolved, key).await;
+        let cached = slot.try_lock().ok()?;
+        cached.good.as_ref().map(|c| finish(spec, &c.value))
+    }
+
+    fn key(
+        &self,
+        spec: &DiscoverySpec,
+        extra_allow: &[String],
+    ) -> Result<ResolveKey, DiscoveryError> {
+        let allow: Vec<&str> = spec
+            .allow_private
+            .iter()
+            .chain(extra_allow)
+            .map(String::as_str)
+            .collect();
+        let chain = self.inner.settings.chain.clone().map(|mut c| {
+            if !spec.on_chain.erpc_url.trim().is_empty() {
+                c.rpc_url = spec.on_chain.erpc_url.trim().to_string();
+            }
+            c
+        });
+        Ok(ResolveKey {
+            scan_api_url: spec.scan_api_url.trim().to_string(),
+            skill: SkillFilter::new(&spec.skill),
+            mode: spec.on_chain.mode.into(),
+            chain,
+            policy: AddressPolicy::with_allowlist(&allow)?,
+        })
+    }
+
+    async fn discover(
+        &self,
+        key: &ResolveKey,
+        ttl: Duration,
+    ) -> Result<Discovered, DiscoveryError> {
+        let fetcher =
+            DocumentFetcher::new(key.policy.clone(), self.inner.settings.ipfs_gateway.clone())
+                .map_err(|e| DiscoveryError::Config(format!("building the HTTP client: {e}")))?;
+        let mode = mode_of(key.mode);
+        let mut out = Discovered::empty();
+        let mut failures = Vec::new();
+
+        let index = if key.scan_api_url.is_empty() {
+            None
+        } else {
+            Some(self.index(&key.scan_api_url, &key.skill, ttl).await)
+        };
+        let index_failed = !matches!(index, Some(Ok(_)));
+        if let Some(Ok(scan)) = &index {
+            out.warnings
+                .extend(scan.problems.iter().map(|p| format!("8004scan: {p}")));
+            let found = self
+                .index_workers(scan, &key.skill, &fetcher, &mut out)
+                .await;
+            out.workers.extend(found);
+        }
+        if let Some(Err(e)) = &index {
+            failures.push(format!("8004scan ({}): {e}", key.scan_api_url));
+        }
+
+        let read_chain = match mode {
+            OnChainMode::Never => false,
+            OnChainMode::Always => true,
+            OnChainMode::Fallback => index_failed,
+            OnChainMode::Confirm => index_failed,
+        };
+        let chain = match (&key.chain, mode) {
+            (_, OnChainMode::Never) => None,
+            (Some(cfg), _) => Some(self.chain(cfg).await),
+            (None, _) => None,
+        };
+        match (&chain, read_chain) {
+            (Some(Ok(chain)), true) => match self
+                .chain_workers(chain, &key.skill, &fetcher, &mut out)
+                .await
+            {
+                Ok(found) => out.workers.extend(found),
+                Err(e) => failures.push(format!("chain ({}): {e}", chain.config().rpc_url)),
+            },
+            (Some(Err(e)), true) => failures.push(format!("chain: {e}")),
+            (None, true) => {
+                failures.push("chain: no registry configured (set ERPC_NETWORK)".into())
+            }
+            _ => {}
+        }
+        if mode == OnChainMode::Confirm && !index_failed {
+            match &chain {
+                Some(Ok(chain)) => self.confirm(chain, &key.skill, &fetcher, &mut out).await,
+                Some(Err(e)) => {
+                    failures.push(format!("chain (to confirm index results): {e}"));
+                    out.workers.clear();
+                }
+                None => {}
+            }
+        }
+        let tried = usize::from(index.is_some()) + usize::from(read_chain);
+        if tried > 0 && failures.len() >= tried {
+            return Err(DiscoveryError::AllSourcesFailed(failures.join("; ")));
+        }
+        if tried == 0 {
+            out.warnings
+                .push("no discovery source is enabled (scanApiUrl empty, on-chain off)".into());
+        }
+        out.warnings.extend(failures);
+        out.workers = dedupe_sources(std::mem::take(&mut out.workers));
+        Ok(out)
+    }
+
+    /// The index scan, shared by every policy and campaign for `ttl`.
+    async fn index(
+        &self,
+        base: &str,
+        skill: &SkillFilter,
+        ttl: Duration,
+    ) -> Result<Arc<ScanResult>, String> {
+        let slot = slot(&self.inner.index, (base.to_string(), skill.clone())).await;
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.at.elapsed()
+                < if c.value.is_ok() {
+                    ttl
+                } else {
+                    ttl.min(FAILURE_TTL)
+                }
+        {
+            return c.value.clone();
+        }
+        let result = match self.scan_client(base).await {
+            Ok(client) => client
+                .scan(skill, self.inner.settings.index_limit)
+                .await
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        *cached = Some(Timed {
+            at: Instant::now(),
+            value: result.clone(),
+        });
+        result
+    }
+
+    async fn scan_client(&self, base: &str) -> Result<Arc<ScanClient>, ScanError> {
+        let mut clients = self.inner.scan_clients.lock().await;
+        if let Some(c) = clients.get(base) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(ScanClient::new(base, self.inner.settings.scan.clone())?);
+        clients.insert(base.to_string(), client.clone());
+        Ok(client)
+    }
+
+    async fn chain(&self, cfg: &ChainConfig) -> Result<Arc<ChainIndex>, ChainError> {
+        let mut chains = self.inner.chains.lock().await;
+        if let Some(c) = chains.get(cfg) {
+            return Ok(c.clone());
+        }
+        let index = Arc::new(ChainIndex::new(cfg.clone())?);
+        chains.insert(cfg.clone(), index.clone());
+        Ok(index)
+    }
+
+    async fn index_workers(
+        &self,
+        scan: &ScanResult,
+        skill: &SkillFilter,
+        fetcher: &DocumentFetcher,
+        out: &mut Discovered,
+    ) -> Vec<Worker> {
+        // Owned entries: a stream of borrowed ones makes the future fail `tokio::spawn`'s
+        // lifetime requirements.
+        let outcomes: Vec<Outcome> = futures::stream::iter(scan.entries.clone())
+            .map(|entry| async move { index_entry_worker(&entry, skill, fetcher).await })
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        out.absorb(outcomes)
+    }
+
+    async fn chain_workers(
+        &self,
+        chain: &ChainIndex,
+        skill: &SkillFilter,
+        fetcher: &DocumentFetcher,
+        out: &mut Discovered,
+    ) -> Result<Vec<Worker>, ChainError> {
+        let chain_id = chain.config().chain_id;
+        let agents = chain.agents().await?;
+        let outcomes: Vec<Outcome> = futures::stream::iter(agents)
+            .map(|agent| async move {
+                let label = format!("{chain_id}:{}", agent.agent_id);
+                let doc = match fetcher.fetch(&agent.uri).await {
+                    Ok(doc) => doc,
+                    Err(e) => return fetch_failure(label, &agent.uri, e),
+                };
+                vet(
+                    &doc,
+                    skill,
+                    Some(agent.agent_id),
+                    Some(chain_id),
+                    Source::Chain,
+                    fetcher,
+                    label,
+                )
+                .await
+            })
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        Ok(out.absorb(outcomes))
+    }
+
+    /// Keeps only index workers whose on-chain registration names the same endpoint.
+    async fn confirm(
+        &self,
+        chain: &ChainIndex,
+        skill: &SkillFilter,
+        fetcher: &DocumentFetcher,
+        out: &mut Discovered,
+    ) {
+        let chain_id = chain.config().chain_id;
+        let candidates = std::mem::take(&mut out.workers);
+        let checks: Vec<(Worker, Result<(), String>)> = futures::stream::iter(candidates)
+            .map(|w| async move {
+                let verdict = confirm_one(&w, chain, chain_id, skill, fetcher).await;
+                (w, verdict)
+            })
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        for (mut w, verdict) in checks {
+            match verdict {
+                Ok(()) => {
+                    w.source = Source::IndexConfirmed;
+                    out.workers.push(w);
+                }
+                Err(reason) => out.skipped.push(Rejected {
+                    agent: label_of(&w),
+                    target: w.endpoint.clone(),
+                    reason,
+                }),
+            }
+        }
+    }
+}
+
+async fn confirm_one(
+    w: &Worker,
+    chain: &ChainIndex,
+    chain_id: u64,
+    skill: &SkillFilter,
+    fetcher: &DocumentFetcher,
+) -> Result<(), String> {
+    let agent = match (w.chain_id, w.agent_id) {
+        (Some(c), Some(a)) if c == chain_id => a,
+        _ => return Err(format!("not confirmed: not an agent of chain {chain_id}")),
+    };
+    let uri = chain
+        .token_uri(agent)
+        .await
+        .map_err(|e| format!("not confirmed: {e}"))?
+        .ok_or_else(|| "not confirmed: the agent does not exist on chain".to_string())?;
+    let doc = fetcher
+        .fetch(&uri)
+        .await
+        .map_err(|e| format!("not confirmed: {e}"))?;
+    let reg = parse_registration(&doc).map_err(|e| format!("not confirmed: {e}"))?;
+    let onchain =
+        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), Source::Chain)
+            .map_err(|e| format!("not confirmed: on chain, {e}"))?;
+    if onchain.endpoint == w.endpoint {
+        Ok(())
+    } else {
+        Err(format!(
+            "not confirmed: the chain's registration names {}",
+            onchain.endpoint
+        ))
+    }
+}
+
+/// Merges duplicates found by two sources: the same agent and endpoint from the index and the
+/// chain is one worker, confirmed.
+fn dedupe_sources(workers: Vec<Worker>) -> Vec<Worker> {
+    let mut out: Vec<Worker> = Vec::with_capacity(workers.len());
+    for w in workers {
+        if let Some(existing) = out.iter_mut().find(|e| {
+            e.endpoint == w.endpoint && e.agent_id == w.agent_id && e.chain_id == w.chain_id
+        }) {
+            if existing.source != w.source {
+                existing.source = Source::IndexConfirmed;
+            }
+            continue;
+        }
+        out.push(w);
+    }
+    out
+}
+
+fn mode_of(key: OnChainModeKey) -> OnChainMode {
+    match key.0 {
+        0 => OnChainMode::Fallback,
+        1 => OnChainMode::Always,
+        2 => OnChainMode::Confirm,
+        _ => OnChainMode::Never,
+    }
+}
+
+/// The shared entry for a key, created empty on first use.
+async fn slot<K: std::hash::Hash + Eq, V: Default>(
+    map: &Mutex<HashMap<K, Arc<Mutex<V>>>>,
+    key: K,
+) -> Arc<Mutex<V>> {
+    map.lock().await.entry(key).or_default().clone()
+}
+
+fn finish(spec: &DiscoverySpec, found: &Discovered) -> WorkerSet {
+    WorkerSet {
+        workers: merge(spec, &found.workers),
+        refused: found.refused.clone(),
+        skipped: found.skipped.clone(),
+        warnings: found.warnings.clone(),
+        fetched_at: found.fetched_at,
+    }
+}
+
+/// What became of one agent.
+enum Outcome {
+    Worker(Worker),
+    Refused(Rejected),
+    Skipped(Rejected),
+}
+
+impl Discovered {
+    fn empty() -> Self {
+        Self {
+            workers: Vec::new(),
+            refused: Vec::new(),
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            fetched_at: SystemTime::now(),
+        }
+    }
+
+    fn absorb(&mut self, outcomes: Vec<Outcome>) -> Vec<Worker> {
+        let mut workers = Vec::new();
+        for o in outcomes {
+            match o {
+                Outcome::Worker(w) => workers.push(w),
+                Outcome::Refused(r) => self.refused.push(r),
+                Outcome::Skipped(r) => self.skipped.push(r),
+            }
+        }
+        workers
+    }
+}
+
+fn label(chain: Option<u64>, agent: Option<u64>) -> String {
+    let part = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+    format!("{}:{}", part(chain), part(agent))
+}
+
+fn label_of(w: &Worker) -> String {
+    label(w.chain_id, w.agent_id)
+}
+
+fn fetch_failure(agent: String, uri: &str, e: FetchError) -> Outcome {
+    let r = Rejected {
+        agent,
+        target: uri.chars().take(120).collect(),
+        reason: e.to_string(),
+    };
+    if e.refusal().is_some() {
+        Outcome::Refused(r)
+    } else {
+        Outcome::Skipped(r)
+    }
+}
+
+/// The document of an index entry: embedded, else fetched, else the index's own record.
+async fn index_entry_worker(
+    entry: &IndexEntry,
+    skill: &SkillFilter,
+    fetcher: &DocumentFetcher,
+) -> Outcome {
+    let agent = label(entry.chain_id, entry.token_id);
+    let doc: Value = match (&entry.document, &entry.document_uri) {
+        (Some(doc), _) => doc.clone(),
+        (None, Some(uri)) => match fetcher.fetch(uri).await {
+            Ok(doc) => doc,
+            // A refused document URI is a refused agent: the index's copy of a document we may
+            // not read is no better.
+            Err(e) if e.refusal().is_some() => return fetch_failure(agent, uri, e),
+            Err(e) => {
+                tracing::debug!(%agent, error = %e, "document unavailable; using the index record");
+                entry.record.clone()
+            }
+        },
+        (None, None) => entry.record.clone(),
+    };
+    vet(
+        &doc,
+        skill,
+        entry.token_id,
+        entry.chain_id,
+        Source::Index,
+        fetcher,
+        agent,
+    )
+    .await
+}
+
+/// Parses, applies the worker rules, and checks the endpoint against the policy (resolving it
+/// once).
+async fn vet(
+    doc: &Value,
+    skill: &SkillFilter,
+    agent_id: Option<u64>,
+    chain_id: Option<u64>,
+    source: Source,
+    fetcher: &DocumentFetcher,
+    agent: String,
+) -> Outcome {
+    let skipped = |target: String, reason: String| {
+        Outcome::Skipped(Rejected {
+            agent: agent.clone(),
+            target,
+            reason,
+        })
+    };
+    let reg = match parse_registration(doc) {
+        Ok(r) => r,
+        Err(e) => return skipped(String::new(), e.to_string()),
+    };
+    let worker = match Worker::from_registration(&reg, skill, agent_id, chain_id, source) {
+        Ok(w) => w,
+        Err(e) => {
+            return skipped(reg.name.unwrap_or_default(), e.to_string());
+        }
+    };
+    let Some(url) = worker.url() else {
+        return skipped(worker.endpoint, "unparsable endpoint".into());
+    };
+    match fetcher.policy().resolve_url(&url).await {
+        Ok(_) => Outcome::Worker(worker),
+        // Not a policy decision: the endpoint cannot be reached at all.
+        Err(why @ Refusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
+        Err(refusal) => Outcome::Refused(Rejected {
+            agent,
+            target: worker.endpoint,
+            reason: refusal.to_string(),
+        }),
+    }
+}

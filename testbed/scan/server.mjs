@@ -1,0 +1,167 @@
+// A stand-in for the 8004scan public API (protocols.md §1), for tests and the demo.
+//
+//   node testbed/scan/server.mjs [--port N] [--fail-every N] [--rate-limit N] [--rate-window-ms N]
+//
+// Listens on 127.0.0.1 (port 0 by default: a free one) and prints one line,
+// `SCAN_API_URL=http://127.0.0.1:<port>/api/v1/public`, once it is ready. It serves paging by
+// `page`, both envelopes (odd pages `{success, data, meta}`, even pages `{items, total, limit,
+// offset}`), HTTP 500 on every Nth request, and a sliding-window rate limit answered with 429 and
+// Retry-After. `GET /__stats` reports what it served. `/ipfs/<cid>/<path>` acts as the IPFS
+// gateway, `/docs/<name>.json` hosts documents.
+import express from "express";
+import { agents, CHAIN, REGISTRY } from "./fixtures.mjs";
+
+function option(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  if (i >= 0 && process.argv[i + 1] !== undefined) return Number(process.argv[i + 1]);
+  const env = process.env[name.toUpperCase().replaceAll("-", "_")];
+  return env !== undefined ? Number(env) : fallback;
+}
+
+const port = option("port", 0);
+const failEvery = option("fail-every", 4);
+const rateLimit = option("rate-limit", 30);
+const rateWindowMs = option("rate-window-ms", 5000);
+
+const app = express();
+const stats = { requests: 0, list: 0, detail: 0, docs: 0, ipfs: 0, served500: 0, served429: 0, userAgents: [] };
+const recent = [];
+let apiCount = 0;
+let list = [];
+
+function summary(a) {
+  const row = {
+    agent_id: `${CHAIN}:${REGISTRY}:${a.token}`,
+    token_id: String(a.token),
+    chain_id: CHAIN,
+    contract_address: REGISTRY,
+    is_testnet: true,
+    owner_address: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+    name: a.name,
+    description: `agent ${a.name}`,
+    image_url: null,
+    supported_protocols: ["OASF"],
+    x402_supported: true,
+    total_score: 50 - a.token,
+    rank: a.token,
+    health_score: 90,
+    created_at: "2026-03-01T00:00:00Z",
+    updated_at: "2026-03-12T10:30:00Z",
+  };
+  if (a.how.rowContent) row.raw_metadata = { onchain: [], offchain_uri: null, offchain_content: a.how.rowContent };
+  return row;
+}
+
+function detail(a) {
+  const rec = { ...summary(a) };
+  delete rec.raw_metadata;
+  const raw = { onchain: [{ key: "agentWallet", value: "0x", decoded: null }], offchain_uri: null, offchain_content: null };
+  if (a.how.rowContent) raw.offchain_content = a.how.rowContent;
+  if (a.how.contentString) raw.offchain_content = a.how.contentString;
+  if (a.how.uri) raw.offchain_uri = a.how.uri;
+  if (a.how.offchainAlias) {
+    delete raw.offchain_content;
+    raw.offchain = a.how.offchainAlias;
+  }
+  if (a.how.detailOnly) Object.assign(rec, a.how.detailOnly);
+  rec.raw_metadata = raw;
+  return rec;
+}
+
+// The text `search` matches: what the real index derives from names and skills.
+function searchable(a) {
+  const docText = JSON.stringify(a.how.rowContent ?? a.how.contentString ?? a.how.offchainAlias ?? a.how.detailOnly ?? "");
+  const ipfs = JSON.stringify(a.ipfs ?? "");
+  const data = a.how.uri?.startsWith("data:") ? decodeData(a.how.uri) : "";
+  return [a.name, a.searchText ?? "", docText, ipfs, data].join(" ").toLowerCase();
+}
+
+function decodeData(uri) {
+  const [head, body] = uri.slice(5).split(/,(.*)/s);
+  return head.includes(";base64") ? Buffer.from(body, "base64").toString() : decodeURIComponent(body);
+}
+
+app.use((req, res, next) => {
+  stats.requests += 1;
+  const ua = req.get("user-agent") ?? "";
+  if (!stats.userAgents.includes(ua)) stats.userAgents.push(ua);
+  next();
+});
+
+app.get("/__stats", (_req, res) => res.json(stats));
+
+// Rate limit and injected failures apply to the API only, as on the real service.
+app.use("/api/v1/public", (req, res, next) => {
+  const now = Date.now();
+  while (recent.length && recent[0] <= now - rateWindowMs) recent.shift();
+  if (recent.length >= rateLimit) {
+    stats.served429 += 1;
+    const wait = Math.max(1, Math.ceil((recent[0] + rateWindowMs - now) / 1000));
+    res.set("Retry-After", String(wait)).status(429).json({ success: false, error: "rate limited" });
+    return;
+  }
+  recent.push(now);
+  apiCount += 1;
+  if (failEvery > 0 && apiCount % failEvery === 0) {
+    stats.served500 += 1;
+    res.status(500).json({ success: false, error: "internal error" });
+    return;
+  }
+  next();
+});
+
+app.get("/api/v1/public/agents", (req, res) => {
+  stats.list += 1;
+  const limit = Math.min(100, Math.max(1, Number(req.query.limit ?? 20)));
+  const page = Math.max(1, Number(req.query.page ?? 1));
+  const search = String(req.query.search ?? "").toLowerCase();
+  const matching = list.filter((a) => !search || searchable(a).includes(search));
+  const rows = matching.slice((page - 1) * limit, page * limit).map(summary);
+  const total = matching.length;
+  if (page % 2 === 1) {
+    res.json({ success: true, data: rows,
+      meta: { version: "v1", timestamp: new Date().toISOString(), requestId: `req-${stats.requests}`,
+        pagination: { page, limit, total, hasMore: page * limit < total } } });
+  } else {
+    res.json({ items: rows, total, limit, offset: (page - 1) * limit });
+  }
+});
+
+app.get("/api/v1/public/agents/:chain/:token", (req, res) => {
+  stats.detail += 1;
+  const a = list.find((x) => String(x.token) === req.params.token && String(CHAIN) === req.params.chain);
+  if (!a) return res.status(404).json({ success: false, error: "agent not found" });
+  res.json({ success: true, data: detail(a) });
+});
+
+// A document that redirects to a loopback address outside 127.0.0.1/32, and one too large to read.
+app.get("/docs/redirect.json", (req, res) => {
+  stats.docs += 1;
+  res.redirect(302, `http://[::1]:${req.socket.localPort}/docs/gamma.json`);
+});
+app.get("/docs/huge.json", (_req, res) => {
+  stats.docs += 1;
+  res.json({ name: "Huge", padding: "x".repeat(400 * 1024) });
+});
+
+app.get("/docs/:name.json", (req, res) => {
+  stats.docs += 1;
+  const a = list.find((x) => x.hosted && x.name.toLowerCase() === req.params.name);
+  if (!a) return res.status(404).json({ error: "no such document" });
+  res.json(a.hosted);
+});
+
+app.get(/^\/ipfs\/(.+)$/, (req, res) => {
+  stats.ipfs += 1;
+  const a = list.find((x) => x.ipfs && x.how.uri === `ipfs://${req.params[0]}`);
+  if (!a) return res.status(404).json({ error: "not pinned" });
+  res.json(a.ipfs);
+});
+
+const server = app.listen(port, "127.0.0.1", () => {
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  list = agents(origin);
+  process.stdout.write(`SCAN_API_URL=${origin}/api/v1/public\n`);
+});
+
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => server.close(() => process.exit(0)));
