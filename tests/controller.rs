@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controller::{Controller, campaign, is_final, results, signer_secret, wait_for};
 use support::testbed::Testbed;
 
 struct Setup {
-    client: Client,
     ns: String,
     api: Api<ExperimentCampaign>,
     tb: Testbed,
@@ -31,7 +29,6 @@ async fn setup(prefix: &str, testbed: Value) -> Setup {
     signer_secret(&client, &ns, &tb).await;
     let api = Api::namespaced(client.clone(), &ns);
     Setup {
-        client,
         ns,
         api,
         tb,
@@ -385,4 +382,90 @@ fn ledger_total(lines: &[Value]) -> String {
         .map(|l| l["amount"].as_str().unwrap().parse::<u128>().unwrap())
         .sum();
     autoresearch_coordinator::usdc::Usdc::from_atomic(atomic).to_string()
+}
+
+#[tokio::test]
+async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its_results() {
+    let s = setup("lifecycle", three_workers(700)).await;
+    let payees_before = paid_to_workers(&s.tb).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    let spec = json!({"maxExperiments": 40, "parallelism": 2});
+    s.api
+        .create(&PostParams::default(), &campaign("life", &s.tb, spec))
+        .await
+        .unwrap();
+    wait_for(&s.api, "life", 60, "2 finished", &[&controller], |c| {
+        c.status.as_ref().is_some_and(|st| st.succeeded >= 2)
+    })
+    .await;
+
+    // Suspend: in-flight experiments finish, nothing new starts.
+    s.api
+        .patch(
+            "life",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    let suspended = wait_for(&s.api, "life", 60, "Suspended", &[&controller], |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|st| st.phase == Some(Phase::Suspended))
+    })
+    .await;
+    let paid_at_suspend = paid_to_workers(&s.tb).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        paid_to_workers(&s.tb).await,
+        paid_at_suspend,
+        "paid while suspended"
+    );
+    let done_at_suspend = suspended.status.unwrap().succeeded;
+
+    // Resume, then delete while experiments are in flight.
+    s.api
+        .patch(
+            "life",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        &s.api,
+        "life",
+        60,
+        "more finished and 2 in flight",
+        &[&controller],
+        |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|st| st.succeeded >= done_at_suspend + 2 && st.ledger.len() == 2)
+        },
+    )
+    .await;
+    s.api
+        .delete("life", &DeleteParams::default())
+        .await
+        .unwrap();
+    // What was in flight finishes (it is paid) and is recorded; nothing new is paid.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paid_after_delete = paid_to_workers(&s.tb).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        paid_to_workers(&s.tb).await,
+        paid_after_delete,
+        "paid after the campaign was deleted"
+    );
+
+    // Every experiment paid for has its line in results.jsonl, once.
+    let lines = results(s.data.path());
+    let paid = paid_after_delete - payees_before;
+    assert_eq!(
+        paid,
+        U256::from(10_000 * lines.len() as u64),
+        "payments and results disagree: {lines:#?}"
+    );
+    assert_eq!(unique_ids(&lines), lines.len());
 }
