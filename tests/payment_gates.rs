@@ -316,10 +316,11 @@ async fn lost_wrong_and_async_answers() {
         .run(prepared.voucher(), &req)
         .await
         .unwrap_err();
+    // A connection cut after the request was sent is not "unreachable": money may have moved.
     assert!(
         matches!(
             err,
-            WorkerError::Unreachable { .. } | WorkerError::Timeout { .. }
+            WorkerError::Interrupted { .. } | WorkerError::Timeout { .. }
         ),
         "{err}"
     );

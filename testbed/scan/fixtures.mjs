@@ -116,3 +116,22 @@ export function agents(origin) {
 }
 
 export { CHAIN, REGISTRY, SKILL };
+
+// For the demo: the given workers (name, endpoint, gpu, bestValBpb) as current registrations
+// embedded in list rows, plus two decoys a correct client refuses (inactive, cluster-internal).
+export function demoAgents(origin, workers) {
+  const list = workers.map((w, i) => ({
+    token: 100 + i,
+    name: w.name,
+    how: { rowContent: doc(origin, 100 + i, w.name, { endpoint: w.endpoint, bpb: w.bestValBpb ?? null }) },
+    worker: true,
+  }));
+  list.push({ token: 190, name: "Retired", how: { rowContent: doc(origin, 190, "Retired", { active: false }) }, worker: false });
+  list.push({
+    token: 191,
+    name: "Internal",
+    how: { rowContent: doc(origin, 191, "Internal", { endpoint: "http://worker.autoresearch.svc.cluster.local/services/w" }) },
+    worker: false,
+  });
+  return list;
+}

@@ -9,7 +9,7 @@
 // Retry-After. `GET /__stats` reports what it served. `/ipfs/<cid>/<path>` acts as the IPFS
 // gateway, `/docs/<name>.json` hosts documents.
 import express from "express";
-import { agents, CHAIN, REGISTRY } from "./fixtures.mjs";
+import { agents, demoAgents, CHAIN, REGISTRY } from "./fixtures.mjs";
 
 function option(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -19,6 +19,10 @@ function option(name, fallback) {
 }
 
 const port = option("port", 0);
+// --workers '<json list of {name, endpoint, gpu?, bestValBpb?}>': serve these (and two decoys)
+// instead of the test fixtures; used by the demo.
+const workersArg = process.argv.indexOf("--workers");
+const demoWorkers = workersArg >= 0 ? JSON.parse(process.argv[workersArg + 1]) : null;
 const failEvery = option("fail-every", 4);
 const rateLimit = option("rate-limit", 30);
 const rateWindowMs = option("rate-window-ms", 5000);
@@ -160,7 +164,7 @@ app.get(/^\/ipfs\/(.+)$/, (req, res) => {
 
 const server = app.listen(port, "127.0.0.1", () => {
   const origin = `http://127.0.0.1:${server.address().port}`;
-  list = agents(origin);
+  list = demoWorkers ? demoAgents(origin, demoWorkers) : agents(origin);
   process.stdout.write(`SCAN_API_URL=${origin}/api/v1/public\n`);
 });
 
