@@ -79,7 +79,8 @@ c['spec']['experimentTimeoutSeconds'] = 60
 print(json.dumps(c))" | kubectl apply -f -
 
 step "kubectl get campaigns -w"
-kubectl get campaigns -w &
+# -w prints a row per status write; rows that repeat the previous one are dropped.
+kubectl get campaigns -w > >(awk '$0 != prev { print; fflush(); prev = $0 }') &
 watcher=$!
 pids+=($watcher)
 deadline=$((SECONDS + ${DEMO_TIMEOUT:-150}))
@@ -96,8 +97,12 @@ done
 sleep 1
 kill "$watcher" 2>/dev/null || true
 
-step "kubectl describe campaign quickstart (conditions and events)"
-kubectl describe campaign quickstart | sed -n '/Conditions:/,$p' | grep -v "^\s*Last Transition\|Observed Generation" | head -40
+step "conditions and events (kubectl describe campaign quickstart)"
+kubectl get campaign quickstart -o json | python3 -c "
+import json, sys
+for c in json.load(sys.stdin)['status']['conditions']:
+    print(f\"    {c['type']:17} {c['status']:6} {c['reason']:22} {c['message']}\")"
+kubectl describe campaign quickstart | sed -n '/^Events:/,$p' | awk 'NR <= 12'
 
 step "leaderboard (status.leaderboard, lowest val_bpb first)"
 kubectl get campaign quickstart -o json | python3 -c "
