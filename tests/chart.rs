@@ -86,18 +86,33 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Runs helm with its settings and caches under .cache/helm (not the home folder).
+/// Runs helm with its settings and caches under .cache/helm (not the home folder), without a
+/// cluster (lint, template).
 fn helm(args: &[&str]) -> Output {
+    helm_command(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run helm")
+}
+
+/// Runs helm against the test cluster.
+fn helm_cluster(args: &[&str]) -> Output {
+    helm_command(args)
+        .env("KUBECONFIG", support::kubeconfig())
+        .output()
+        .expect("run helm")
+}
+
+fn helm_command(args: &[&str]) -> Command {
     let home = repo_path(".cache/helm");
-    Command::new(helm_bin())
+    let mut command = Command::new(helm_bin());
+    command
         .args(args)
         .current_dir(support::repo())
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env("KUBECONFIG", support::kubeconfig())
-        .output()
-        .expect("run helm")
+        .env("HELM_DATA_HOME", home.join("data"));
+    command
 }
 
 /// Runs kubectl (v1.35) against the test cluster as admin, with optional stdin.
@@ -278,7 +293,7 @@ fn rendered_manifests_are_valid_kubernetes_1_35() {
         validate_1_35(&format!("{crd}\n---\n{yaml}"), values);
     }
     let plain = ok(
-        kubectl(&["kustomize", "deploy"]),
+        kubectl_with(Path::new("/dev/null"), &["kustomize", "deploy"], None),
         "kubectl kustomize deploy",
     );
     validate_1_35(&plain, "deploy/");
@@ -552,7 +567,7 @@ fn helm_install(name: &str, namespace: &str, sets: &[&str]) -> String {
     for s in sets {
         args.extend(["--set", s]);
     }
-    ok(helm(&args), &format!("helm install {name}"))
+    ok(helm_cluster(&args), &format!("helm install {name}"))
 }
 
 /// One release with default values plus a campaign token Secret name, shared by the RBAC tests.
@@ -587,7 +602,7 @@ fn create_namespace(name: &str) {
 fn helm_install_creates_every_object() {
     let r = release();
     let status = ok(
-        helm(&["status", &r.name, "--namespace", &r.namespace, "-o", "json"]),
+        helm_cluster(&["status", &r.name, "--namespace", &r.namespace, "-o", "json"]),
         "helm status",
     );
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -1033,7 +1048,7 @@ fn watch_namespace_release_is_bound_there_only_and_uninstall_keeps_results() {
 
     // Uninstall removes the controller and its rights, and keeps the CRD and the results PVC.
     ok(
-        helm(&["uninstall", &name, "--namespace", &namespace]),
+        helm_cluster(&["uninstall", &name, "--namespace", &namespace]),
         "helm uninstall",
     );
     let fullname = format!("{name}-autoresearch-coordinator");
