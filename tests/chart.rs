@@ -211,7 +211,7 @@ fn chart_crd_is_the_generated_crd() {
         let chart = std::fs::read(repo_path(&copy)).unwrap();
         assert!(
             repo == chart,
-            "{copy} differs from crds/experimentcampaigns.yaml: copy it over"
+            "{copy} differs from crds/experimentcampaigns.yaml: run deploy/generate.sh"
         );
     }
 }
