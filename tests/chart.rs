@@ -1112,3 +1112,63 @@ fn plain_manifests_apply_with_kubectl_and_grant_the_same_rights() {
         expected
     );
 }
+
+/// The controller, authenticated with a token of the chart's ServiceAccount (not admin),
+/// completes a paid campaign: the chart's RBAC is sufficient, not just narrow.
+#[tokio::test]
+async fn the_controller_completes_a_campaign_with_the_charts_service_account() {
+    use support::controller::{Controller, campaign, is_final, signer_secret, wait_for};
+    let ns = unique("chartrun");
+    let name = unique("arcrun");
+    helm_install(&name, &ns, &[&format!("watchNamespace={ns}")]);
+    let sa = format!("{name}-autoresearch-coordinator");
+    let out = Command::new("bash")
+        .arg(repo_path("scripts/sa-kubeconfig.sh"))
+        .args([ns.as_str(), sa.as_str()])
+        .env("KUBECONFIG", support::kubeconfig())
+        .env("KUBECTL", kubectl_bin())
+        .output()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sa_kubeconfig = data.path().join("sa.kubeconfig");
+    std::fs::write(&sa_kubeconfig, ok(out, "sa-kubeconfig.sh")).unwrap();
+
+    let tb = support::testbed::Testbed::start(serde_json::json!({"workers": [
+        {"name": "w1", "gate": "v2", "price": "10000", "durationMs": 200},
+        {"name": "w2", "gate": "obol", "price": "10000", "durationMs": 200}
+    ]}));
+    let admin = support::client().await;
+    signer_secret(&admin, &ns, &tb).await;
+    let api: kube::Api<autoresearch_coordinator::crd::ExperimentCampaign> =
+        kube::Api::namespaced(admin, &ns);
+    let lease = format!("{name}-autoresearch-coordinator");
+    let controller = Controller::start_with(
+        &ns,
+        &data.path().join("run"),
+        "ctl-sa",
+        &[
+            ("KUBECONFIG", sa_kubeconfig.to_str().unwrap()),
+            ("LEASE_NAME", lease.as_str()),
+        ],
+    );
+    let spec = serde_json::json!({"maxExperiments": 4, "parallelism": 2});
+    api.create(&Default::default(), &campaign("with-sa", &tb, spec))
+        .await
+        .unwrap();
+    let done = wait_for(
+        &api,
+        "with-sa",
+        120,
+        "a final phase",
+        &[&controller],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.succeeded, 4, "{status:?}\n{}", controller.log_text());
+    let log = controller.log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the chart's RBAC refused something:\n{log}"
+    );
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Benchmarks of the controller, printed as numbers (not pass/fail tests):
+#   1. throughput: 8 stand-in workers at 2 s per experiment, 200 experiments paid on anvil
+#      through real x402 gates; achieved experiments per second against the ideal (8 / 2 s);
+#   2. scale: 1,000 idle campaigns in the API server; the controller's resident memory and the
+#      time until it has reconciled every one after start.
+#
+#   bash scripts/bench.sh [throughput|scale]...   (default: both)
+#   BENCH_EXPERIMENTS=200 BENCH_CAMPAIGNS=1000 BENCH_PROFILE=release|debug
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+which=("$@")
+((${#which[@]})) || which=(throughput scale)
+experiments=${BENCH_EXPERIMENTS:-200}
+campaigns=${BENCH_CAMPAIGNS:-1000}
+profile=${BENCH_PROFILE:-release}
+
+bash scripts/install-deps.sh
+if [[ $profile == release ]]; then cargo build --release --quiet; else cargo build --quiet; fi
+bin=$root/target/$profile/autoresearch-coordinator
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/autoresearch-bench.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  bash scripts/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+export KUBECONFIG
+KUBECONFIG=$(bash scripts/cluster.sh start "$work/cluster" --owner-pid $$)
+"$bin" crd | kubectl apply -f - >/dev/null
+kubectl wait --for condition=Established crd/experimentcampaigns.autoresearch.obol.org --timeout=60s >/dev/null
+until kubectl get campaigns >/dev/null 2>&1; do sleep 0.2; done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+start_controller() { # start_controller NAMESPACE LOG
+  METRICS_ADDR=127.0.0.1:$(free_port) DATA_DIR=$work/data-$1 POD_NAMESPACE=$1 WATCH_NAMESPACE=$1 POD_NAME=bench \
+    RUST_LOG=warn "$bin" controller >"$2" 2>&1 &
+  pids+=($!)
+  controller=$!
+}
+
+throughput() {
+  local ns=bench-throughput
+  kubectl create namespace $ns >/dev/null
+  local workers
+  workers=$(python3 -c "import json; print(json.dumps({'workers': [{'name': f'w{i}', 'gate': ['v2', 'v1', 'obol'][i % 3], 'price': '1000', 'durationMs': 2000} for i in range(8)]}))")
+  node testbed/payments/up.mjs --no-stdin --manifest "$work/tb.json" --config "$workers" >/dev/null 2>"$work/tb.log" &
+  pids+=($!)
+  until [[ -s $work/tb.json ]]; do sleep 0.2; done
+  python3 - "$work/tb.json" "$experiments" >"$work/campaign.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+print(json.dumps({
+  "apiVersion": "autoresearch.obol.org/v1alpha1", "kind": "ExperimentCampaign",
+  "metadata": {"name": "throughput"},
+  "spec": {
+    "trainScript": {"inline": "print('val_bpb: 1.0')\n"},
+    "search": {"strategy": "random", "seed": 1, "parameters": [
+      {"name": "lr", "type": "float", "min": 0.0001, "max": 0.1, "logScale": True},
+      {"name": "depth", "type": "int", "min": 2, "max": 64}]},
+    "maxExperiments": n, "parallelism": 8, "experimentTimeoutSeconds": 60,
+    "budget": {"total": "100", "maxPricePerExperiment": "0.01"},
+    "payment": {"remoteSignerUrl": m["signer"]["url"], "tokenSecretRef": {"name": "remote-signer-keystore"}},
+    "discovery": {"scanApiUrl": "", "onChain": {"mode": "never"},
+                  "workers": [{"endpoint": w["endpoint"]} for w in m["workers"]]}}}))
+PY
+  kubectl -n $ns create secret generic remote-signer-keystore \
+    --from-literal=authToken="$(python3 -c "import json; print(json.load(open('$work/tb.json'))['signer']['token'])")" >/dev/null
+  start_controller $ns "$work/controller-throughput.log"
+  kubectl -n $ns apply -f "$work/campaign.json" >/dev/null
+  local t0=$SECONDS phase=""
+  until [[ $phase =~ ^(Succeeded|Failed|BudgetExhausted)$ ]]; do
+    sleep 0.5
+    phase=$(kubectl -n $ns get campaign throughput -o jsonpath='{.status.phase}')
+    ((SECONDS - t0 < 900)) || { echo "throughput: did not finish in 900 s" >&2; tail "$work/controller-throughput.log" >&2; return 1; }
+  done
+  local secs=$((SECONDS - t0))
+  local done
+  done=$(kubectl -n $ns get campaign throughput -o jsonpath='{.status.succeeded}')
+  python3 -c "
+secs, n = max($secs, 1), $done
+ideal = 8 / 2.0
+print(f'throughput: {n} experiments on 8 workers at 2 s each in {secs} s (whole-second clock): {n/secs:.2f}/s against an ideal {ideal:.2f}/s = {100*n/secs/ideal:.0f}% (target >= 95%)')"
+}
+
+scale() {
+  local ns=bench-scale
+  kubectl create namespace $ns >/dev/null
+  python3 - "$campaigns" >"$work/campaigns.json" <<'PY'
+import json, sys
+items = [{
+  "apiVersion": "autoresearch.obol.org/v1alpha1", "kind": "ExperimentCampaign",
+  "metadata": {"name": f"idle-{i:04}"},
+  "spec": {"trainScript": {"inline": "print(1)\n"}, "suspend": True,
+           "search": {"strategy": "list", "experiments": [{"i": i}]},
+           "maxExperiments": 1, "budget": {"total": "1", "maxPricePerExperiment": "0.1"},
+           "discovery": {"scanApiUrl": "", "onChain": {"mode": "never"}}}} for i in range(int(sys.argv[1]))]
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+PY
+  kubectl -n $ns create -f "$work/campaigns.json" >/dev/null
+  local t0
+  t0=$(date +%s.%N)
+  start_controller $ns "$work/controller-scale.log"
+  local n=0
+  until ((n >= campaigns)); do
+    sleep 0.5
+    n=$(kubectl -n $ns get campaigns -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c Suspended || true)
+  done
+  local t1 rss
+  t1=$(date +%s.%N)
+  sleep 2
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$controller/status")
+  python3 -c "print(f'scale: {$campaigns} idle campaigns reconciled {float($t1) - float($t0):.1f} s after start; resident memory {$rss / 1024:.1f} MiB (target < 100 MiB)')"
+}
+
+for b in "${which[@]}"; do "$b"; done
