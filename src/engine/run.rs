@@ -483,13 +483,13 @@ async fn complete(
         .board
         .release(&entry.worker, &entry.experiment_id, worker_failed);
     let ns = handle.namespace.clone().unwrap_or_default();
-    match result {
-        Ok(_) => {}
+    let running = match result {
+        Ok(stored) => stored.status.map_or(0, |s| s.running),
         Err(e) => {
             tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
             return;
         }
-    }
+    };
     let paid = match &outcome {
         Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
     };
@@ -500,96 +500,92 @@ async fn complete(
         .metrics
         .in_flight
         .with_label_values(&[&ns, &handle.name])
-        .set(0);
-    let notice = match (&outcome, &recorded) {
-        (_, Some(Recorded::AlreadyCounted)) | (_, None) => return,
+        .set(running.into());
+    let Some(recorded) = recorded.filter(|r| *r != Recorded::AlreadyCounted) else {
+        return;
+    };
+    let (results, notice) = describe(&outcome, &recorded, entry, paid, &tx);
+    for result in results {
+        engine
+            .metrics
+            .experiments
+            .with_label_values(&[result])
+            .inc();
+    }
+    handle.notify.notify(notice).await;
+}
+
+/// The metric results to count and the event to publish for a recorded outcome.
+fn describe(
+    outcome: &Outcome,
+    recorded: &Recorded,
+    entry: &LedgerEntry,
+    paid: Usdc,
+    tx: &Option<String>,
+) -> (&'static [&'static str], Notice) {
+    let (id, worker) = (&entry.experiment_id, &entry.worker);
+    let notice = |severity, reason, action, message| Notice {
+        severity,
+        reason,
+        action,
+        message,
+    };
+    match (outcome, recorded) {
         (
             Outcome::Finished {
                 result: Some(r), ..
             },
-            Some(Recorded::Counted { new_best, .. }),
-        ) => {
-            engine
-                .metrics
-                .experiments
-                .with_label_values(&["succeeded"])
-                .inc();
-            Notice {
-                severity: Severity::Normal,
-                reason: if *new_best {
+            Recorded::Counted { new_best, .. },
+        ) => (
+            &["succeeded"],
+            notice(
+                Severity::Normal,
+                if *new_best {
                     "NewBest"
                 } else {
                     "ExperimentSucceeded"
                 },
-                action: "Record",
-                message: format!(
-                    "experiment {} on {}: val_bpb {} (paid {} USDC{})",
-                    r.experiment_id,
-                    entry.worker,
+                "Record",
+                format!(
+                    "experiment {id} on {worker}: val_bpb {} (paid {paid} USDC{})",
                     r.val_bpb,
-                    paid,
-                    tx_note(&tx)
+                    tx_note(tx)
                 ),
-            }
-        }
-        (Outcome::Finished { .. }, _) => {
-            engine
-                .metrics
-                .experiments
-                .with_label_values(&["failed"])
-                .inc();
-            Notice {
-                severity: Severity::Warning,
-                reason: "ExperimentFailed",
-                action: "Record",
-                message: format!(
-                    "experiment {} on {}: the run failed (paid {} USDC{})",
-                    entry.experiment_id,
-                    entry.worker,
-                    paid,
-                    tx_note(&tx)
+            ),
+        ),
+        (Outcome::Finished { .. }, _) => (
+            &["failed"],
+            notice(
+                Severity::Warning,
+                "ExperimentFailed",
+                "Record",
+                format!(
+                    "experiment {id} on {worker}: the run failed (paid {paid} USDC{})",
+                    tx_note(tx)
                 ),
-            }
-        }
-        (Outcome::WorkerFailed { reason, .. }, Some(Recorded::Retry)) => {
-            engine
-                .metrics
-                .experiments
-                .with_label_values(&["worker_failure"])
-                .inc();
-            Notice {
-                severity: Severity::Warning,
-                reason: "WorkerFailed",
-                action: "Retry",
-                message: format!(
-                    "experiment {} on {}: {reason}; nothing was paid, trying another worker",
-                    entry.experiment_id, entry.worker
+            ),
+        ),
+        (Outcome::WorkerFailed { reason, .. }, Recorded::Retry) => (
+            &["worker_failure"],
+            notice(
+                Severity::Warning,
+                "WorkerFailed",
+                "Retry",
+                format!(
+                    "experiment {id} on {worker}: {reason}; nothing was paid, trying another worker"
                 ),
-            }
-        }
-        (Outcome::WorkerFailed { reason, .. }, _) => {
-            engine
-                .metrics
-                .experiments
-                .with_label_values(&["worker_failure"])
-                .inc();
-            engine
-                .metrics
-                .experiments
-                .with_label_values(&["failed"])
-                .inc();
-            Notice {
-                severity: Severity::Warning,
-                reason: "ExperimentFailed",
-                action: "Record",
-                message: format!(
-                    "experiment {} on {}: {reason}; {} USDC counted as spent",
-                    entry.experiment_id, entry.worker, paid
-                ),
-            }
-        }
-    };
-    handle.notify.notify(notice).await;
+            ),
+        ),
+        (Outcome::WorkerFailed { reason, .. }, _) => (
+            &["worker_failure", "failed"],
+            notice(
+                Severity::Warning,
+                "ExperimentFailed",
+                "Record",
+                format!("experiment {id} on {worker}: {reason}; {paid} USDC counted as spent"),
+            ),
+        ),
+    }
 }
 
 fn tx_note(tx: &Option<String>) -> String {
