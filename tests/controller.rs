@@ -469,3 +469,63 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
     );
     assert_eq!(unique_ids(&lines), lines.len());
 }
+
+#[tokio::test]
+async fn sigterm_stops_new_work_and_the_next_leader_resumes_at_once() {
+    let s = setup("sigterm", three_workers(1500)).await;
+    let payees_before = paid_to_workers(&s.tb).await;
+    let mut first = Controller::start(&s.ns, s.data.path(), "ctl-first");
+    let spec = json!({"maxExperiments": 6, "parallelism": 3});
+    s.api
+        .create(&PostParams::default(), &campaign("term", &s.tb, spec))
+        .await
+        .unwrap();
+    wait_for(
+        &s.api,
+        "term",
+        60,
+        "experiments in flight",
+        &[&first],
+        |c| c.status.as_ref().is_some_and(|st| !st.ledger.is_empty()),
+    )
+    .await;
+    let status = first.terminate();
+    assert!(status.success(), "exit {status:?}\n{}", first.log_text());
+    assert!(first.log_text().contains("SIGTERM"), "{}", first.log_text());
+
+    // The lease was released: a new controller leads well before the old lease would expire.
+    let started = tokio::time::Instant::now();
+    let second = Controller::start(&s.ns, s.data.path(), "ctl-second");
+    while !second
+        .http_get("/readyz")
+        .await
+        .is_some_and(|(_, b)| b.contains("leader"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the lease was not released:\n{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = wait_for(
+        &s.api,
+        "term",
+        120,
+        "a final phase",
+        &[&first, &second],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 6),
+        "{status:?}"
+    );
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(60_000)
+    );
+    assert_eq!(unique_ids(&results(s.data.path())), 6);
+}

@@ -49,7 +49,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Seconds a lease stays valid without renewal.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
     /// Only reconcile campaigns in this namespace (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]

@@ -49,7 +49,8 @@ impl Controller {
         let log = data_dir.join(format!("{identity}.log"));
         std::fs::create_dir_all(data_dir).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
-            .args(["controller", "--lease-seconds", "4"])
+            .arg("controller")
+            .env("LEASE_SECONDS", "4")
             .env("KUBECONFIG", super::kubeconfig())
             .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("DATA_DIR", data_dir)
