@@ -474,7 +474,9 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
 async fn sigterm_stops_new_work_and_the_next_leader_resumes_at_once() {
     let s = setup("sigterm", three_workers(1500)).await;
     let payees_before = paid_to_workers(&s.tb).await;
-    let mut first = Controller::start(&s.ns, s.data.path(), "ctl-first");
+    // A long lease: if SIGTERM did not release it, the next leader would wait 20 s.
+    let long_lease = [("LEASE_SECONDS", "20")];
+    let mut first = Controller::start_with(&s.ns, s.data.path(), "ctl-first", &long_lease);
     let spec = json!({"maxExperiments": 6, "parallelism": 3});
     s.api
         .create(&PostParams::default(), &campaign("term", &s.tb, spec))
@@ -495,14 +497,14 @@ async fn sigterm_stops_new_work_and_the_next_leader_resumes_at_once() {
 
     // The lease was released: a new controller leads well before the old lease would expire.
     let started = tokio::time::Instant::now();
-    let second = Controller::start(&s.ns, s.data.path(), "ctl-second");
+    let second = Controller::start_with(&s.ns, s.data.path(), "ctl-second", &long_lease);
     while !second
         .http_get("/readyz")
         .await
         .is_some_and(|(_, b)| b.contains("leader"))
     {
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "the lease was not released:\n{}",
             second.log_text()
         );
