@@ -75,9 +75,7 @@ async fn prepare_and_reserve(
     let spec = &campaign.spec;
     let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
-    let client = WorkerClient::new(&worker.endpoint, timeout)
-        .map_err(|e| e.to_string())?
-        .with_poll_interval(engine.settings.job_poll);
+    let client = worker_client(spec, &worker.endpoint, timeout, engine.settings.job_poll)?;
 
     // 1. Price.
     let required = match client.quote().await.map_err(|e| e.to_string())? {
@@ -197,6 +195,33 @@ async fn prepare_and_reserve(
     Ok(Some((entry, voucher, client)))
 }
 
+/// A client for a worker. A worker the campaign names in `discovery.workers` is the user's
+/// choice and is used as given; any other endpoint was discovered, and is reached only at
+/// addresses `discovery.allowPrivate` permits, checked at connect time.
+fn worker_client(
+    spec: &crate::crd::ExperimentCampaignSpec,
+    endpoint: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<WorkerClient, String> {
+    let client = WorkerClient::new(endpoint, timeout)
+        .map_err(|e| e.to_string())?
+        .with_poll_interval(poll);
+    let named = spec
+        .discovery
+        .workers
+        .iter()
+        .any(|w| w.endpoint.trim_end_matches('/') == endpoint.trim_end_matches('/'));
+    if named {
+        return Ok(client);
+    }
+    let policy = crate::discovery::AddressPolicy::with_allowlist(&spec.discovery.allow_private)
+        .map_err(|e| format!("spec.discovery.allowPrivate: {e}"))?;
+    client
+        .with_address_policy(&policy)
+        .map_err(|e| e.to_string())
+}
+
 fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
     // v2 says `amount`, v1 `maxAmountRequired`; both are atomic units as strings.
     required
@@ -244,8 +269,13 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
         .map_or(Duration::from_secs(900), |c| {
             Duration::from_secs(c.spec.experiment_timeout_seconds.into())
         });
-    let client = match WorkerClient::new(&entry.worker, timeout) {
-        Ok(c) => c.with_poll_interval(engine.settings.job_poll),
+    let spec = handle.store.get().await.ok().flatten().map(|c| c.spec);
+    let client = match spec
+        .as_ref()
+        .ok_or_else(|| "the campaign is gone".to_string())
+        .and_then(|spec| worker_client(spec, &entry.worker, timeout, engine.settings.job_poll))
+    {
+        Ok(c) => c,
         Err(e) => {
             let outcome = Outcome::WorkerFailed {
                 paid: voucher.amount,
@@ -628,4 +658,63 @@ fn result_record(
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ExperimentCampaignSpec, StaticWorker};
+
+    fn spec(allow: &[&str], named: &[&str]) -> ExperimentCampaignSpec {
+        let mut spec: ExperimentCampaignSpec = serde_json::from_value(serde_json::json!({
+            "trainScript": {"inline": "x"},
+            "search": {"strategy": "list", "experiments": [{}]},
+            "maxExperiments": 1,
+            "budget": {"total": "1", "maxPricePerExperiment": "0.1"}
+        }))
+        .unwrap();
+        spec.discovery.allow_private = allow.iter().map(|s| s.to_string()).collect();
+        spec.discovery.workers = named
+            .iter()
+            .map(|e| StaticWorker {
+                endpoint: e.to_string(),
+                name: None,
+                agent_id: None,
+            })
+            .collect();
+        spec
+    }
+
+    fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, String> {
+        worker_client(
+            spec,
+            endpoint,
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn discovered_endpoints_are_held_to_the_address_policy_and_named_ones_are_not() {
+        let loopback = "http://127.0.0.1:9/services/w";
+        let err = client(&spec(&[], &[]), loopback).unwrap_err();
+        assert!(err.contains("127.0.0.1"), "{err}");
+        assert!(client(&spec(&["127.0.0.1/32"], &[]), loopback).is_ok());
+        assert!(
+            client(&spec(&[], &[loopback]), loopback).is_ok(),
+            "a named worker is the user's choice"
+        );
+        // Allowing one range allows nothing else.
+        for other in [
+            "http://[::1]:9/w",
+            "http://0.0.0.0:9/w",
+            "http://169.254.169.254/latest",
+            "http://10.1.2.3/w",
+        ] {
+            assert!(
+                client(&spec(&["127.0.0.0/8"], &[]), other).is_err(),
+                "{other}"
+            );
+        }
+    }
 }

@@ -22,10 +22,16 @@ pub enum BodyError {
 /// An HTTP client for untrusted peers: no redirects (a redirect could point a paid request, or a
 /// bearer token, at another host), connect and overall timeouts, an explicit User-Agent.
 pub fn client(timeout: Duration) -> reqwest::Client {
+    client_from(reqwest::Client::builder(), timeout)
+}
+
+/// [`client`]'s settings on top of `builder` (for example one whose DNS resolution is pinned to
+/// checked addresses: `discovery::AddressPolicy::client_builder`).
+pub fn client_from(builder: reqwest::ClientBuilder, timeout: Duration) -> reqwest::Client {
     // reqwest is built without a TLS provider (the crate uses ring through kube); installing it
     // twice is harmless, the second attempt just reports that one is already there.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    builder
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)

@@ -296,6 +296,24 @@ impl WorkerClient {
         })
     }
 
+    /// Connects only to addresses `policy` allows, checked at every connection (a discovered
+    /// endpoint must not be turned into a request to a cluster-internal or metadata address by
+    /// DNS that changed since discovery).
+    pub fn with_address_policy(
+        mut self,
+        policy: &crate::discovery::AddressPolicy,
+    ) -> Result<Self, WorkerError> {
+        policy
+            .check_url(&self.endpoint)
+            .map_err(|e| WorkerError::BadEndpoint(format!("{}: {e}", self.endpoint)))?;
+        self.quick = http::client_from(policy.client_builder(), Duration::from_secs(30));
+        self.run = http::client_from(
+            policy.client_builder(),
+            self.run_timeout + Duration::from_secs(60),
+        );
+        Ok(self)
+    }
+
     /// Seconds between polls of an async job's status.
     pub fn with_poll_interval(mut self, every: Duration) -> Self {
         self.poll_interval = every;
