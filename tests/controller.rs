@@ -316,72 +316,143 @@ async fn the_budget_stops_the_campaign_exactly_with_parallel_experiments() {
     );
 }
 
+/// A campaign limited to some of the testbed's workers.
+fn on_workers(tb: &Testbed, names: &[&str], mut spec: Value) -> Value {
+    let workers: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"endpoint": tb.worker(n)["endpoint"], "name": n}))
+        .collect();
+    spec["discovery"] = json!({"scanApiUrl": "", "onChain": {"mode": "never"}, "workers": workers});
+    spec
+}
+
+fn endpoint(tb: &Testbed, name: &str) -> String {
+    tb.worker(name)["endpoint"].as_str().unwrap().to_string()
+}
+
+async fn paid_to(tb: &Testbed, names: &[&str]) -> U256 {
+    let mut total = U256::ZERO;
+    for n in names {
+        total += tb.balance(tb.pay_to(n)).await;
+    }
+    total
+}
+
 #[tokio::test]
 async fn failing_and_lying_workers_fail_over_and_are_never_recorded_as_results() {
     let testbed = json!({"workers": [
         {"name": "good", "gate": "v2", "price": "10000", "durationMs": 200},
-        {"name": "crash", "gate": "obol", "price": "10000", "durationMs": 100, "faults": {"failBeforePayment": 1000}},
+        {"name": "crash", "gate": "obol", "price": "10000", "durationMs": 100, "faults": {"failBeforePayment": true}},
         {"name": "busy", "gate": "v1", "price": "10000", "durationMs": 100, "faults": {"busy": true}},
-        {"name": "liar", "gate": "v2", "price": "10000", "durationMs": 100, "faults": {"lie": "nan"}}
+        {"name": "liar", "gate": "v2", "price": "10000", "durationMs": 100, "faults": {"lie": "nan"}},
+        {"name": "lost500", "gate": "obol", "price": "10000", "durationMs": 100, "faults": {"failAfterPayment": true, "lostAnswer": "500"}},
+        {"name": "dropper", "gate": "v1", "price": "10000", "durationMs": 100, "faults": {"failAfterPayment": true, "lostAnswer": "drop"}}
     ]});
     let s = setup("faults", testbed).await;
     let controller = Controller::start(&s.ns, s.data.path(), "ctl");
-    let spec = json!({"maxExperiments": 6, "parallelism": 2, "maxFailedExperiments": 5});
-    s.api
-        .create(&PostParams::default(), &campaign("faults", &s.tb, spec))
-        .await
-        .unwrap();
+    // Three experiments on three workers at once: every worker gets one in the first round.
+    let base = json!({"maxExperiments": 3, "parallelism": 3, "maxFailedExperiments": 5});
+    let failing = ["crash", "busy", "good"];
+    let lossy = ["liar", "lost500", "dropper"];
+    let paid_before = paid_to(&s.tb, &lossy).await;
+    for (name, workers) in [("failover", &failing), ("lossy", &lossy)] {
+        let spec = on_workers(&s.tb, workers.as_slice(), base.clone());
+        s.api
+            .create(&PostParams::default(), &campaign(name, &s.tb, spec))
+            .await
+            .unwrap();
+    }
+
+    // 500 before payment and 409: nothing paid, the experiments go to the good worker.
     let done = wait_for(
         &s.api,
-        "faults",
-        180,
+        "failover",
+        120,
         "a final phase",
         &[&controller],
         is_final,
     )
     .await;
     let status = done.status.unwrap();
-    assert!(status.worker_failures >= 3, "{status:?}");
-    // The liar was paid (its gate settled) but its answer is not a result.
-    let lines = results(s.data.path());
-    let liar = s.tb.worker("liar")["endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for l in &lines {
-        if l["worker_endpoint"] == liar.as_str() {
-            assert!(
-                l["val_bpb"].is_null(),
-                "a lying worker's answer was recorded: {l}"
-            );
-        }
-        if let Some(v) = l["val_bpb"].as_f64() {
-            assert!(v.is_finite() && v > 0.0);
-        }
-    }
-    assert!(status.leaderboard.iter().all(|r| r.worker != liar));
-    let good = s.tb.worker("good")["endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(
+        (status.phase, status.succeeded, status.failed),
+        (Some(Phase::Succeeded), 3, 0),
+        "{status:?}"
+    );
+    assert!(status.worker_failures >= 2, "{status:?}");
     assert!(
-        status.succeeded >= 1 && status.leaderboard.iter().all(|r| r.worker == good),
+        status
+            .leaderboard
+            .iter()
+            .all(|r| r.worker == endpoint(&s.tb, "good")),
         "{status:?}"
     );
     assert_eq!(
-        unique_ids(&lines),
-        lines.len(),
-        "a result was recorded twice"
+        status.spent.as_deref(),
+        Some("0.03"),
+        "the failed attempts paid nothing"
     );
-    assert_eq!(ledger_total(&lines), status.spent.clone().unwrap());
+    assert_eq!(paid_to(&s.tb, &["crash", "busy"]).await, U256::ZERO);
+
+    // A liar is paid (its gate settled on a 200) but its NaN is not a result; answers lost after
+    // payment (a 500, a dropped connection) are recovered with GET /experiments/<id>: each
+    // experiment is paid once and none is sent elsewhere.
+    let done = wait_for(
+        &s.api,
+        "lossy",
+        120,
+        "a final phase",
+        &[&controller],
+        is_final,
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!((status.succeeded, status.failed), (2, 1), "{status:?}");
+    let liar = endpoint(&s.tb, "liar");
+    assert!(status.leaderboard.iter().all(|r| r.worker != liar));
+    assert_eq!(
+        paid_to(&s.tb, &lossy).await - paid_before,
+        U256::from(30_000)
+    );
+    assert_eq!(status.spent.as_deref(), Some("0.03"));
+
+    // Both campaigns run the same train.py and seed, so they share experiment ids (an id is the
+    // hash of train.py and config); each campaign records each of its experiments once.
+    let lines = results(s.data.path());
+    for name in ["failover", "lossy"] {
+        let mine: Vec<Value> = lines
+            .iter()
+            .filter(|l| l["campaign_name"] == name)
+            .cloned()
+            .collect();
+        assert_eq!((unique_ids(&mine), mine.len()), (3, 3), "{name}: {mine:#?}");
+    }
+    for l in lines
+        .iter()
+        .filter(|l| l["worker_endpoint"] == liar.as_str())
+    {
+        assert!(
+            l["val_bpb"].is_null(),
+            "a lying worker's answer was recorded: {l}"
+        );
+    }
+    let lossy_lines: Vec<Value> = lines
+        .iter()
+        .filter(|l| l["campaign_name"] == "lossy")
+        .cloned()
+        .collect();
+    assert_eq!(ledger_total(&lossy_lines), "0.03");
+}
+
+fn atomic_total(lines: &[Value]) -> u128 {
+    lines
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap().parse::<u128>().unwrap())
+        .sum()
 }
 
 fn ledger_total(lines: &[Value]) -> String {
-    let atomic: u128 = lines
-        .iter()
-        .map(|l| l["amount"].as_str().unwrap().parse::<u128>().unwrap())
-        .sum();
-    autoresearch_coordinator::usdc::Usdc::from_atomic(atomic).to_string()
+    autoresearch_coordinator::usdc::Usdc::from_atomic(atomic_total(lines)).to_string()
 }
 
 #[tokio::test]

@@ -64,7 +64,35 @@ struct Context {
     engine: Arc<Engine>,
     identity: String,
     default_token: Option<String>,
+    // One signer client (and its connection pool) per signer URL and token, shared by every
+    // campaign and reconcile that uses it.
+    signers: std::sync::Mutex<std::collections::HashMap<SignerKey, Arc<RemoteSigner>>>,
 }
+
+/// A signer URL and its token.
+type SignerKey = (String, Option<String>);
+
+impl Context {
+    fn signer(
+        &self,
+        url: &str,
+        token: Option<String>,
+    ) -> Result<Arc<RemoteSigner>, ReconcileError> {
+        let mut signers = self.signers.lock().expect("signers lock");
+        let key = (url.to_string(), token);
+        if let Some(signer) = signers.get(&key) {
+            return Ok(signer.clone());
+        }
+        let signer = RemoteSigner::new(url, key.1.clone())
+            .map_err(|e| ReconcileError::Input(format!("spec.payment.remoteSignerUrl: {e}")))?;
+        let signer = Arc::new(signer);
+        signers.insert(key, signer.clone());
+        Ok(signer)
+    }
+}
+
+/// Campaigns reconciled at once; the work itself runs in tasks, so a few suffice.
+const RECONCILE_CONCURRENCY: u16 = 8;
 
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow::Result<()> {
@@ -99,6 +127,7 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         engine: engine.clone(),
         identity: identity.clone(),
         default_token: args.signer_token.clone(),
+        signers: Default::default(),
     });
 
     let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
@@ -162,6 +191,9 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, stop: Canc
         None => Api::all(ctx.client.clone()),
     };
     Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -284,8 +316,7 @@ async fn handle_for(
         }
         None => ctx.default_token.clone(),
     };
-    let signer = RemoteSigner::new(&spec.payment.remote_signer_url, token)
-        .map_err(|e| ReconcileError::Input(format!("spec.payment.remoteSignerUrl: {e}")))?;
+    let signer = ctx.signer(&spec.payment.remote_signer_url, token)?;
     Ok(CampaignHandle {
         key: format!("{namespace}/{name}"),
         namespace: Some(namespace.to_string()),
@@ -296,7 +327,7 @@ async fn handle_for(
             &ctx.identity,
             campaign,
         )),
-        signer: Arc::new(signer),
+        signer,
         train_py: train_py.into(),
     })
 }

@@ -268,7 +268,12 @@ impl Engine {
         };
 
         // CLAIM: the workers, and one per pending experiment.
-        let (candidates, discovery_error) =
+        // A stopped or suspended campaign needs no workers: it keeps its last counts, and a
+        // thousand idle campaigns cost no discovery.
+        let discover = active || status.workers.is_none();
+        let (candidates, discovery_error) = if !discover {
+            (Vec::new(), None)
+        } else {
             match self.workers.workers(&campaign.spec.discovery).await {
                 Ok(c) => (c, None),
                 Err(e) => {
@@ -278,7 +283,8 @@ impl Engine {
                         .inc();
                     (static_candidates(&campaign.spec.discovery), Some(e))
                 }
-            };
+            }
+        };
         let candidates = eligible(&campaign.spec.discovery, candidates);
         // An experiment whose start task is still pricing or signing is not assigned again.
         let mut pending: Vec<PendingExperiment> = status
@@ -331,7 +337,9 @@ impl Engine {
                 };
                 ledger::propose(s, proposals.clone());
                 s.strategy_state = state.clone();
-                s.workers = Some(counts.clone());
+                if discover {
+                    s.workers = Some(counts.clone());
+                }
                 s.observed_generation = c.metadata.generation;
                 ledger::refresh_derived(s, &limits);
                 let verdict = verdict(
@@ -344,10 +352,11 @@ impl Engine {
                     discovery_error.as_deref(),
                 );
                 phase_out = verdict.phase;
-                apply_verdict(s, verdict, c.metadata.generation);
+                apply_verdict(s, verdict, c.metadata.generation, discover);
                 Ok(())
             })
             .await?;
+        let snapshot = Arc::new(stored.clone());
         let status = stored.status.unwrap_or_default();
         if let Some(best) = &status.best {
             self.metrics
@@ -369,7 +378,13 @@ impl Engine {
                 self.spawn(
                     handle,
                     experiment.experiment_id.clone(),
-                    run::start(self.clone(), handle.clone(), experiment, worker),
+                    run::start(
+                        self.clone(),
+                        handle.clone(),
+                        snapshot.clone(),
+                        experiment,
+                        worker,
+                    ),
                 );
             }
         }
@@ -774,9 +789,17 @@ fn stop_message(stop: Stop, status: &ExperimentCampaignStatus, limits: &Limits) 
     }
 }
 
-fn apply_verdict(status: &mut ExperimentCampaignStatus, verdict: Verdict, generation: Option<i64>) {
+fn apply_verdict(
+    status: &mut ExperimentCampaignStatus,
+    verdict: Verdict,
+    generation: Option<i64>,
+    discovered: bool,
+) {
     status.phase = Some(verdict.phase);
     for (type_, ok, reason, message) in verdict.conditions {
+        if type_ == "WorkersAvailable" && !discovered {
+            continue;
+        }
         set_condition(
             &mut status.conditions,
             condition(type_, ok, reason, &message, generation),

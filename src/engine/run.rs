@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::Address;
 
 use super::{CampaignHandle, Candidate, Engine, Notice, Severity};
-use crate::crd::{LedgerEntry, PendingExperiment, ResultSummary};
+use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, ResultSummary};
 use crate::experiment;
 use crate::ledger::{self, Limits, Outcome, Recorded, Refusal};
 use crate::payment::{
@@ -25,14 +25,17 @@ use crate::results::ResultRecord;
 use crate::usdc::Usdc;
 
 /// Starts a pending experiment on `worker`. Every early return leaves the experiment pending.
+/// `campaign` is the state the reconcile just stored; the reservation re-checks everything
+/// against the latest state.
 pub async fn start(
     engine: Arc<Engine>,
     handle: CampaignHandle,
+    campaign: Arc<ExperimentCampaign>,
     pending: PendingExperiment,
     worker: Candidate,
 ) {
     let id = pending.experiment_id.clone();
-    match prepare_and_reserve(&engine, &handle, &pending, &worker).await {
+    match prepare_and_reserve(&engine, &handle, &campaign, &pending, &worker).await {
         Ok(Some((entry, voucher, client))) => {
             finish(&engine, &handle, entry, voucher, client, false).await
         }
@@ -66,17 +69,16 @@ pub async fn start(
 async fn prepare_and_reserve(
     engine: &Engine,
     handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
     pending: &PendingExperiment,
     worker: &Candidate,
 ) -> Result<Option<(LedgerEntry, Voucher, WorkerClient)>, String> {
-    let Some(campaign) = handle.store.get().await.map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
     let spec = &campaign.spec;
     let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
     let client = worker_client(spec, &worker.endpoint, timeout, engine.settings.job_poll)?;
 
+    let t0 = Instant::now();
     // 1. Price.
     let required = match client.quote().await.map_err(|e| e.to_string())? {
         Quote::Priced(required) => required,
@@ -110,6 +112,7 @@ async fn prepare_and_reserve(
         return Ok(None);
     }
 
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "priced");
     // 2. Sign (nothing leaves this process yet).
     let from: Option<Address> = spec
         .payment
@@ -139,6 +142,7 @@ async fn prepare_and_reserve(
         }
     };
 
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "signed");
     // 3. Reserve: the ledger entry, with the voucher, is stored before the voucher is sent.
     let entry = LedgerEntry {
         experiment_id: pending.experiment_id.clone(),
@@ -180,18 +184,20 @@ async fn prepare_and_reserve(
             return Ok(None);
         }
     }
-    handle
-        .notify
-        .notify(Notice {
-            severity: Severity::Normal,
-            reason: "ExperimentStarted",
-            action: "Pay",
-            message: format!(
-                "experiment {} on {} for {} USDC (nonce {})",
-                entry.experiment_id, entry.worker, voucher.amount, entry.nonce
-            ),
-        })
-        .await;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "reserved");
+    // The event is published beside the send, not before it: it is not on the critical path.
+    let notify = handle.notify.clone();
+    let started = Notice {
+        severity: Severity::Normal,
+        reason: "ExperimentStarted",
+        action: "Pay",
+        message: format!(
+            "experiment {} on {} for {} USDC (nonce {})",
+            entry.experiment_id, entry.worker, voucher.amount, entry.nonce
+        ),
+    };
+    tokio::spawn(async move { notify.notify(started).await });
+
     Ok(Some((entry, voucher, client)))
 }
 
@@ -327,6 +333,7 @@ async fn finish(
         engine.settings.job_poll,
     )
     .await;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "answered");
     let label = match &outcome {
         Outcome::Finished {
             result: Some(_), ..
@@ -340,6 +347,7 @@ async fn finish(
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
     complete(engine, handle, &entry, outcome, tx).await;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "recorded");
 }
 
 /// One send, with recovery when the answer was lost. Returns the outcome and the settlement tx.
@@ -362,20 +370,37 @@ async fn attempt(
             let tx = run.transaction().map(str::to_string);
             (finished(run.result, paid, client.endpoint()), tx)
         }
-        // Gates settle only answers below 400, and a refused connection sent nothing: these
-        // provably paid nothing, so the experiment may go to another worker.
-        Err(
-            e @ (WorkerError::Busy
-            | WorkerError::Http { .. }
-            | WorkerError::PaymentRejected { .. }
-            | WorkerError::Unreachable { .. }),
-        ) => (
+        // A refused connection sent nothing; a 409 is the worker declining before it runs.
+        Err(e @ (WorkerError::Unreachable { .. } | WorkerError::Busy)) => (
             Outcome::WorkerFailed {
                 paid: Usdc::ZERO,
                 reason: e.to_string(),
             },
             None,
         ),
+        // Gates settle only after the worker answered below 400, and a worker that ran the
+        // experiment stores its result. So a stored result means it ran and was paid, even if
+        // the answer we got was an error; none means nothing was paid and the experiment may go
+        // to another worker. If the worker cannot say, the amount counts as spent.
+        Err(e @ (WorkerError::Http { .. } | WorkerError::PaymentRejected { .. })) => {
+            match client.recover(request).await {
+                Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
+                Ok(None) => (
+                    Outcome::WorkerFailed {
+                        paid: Usdc::ZERO,
+                        reason: e.to_string(),
+                    },
+                    None,
+                ),
+                Err(_) => (
+                    Outcome::WorkerFailed {
+                        paid,
+                        reason: e.to_string(),
+                    },
+                    None,
+                ),
+            }
+        }
         // The request may be running at the worker: its gate settles when it answers. Wait for
         // the stored result; never send the experiment elsewhere meanwhile.
         Err(e @ (WorkerError::Timeout { .. } | WorkerError::Interrupted { .. })) => (

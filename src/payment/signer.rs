@@ -93,6 +93,8 @@ pub struct RemoteSigner {
     base: Url,
     token: Option<String>,
     http: reqwest::Client,
+    // The signer's first key, asked once: it does not change while the signer runs.
+    first_key: tokio::sync::OnceCell<Address>,
 }
 
 impl fmt::Debug for RemoteSigner {
@@ -141,6 +143,7 @@ impl RemoteSigner {
             base,
             token: token.filter(|t| !t.trim().is_empty()),
             http: http::client(Duration::from_secs(30)),
+            first_key: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -183,11 +186,16 @@ impl RemoteSigner {
         match configured {
             Some(a) => Ok(a),
             None => self
-                .keys()
-                .await?
-                .first()
-                .copied()
-                .ok_or(SignerError::NoKeys),
+                .first_key
+                .get_or_try_init(|| async {
+                    self.keys()
+                        .await?
+                        .first()
+                        .copied()
+                        .ok_or(SignerError::NoKeys)
+                })
+                .await
+                .copied(),
         }
     }
 
