@@ -54,6 +54,9 @@ pub struct ControllerArgs {
     /// Only reconcile campaigns in this namespace (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Remote signer used by campaigns that keep the default `spec.payment.remoteSignerUrl`.
+    #[arg(long, env = "REMOTE_SIGNER_URL")]
+    pub signer_url: Option<String>,
     /// Remote signer token when a campaign names no Secret (obol-stack mounts it as env).
     #[arg(long, env = "REMOTE_SIGNER_TOKEN", hide_env_values = true)]
     pub signer_token: Option<String>,
@@ -64,6 +67,7 @@ struct Context {
     engine: Arc<Engine>,
     identity: String,
     default_token: Option<String>,
+    default_signer_url: Option<String>,
     // One signer client (and its connection pool) per signer URL and token, shared by every
     // campaign and reconcile that uses it.
     signers: std::sync::Mutex<std::collections::HashMap<SignerKey, Arc<RemoteSigner>>>,
@@ -127,6 +131,7 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         engine: engine.clone(),
         identity: identity.clone(),
         default_token: args.signer_token.clone(),
+        default_signer_url: args.signer_url.clone(),
         signers: Default::default(),
     });
 
@@ -316,7 +321,12 @@ async fn handle_for(
         }
         None => ctx.default_token.clone(),
     };
-    let signer = ctx.signer(&spec.payment.remote_signer_url, token)?;
+    // A campaign that keeps the default signer URL uses the cluster's signer (REMOTE_SIGNER_URL).
+    let url = match &ctx.default_signer_url {
+        Some(url) if spec.payment.remote_signer_url == crate::crd::DEFAULT_REMOTE_SIGNER_URL => url,
+        _ => &spec.payment.remote_signer_url,
+    };
+    let signer = ctx.signer(url, token)?;
     Ok(CampaignHandle {
         key: format!("{namespace}/{name}"),
         namespace: Some(namespace.to_string()),
