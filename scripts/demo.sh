@@ -14,11 +14,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 bash scripts/install-deps.sh
-cargo build --quiet
-bin=$root/target/debug/autoresearch-coordinator
+# DEMO_BIN: an already built binary (the test that runs this demo headless passes its own).
+if [[ -z ${DEMO_BIN:-} ]]; then cargo build --quiet; fi
+bin=${DEMO_BIN:-$root/target/debug/autoresearch-coordinator}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/autoresearch-demo.XXXXXX")
-data=$root/.cache/demo/data
+data=${DEMO_DATA:-$root/.cache/demo}/data
 rm -rf "$data" && mkdir -p "$data"
 pids=()
 cleanup() {
@@ -62,10 +63,10 @@ kubectl wait --for condition=Established crd/experimentcampaigns.autoresearch.ob
 until kubectl get campaigns >/dev/null 2>&1; do sleep 0.2; done
 kubectl create secret generic remote-signer-keystore --from-literal=authToken="$(json "m['signer']['token']")" >/dev/null
 
-step "starting the controller (logs: .cache/demo/controller.log)"
+step "starting the controller (logs: ${data%/data}/controller.log)"
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 METRICS_ADDR=127.0.0.1:$metrics_port DATA_DIR=$data POD_NAMESPACE=default POD_NAME=demo \
-  SCAN_RATE_LIMIT=600 RUST_LOG=info,kube=warn "$bin" controller >"$root/.cache/demo/controller.log" 2>&1 &
+  SCAN_RATE_LIMIT=600 RUST_LOG=info,kube=warn "$bin" controller >"$data/../controller.log" 2>&1 &
 pids+=($!)
 
 step "applying examples/quickstart.yaml (pointed at the local signer and index)"
@@ -88,7 +89,7 @@ phase=""
 until [[ $phase =~ ^(Succeeded|Failed|BudgetExhausted)$ ]]; do
   if ((SECONDS > deadline)); then
     echo "the campaign did not finish in time; controller log:" >&2
-    tail -20 "$root/.cache/demo/controller.log" >&2
+    tail -20 "$data/../controller.log" >&2
     exit 1
   fi
   sleep 1

@@ -299,7 +299,13 @@ impl Engine {
                 .saturating_sub(status.ledger.len()),
         );
         let assignments = if active {
-            self.assign(&pending, slots, &candidates, &limits)
+            self.assign(
+                &pending,
+                slots,
+                &candidates,
+                &limits,
+                &campaign.spec.discovery.prefer,
+            )
         } else {
             Vec::new()
         };
@@ -544,6 +550,7 @@ impl Engine {
         slots: usize,
         candidates: &[Candidate],
         limits: &Limits,
+        prefer: &[String],
     ) -> Vec<(PendingExperiment, Candidate)> {
         let mut free: Vec<&Candidate> = candidates
             .iter()
@@ -556,6 +563,7 @@ impl Engine {
             .collect();
         free.sort_by_key(|c| {
             (
+                !matches_any(prefer, c),
                 self.board
                     .price(&c.endpoint)
                     .map_or(u128::MAX, Usdc::atomic),
@@ -637,21 +645,24 @@ fn belongs_to(record: &ResultRecord, handle: &CampaignHandle) -> bool {
         && record.campaign_namespace == handle.namespace
 }
 
+/// Whether a worker matches a `prefer` / `exclude` entry: an endpoint (or its prefix) or an
+/// agent id.
+fn matches_any(list: &[String], c: &Candidate) -> bool {
+    list.iter().any(|p| {
+        c.endpoint.starts_with(p.trim_end_matches('/'))
+            || c.agent_id.is_some_and(|id| id.to_string() == *p)
+    })
+}
+
 /// Drops excluded workers and duplicates; puts preferred ones first.
 fn eligible(spec: &DiscoverySpec, candidates: Vec<Candidate>) -> Vec<Candidate> {
-    let matches = |list: &[String], c: &Candidate| {
-        list.iter().any(|p| {
-            c.endpoint.starts_with(p.trim_end_matches('/'))
-                || c.agent_id.is_some_and(|id| id.to_string() == *p)
-        })
-    };
     let mut seen = std::collections::HashSet::new();
     let mut out: Vec<Candidate> = candidates
         .into_iter()
-        .filter(|c| !matches(&spec.exclude, c))
+        .filter(|c| !matches_any(&spec.exclude, c))
         .filter(|c| seen.insert(c.endpoint.clone()))
         .collect();
-    out.sort_by_key(|c| !matches(&spec.prefer, c));
+    out.sort_by_key(|c| !matches_any(&spec.prefer, c));
     out
 }
 
@@ -887,5 +898,89 @@ impl WorkerSource for Discovered {
                 })
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(endpoint: &str, agent_id: Option<u64>) -> Candidate {
+        Candidate {
+            endpoint: endpoint.into(),
+            agent_id,
+            name: None,
+        }
+    }
+
+    fn pending(id: &str, avoid: &[&str]) -> PendingExperiment {
+        PendingExperiment {
+            experiment_id: id.into(),
+            config: None,
+            attempts: 0,
+            avoid: avoid.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn claim_prefers_then_picks_the_cheapest_free_worker_and_skips_excluded_busy_and_avoided() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(
+            Arc::new(StaticWorkers),
+            ResultsLog::new(dir.path().join("r.jsonl")),
+            Metrics::new(),
+            Settings::default(),
+        );
+        let spec = DiscoverySpec {
+            prefer: vec!["http://pricey.invalid".into()],
+            exclude: vec!["7".into()],
+            ..DiscoverySpec::default()
+        };
+        let all = vec![
+            candidate("http://cheap.invalid/w", None),
+            candidate("http://pricey.invalid/w", None),
+            candidate("http://mid.invalid/w", None),
+            candidate("http://excluded.invalid/w", Some(7)),
+            candidate("http://busy.invalid/w", None),
+            candidate("http://cheap.invalid/w", None),
+        ];
+        engine
+            .board
+            .note_price("http://cheap.invalid/w", Usdc::from_atomic(1));
+        engine
+            .board
+            .note_price("http://mid.invalid/w", Usdc::from_atomic(3));
+        engine
+            .board
+            .note_price("http://pricey.invalid/w", Usdc::from_atomic(5));
+        assert!(engine.board.try_claim("http://busy.invalid/w", "other"));
+        let candidates = eligible(&spec, all);
+        assert_eq!(candidates.len(), 4, "excluded by agent id and deduplicated");
+        let limits = Limits {
+            total: Usdc::from_atomic(100),
+            max_price: Usdc::from_atomic(10),
+            max_experiments: 10,
+            parallelism: 3,
+            max_failed: 3,
+            goal: None,
+        };
+        let work = [
+            pending("a", &[]),
+            pending("b", &[]),
+            pending("c", &["http://mid.invalid/w"]),
+        ];
+        let picked: Vec<_> = engine
+            .assign(&work, 3, &candidates, &limits, &spec.prefer)
+            .into_iter()
+            .map(|(p, c)| (p.experiment_id, c.endpoint))
+            .collect();
+        assert_eq!(
+            picked,
+            [
+                ("a".to_string(), "http://pricey.invalid/w".to_string()),
+                ("b".to_string(), "http://cheap.invalid/w".to_string()),
+            ],
+            "c avoids the only worker left"
+        );
     }
 }

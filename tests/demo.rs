@@ -1,0 +1,54 @@
+//! The README's main job, `scripts/demo.sh`, run headless: its end state is asserted.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_completes_a_paid_campaign_and_reports_it() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/demo.sh"))
+        .env("DEMO_BIN", env!("CARGO_BIN_EXE_autoresearch-coordinator"))
+        .env("DEMO_DATA", data.path())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("phase Succeeded: 12 succeeded, 0 failed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Complete          True"), "{stdout}");
+    // The USDC each worker received, read from the chain, adds up to what status says was spent.
+    let spent: f64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.split(" failed, ")
+                .nth(1)?
+                .strip_suffix(" USDC spent")?
+                .parse()
+                .ok()
+        })
+        .expect("spent line");
+    let received: f64 = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("gpu-") && l.ends_with(" USDC"))
+        .map(|l| {
+            l.split_whitespace()
+                .rev()
+                .nth(1)
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        (spent - received).abs() < 1e-9 && spent > 0.0,
+        "spent {spent}, received {received}\n{stdout}"
+    );
+    let results =
+        std::fs::read_to_string(data.path().join("data/autoresearch/results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 12);
+    assert!(stdout.contains("everything is stopped now"));
+}
