@@ -28,9 +28,8 @@ pub fn client(timeout: Duration) -> reqwest::Client {
 /// [`client`]'s settings on top of `builder` (for example one whose DNS resolution is pinned to
 /// checked addresses: `discovery::AddressPolicy::client_builder`).
 pub fn client_from(builder: reqwest::ClientBuilder, timeout: Duration) -> reqwest::Client {
-    // reqwest is built without a TLS provider (the crate uses ring through kube); installing it
-    // twice is harmless, the second attempt just reports that one is already there.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest is built without a TLS provider (the crate uses ring through kube).
+    crate::discovery::http::ensure_crypto_provider();
     builder
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
