@@ -1117,7 +1117,7 @@ fn plain_manifests_apply_with_kubectl_and_grant_the_same_rights() {
 /// completes a paid campaign: the chart's RBAC is sufficient, not just narrow.
 #[tokio::test]
 async fn the_controller_completes_a_campaign_with_the_charts_service_account() {
-    use support::controller::{Controller, campaign, is_final, signer_secret, wait_for};
+    use support::controller::{Controller, campaign, signer_secret, wait_done};
     let ns = unique("chartrun");
     let name = unique("arcrun");
     helm_install(&name, &ns, &[&format!("watchNamespace={ns}")]);
@@ -1155,16 +1155,7 @@ async fn the_controller_completes_a_campaign_with_the_charts_service_account() {
     api.create(&Default::default(), &campaign("with-sa", &tb, spec))
         .await
         .unwrap();
-    let done = wait_for(
-        &api,
-        "with-sa",
-        120,
-        "a final phase",
-        &[&controller],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&api, "with-sa", 120, &[&controller]).await;
     assert_eq!(status.succeeded, 4, "{status:?}\n{}", controller.log_text());
     let log = controller.log_text();
     assert!(

@@ -11,7 +11,9 @@ use alloy::primitives::U256;
 use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::controller::{Controller, campaign, is_final, results, signer_secret, wait_for};
+use support::controller::{
+    Controller, campaign, is_final, results, signer_secret, wait_done, wait_for,
+};
 use support::testbed::Testbed;
 
 struct Setup {
@@ -77,16 +79,7 @@ async fn twelve_experiments_over_three_workers_are_each_paid_once() {
         .await
         .unwrap();
 
-    let done = wait_for(
-        &s.api,
-        "twelve",
-        120,
-        "a final phase",
-        &[&controller],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "twelve", 120, &[&controller]).await;
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     assert_eq!(
         (status.succeeded, status.failed, status.running),
@@ -187,16 +180,7 @@ async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result(
     .await;
     first.kill();
     let second = Controller::start(&s.ns, s.data.path(), "ctl-second");
-    let done = wait_for(
-        &s.api,
-        "resume",
-        180,
-        "a final phase",
-        &[&first, &second],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "resume", 180, &[&first, &second]).await;
     assert_eq!(
         (status.phase, status.succeeded, status.failed),
         (Some(Phase::Succeeded), 9, 0),
@@ -254,8 +238,7 @@ async fn only_the_leader_works_and_a_standby_takes_over() {
     );
 
     a.kill();
-    let done = wait_for(&s.api, "ha", 180, "a final phase", &[&a, &b], is_final).await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "ha", 180, &[&a, &b]).await;
     assert_eq!(
         (status.phase, status.succeeded),
         (Some(Phase::Succeeded), 9),
@@ -280,16 +263,7 @@ async fn the_budget_stops_the_campaign_exactly_with_parallel_experiments() {
         .create(&PostParams::default(), &campaign("budget", &s.tb, spec))
         .await
         .unwrap();
-    let done = wait_for(
-        &s.api,
-        "budget",
-        120,
-        "a final phase",
-        &[&controller],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "budget", 120, &[&controller]).await;
     assert_eq!(status.phase, Some(Phase::BudgetExhausted), "{status:?}");
     assert_eq!(status.succeeded, 5);
     assert_eq!(status.spent.as_deref(), Some("0.05"));
@@ -364,16 +338,7 @@ async fn failing_and_lying_workers_fail_over_and_are_never_recorded_as_results()
     }
 
     // 500 before payment and 409: nothing paid, the experiments go to the good worker.
-    let done = wait_for(
-        &s.api,
-        "failover",
-        120,
-        "a final phase",
-        &[&controller],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "failover", 120, &[&controller]).await;
     assert_eq!(
         (status.phase, status.succeeded, status.failed),
         (Some(Phase::Succeeded), 3, 0),
@@ -397,16 +362,7 @@ async fn failing_and_lying_workers_fail_over_and_are_never_recorded_as_results()
     // A liar is paid (its gate settled on a 200) but its NaN is not a result; answers lost after
     // payment (a 500, a dropped connection) are recovered with GET /experiments/<id>: each
     // experiment is paid once and none is sent elsewhere.
-    let done = wait_for(
-        &s.api,
-        "lossy",
-        120,
-        "a final phase",
-        &[&controller],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "lossy", 120, &[&controller]).await;
     assert_eq!((status.succeeded, status.failed), (2, 1), "{status:?}");
     let liar = endpoint(&s.tb, "liar");
     assert!(status.leaderboard.iter().all(|r| r.worker != liar));
@@ -581,16 +537,7 @@ async fn sigterm_stops_new_work_and_the_next_leader_resumes_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let done = wait_for(
-        &s.api,
-        "term",
-        120,
-        "a final phase",
-        &[&first, &second],
-        is_final,
-    )
-    .await;
-    let status = done.status.unwrap();
+    let status = wait_done(&s.api, "term", 120, &[&first, &second]).await;
     assert_eq!(
         (status.phase, status.succeeded),
         (Some(Phase::Succeeded), 6),

@@ -211,6 +211,17 @@ pub async fn wait_for(
     }
 }
 
+/// Waits for a final phase and returns the campaign's status.
+pub async fn wait_done(
+    api: &Api<ExperimentCampaign>,
+    name: &str,
+    secs: u64,
+    controllers: &[&Controller],
+) -> autoresearch_coordinator::crd::ExperimentCampaignStatus {
+    let done = wait_for(api, name, secs, "a final phase", controllers, is_final).await;
+    done.status.expect("a final phase is a status")
+}
+
 /// Whether the campaign is in a final phase.
 pub fn is_final(c: &ExperimentCampaign) -> bool {
     matches!(
