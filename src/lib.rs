@@ -17,6 +17,7 @@ pub mod crd;
 pub mod discovery;
 pub mod engine;
 pub mod experiment;
+pub mod http;
 pub mod ledger;
 pub mod payment;
 pub mod results;

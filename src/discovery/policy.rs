@@ -402,7 +402,7 @@ impl AddressPolicy {
     /// would resolve the name itself, after our check). Literal-address URLs bypass DNS, so
     /// callers still run [`AddressPolicy::check_url`] before each request.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
-        crate::discovery::http::ensure_crypto_provider();
+        crate::http::ensure_crypto_provider();
         let redirect_policy = self.clone();
         reqwest::Client::builder()
             .dns_resolver(PinnedResolver::new(self.clone()))
