@@ -115,11 +115,16 @@ EOF
   wait_for 30 "default namespace" env KUBECONFIG="$dir/kubeconfig" kubectl get namespace default
 
   if [[ -n $owner ]]; then
+    # The watchdog remembers the PIDs itself: it must work even if the folder is already gone.
+    local api_pid etcd_pid
+    api_pid=$(cat "$dir/kube-apiserver.pid")
+    etcd_pid=$(cat "$dir/etcd.pid")
     (
       trap '' HUP INT
-      while kill -0 "$owner" 2>/dev/null && [[ -f $dir/kube-apiserver.pid ]]; do sleep 1; done
-      rm -f "$dir/watchdog.pid"
-      stop "$dir"
+      while kill -0 "$owner" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null; do sleep 1; done
+      kill "$api_pid" "$etcd_pid" 2>/dev/null
+      sleep 3
+      kill -9 "$api_pid" "$etcd_pid" 2>/dev/null
     ) </dev/null >/dev/null 2>&1 &
     echo $! >"$dir/watchdog.pid"
   fi
