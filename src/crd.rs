@@ -815,6 +815,22 @@ impl ExperimentCampaignSpec {
 
 impl SearchSpec {
     fn validate(&self) -> Result<(), SpecError> {
+        self.check_strategy_inputs()?;
+        for (i, p) in self.parameters.iter().enumerate() {
+            p.validate()
+                .map_err(|m| spec_error(format!("search.parameters[{i}]"), m))?;
+        }
+        if let Some(i) = self.experiments.iter().position(|e| !e.is_object()) {
+            return Err(spec_error(
+                format!("search.experiments[{i}]"),
+                "must be a JSON object",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `list` needs experiments; the other strategies need parameters.
+    pub(crate) fn check_strategy_inputs(&self) -> Result<(), SpecError> {
         match self.strategy {
             Strategy::List if self.experiments.is_empty() => {
                 return Err(spec_error(
@@ -831,16 +847,6 @@ impl SearchSpec {
                 ));
             }
             _ => {}
-        }
-        for (i, p) in self.parameters.iter().enumerate() {
-            p.validate()
-                .map_err(|m| spec_error(format!("search.parameters[{i}]"), m))?;
-        }
-        if let Some(i) = self.experiments.iter().position(|e| !e.is_object()) {
-            return Err(spec_error(
-                format!("search.experiments[{i}]"),
-                "must be a JSON object",
-            ));
         }
         Ok(())
     }

@@ -271,53 +271,27 @@ async fn handle_for(
     ) {
         (Some(inline), _) => inline.clone(),
         (None, Some(r)) => {
-            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| ReconcileError::Input(format!("reading ConfigMap {}: {e}", r.name)))?
-                .ok_or_else(|| {
-                    ReconcileError::Input(format!(
-                        "ConfigMap {} (spec.trainScript.configMapKeyRef) not found",
-                        r.name
-                    ))
-                })?;
-            cm.data
-                .and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| {
-                    ReconcileError::Input(format!("ConfigMap {} has no key {}", r.name, r.key))
-                })?
+            let data =
+                named::<ConfigMap>(ctx, namespace, &r.name, "spec.trainScript.configMapKeyRef")
+                    .await?
+                    .data;
+            data.and_then(|d| d.get(&r.key).cloned())
+                .ok_or_else(|| missing_key("ConfigMap", &r.name, &r.key))?
         }
         (None, None) => String::new(),
     };
     let token = match &spec.payment.token_secret_ref {
         Some(r) => {
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| ReconcileError::Input(format!("reading Secret {}: {e}", r.name)))?
-                .ok_or_else(|| {
-                    ReconcileError::Input(format!(
-                        "Secret {} (spec.payment.tokenSecretRef) not found",
-                        r.name
-                    ))
-                })?;
-            let bytes = secret
-                .data
+            let data = named::<Secret>(ctx, namespace, &r.name, "spec.payment.tokenSecretRef")
+                .await?
+                .data;
+            let bytes = data
                 .and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| {
-                    ReconcileError::Input(format!("Secret {} has no key {}", r.name, r.key))
-                })?;
-            Some(
-                String::from_utf8(bytes.0)
-                    .map_err(|_| {
-                        ReconcileError::Input(format!(
-                            "Secret {} key {} is not text",
-                            r.name, r.key
-                        ))
-                    })?
-                    .trim()
-                    .to_string(),
-            )
+                .ok_or_else(|| missing_key("Secret", &r.name, &r.key))?;
+            let text = String::from_utf8(bytes.0).map_err(|_| {
+                ReconcileError::Input(format!("Secret {} key {} is not text", r.name, r.key))
+            })?;
+            Some(text.trim().to_string())
         }
         None => ctx.default_token.clone(),
     };
@@ -340,6 +314,31 @@ async fn handle_for(
         signer,
         train_py: train_py.into(),
     })
+}
+
+/// A ConfigMap or Secret a campaign names, in its namespace; `field` is the spec field naming it.
+async fn named<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<K, ReconcileError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let kind = K::kind(&());
+    Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| ReconcileError::Input(format!("reading {kind} {name}: {e}")))?
+        .ok_or_else(|| ReconcileError::Input(format!("{kind} {name} ({field}) not found")))
+}
+
+fn missing_key(kind: &str, name: &str, key: &str) -> ReconcileError {
+    ReconcileError::Input(format!("{kind} {name} has no key {key}"))
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

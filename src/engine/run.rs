@@ -266,21 +266,14 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
             return;
         }
     };
-    let timeout = handle
-        .store
-        .get()
-        .await
-        .ok()
-        .flatten()
-        .map_or(Duration::from_secs(900), |c| {
-            Duration::from_secs(c.spec.experiment_timeout_seconds.into())
-        });
     let spec = handle.store.get().await.ok().flatten().map(|c| c.spec);
     let client = match spec
         .as_ref()
         .ok_or_else(|| "the campaign is gone".to_string())
-        .and_then(|spec| worker_client(spec, &entry.worker, timeout, engine.settings.job_poll))
-    {
+        .and_then(|spec| {
+            let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
+            worker_client(spec, &entry.worker, timeout, engine.settings.job_poll)
+        }) {
         Ok(c) => c,
         Err(e) => {
             let outcome = Outcome::WorkerFailed {

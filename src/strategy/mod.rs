@@ -284,23 +284,7 @@ impl<'a> Setup<'a> {
             Some(Value::Object(map)) => map.clone(),
             Some(_) => return Err(spec_error("baseConfig", "must be a JSON object")),
         };
-        match search.strategy {
-            Strategy::List if search.experiments.is_empty() => {
-                return Err(spec_error(
-                    "search.experiments",
-                    "strategy list needs at least one entry in search.experiments",
-                ));
-            }
-            Strategy::Grid | Strategy::Random | Strategy::HillClimb
-                if search.parameters.is_empty() =>
-            {
-                return Err(spec_error(
-                    "search.parameters",
-                    "strategies grid, random and hillClimb need at least one entry in search.parameters",
-                ));
-            }
-            _ => {}
-        }
+        search.check_strategy_inputs()?;
         if let Some(i) = search.experiments.iter().position(|e| !e.is_object()) {
             return Err(spec_error(
                 &format!("search.experiments[{i}]"),
