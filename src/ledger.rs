@@ -51,8 +51,11 @@ impl Limits {
 
 /// Why a reservation was refused. Each is a normal outcome, not a bug: the caller drops the
 /// (unsent) voucher and tries again later or stops.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Refusal {
+    /// The spec cannot be read (it changed under a running experiment).
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
     /// The experiment is already in flight or finished.
     #[error("experiment {0} is already in flight or finished")]
     Duplicate(String),
@@ -78,6 +81,12 @@ pub enum Refusal {
     /// Finished plus running experiments already reach `maxExperiments`.
     #[error("maxExperiments {0} reached")]
     MaxExperiments(u32),
+    /// `spec.suspend` is set: nothing new starts.
+    #[error("the campaign is suspended")]
+    Suspended,
+    /// The campaign reached a stop reason (goal, maxExperiments, failures, budget).
+    #[error("the campaign has stopped: {0}")]
+    Stopped(Stop),
     /// The status carries an amount this version cannot read; spending stops rather than guess.
     #[error("status amount {0:?} is unreadable; refusing to spend")]
     Unreadable(String),
@@ -213,6 +222,15 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// What was paid (or may have been) for the attempt.
+    pub fn paid(&self) -> Usdc {
+        match self {
+            Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
+        }
+    }
+}
+
 /// What `complete` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -244,9 +262,7 @@ pub fn complete(
     else {
         return Ok(Recorded::AlreadyCounted);
     };
-    let paid = match &outcome {
-        Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
-    };
+    let paid = outcome.paid();
     let new_spent = spent(status)?
         .checked_add(paid)
         .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
@@ -371,6 +387,12 @@ impl Stop {
             Stop::TooManyFailures => "TooManyFailures",
             Stop::BudgetExhausted => "BudgetExhausted",
         }
+    }
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
     }
 }
 

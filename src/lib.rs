@@ -15,6 +15,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
+pub mod endpoint;
 pub mod engine;
 pub mod experiment;
 pub mod http;
