@@ -88,6 +88,34 @@ pub const LEADERBOARD_SIZE: usize = 10;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.search.strategy",
+        description = "How experiments are proposed",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.workers.eligible",
+        description = "Workers whose price and network the campaign accepts",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Noise",
+        type_ = "number",
+        json_path = ".spec.objective.noiseFloor",
+        description = "Improvements smaller than this are not improvements",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Left",
+        type_ = "string",
+        json_path = ".status.budgetLeft",
+        description = "USDC of the budget neither spent nor reserved",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -501,7 +529,9 @@ pub struct ExperimentCampaignStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions (Ready, Progressing, Stopped, NoWorkers...) with reasons.
+    /// Standard conditions, each with a reason and a message: `SpecValid`, `WorkersAvailable`,
+    /// `Progressing`, `Complete` (stopped for good, whatever the reason) and `Succeeded` (finished
+    /// by the goal, maxExperiments or an exhausted search: what `kubectl wait` should wait for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Experiments started so far (paid or being paid).
@@ -526,6 +556,9 @@ pub struct ExperimentCampaignStatus {
     /// USDC reserved by experiments in flight, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<String>,
+    /// USDC of `budget.total` neither spent nor reserved, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_left: Option<String>,
     /// The best result so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<ResultSummary>,

@@ -353,6 +353,7 @@ pub fn refresh_derived(status: &mut ExperimentCampaignStatus, limits: &Limits) {
     if status.spent.is_none() {
         status.spent = Some(Usdc::ZERO.to_string());
     }
+    status.budget_left = budget_left(status, limits).ok().map(|u| u.to_string());
 }
 
 /// Why a campaign stops starting experiments, if it does. Derived from the spec every time, so
