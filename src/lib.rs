@@ -23,4 +23,6 @@ pub mod payment;
 pub mod results;
 pub mod strategy;
 pub mod telemetry;
+#[cfg(test)]
+pub mod testkit;
 pub mod usdc;
