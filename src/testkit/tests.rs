@@ -64,21 +64,22 @@ async fn voucher(worker: &WorkerClient, signer: &RemoteSigner, id: &str) -> Vouc
         .unwrap()
 }
 
-/// A voucher built by hand: `change` edits the authorization, `key` signs it.
+/// A voucher built by hand from a real one: `change` edits the authorization, `key` signs it.
 async fn hand_made(
     worker: &WorkerClient,
     id: &str,
     key: &str,
     change: impl FnOnce(&mut Authorization),
 ) -> Voucher {
+    let signer = FakeSigner::start().await;
+    let real = voucher(worker, &signer.client(), id).await;
     let offer = offer(worker).await;
-    let now = unix_now();
     let mut auth = Authorization {
-        from: PAYER,
-        to: offer.pay_to,
-        value: U256::from(offer.amount.atomic()),
-        valid_after: now - 600,
-        valid_before: now + 900,
+        from: real.from,
+        to: real.pay_to,
+        value: U256::from(real.amount.atomic()),
+        valid_after: real.valid_after,
+        valid_before: real.valid_before,
         nonce: new_nonce(),
     };
     change(&mut auth);
@@ -86,22 +87,10 @@ async fn hand_made(
     let signature = key
         .sign_hash_sync(&auth.signing_hash(&offer.domain))
         .unwrap();
-    voucher_from(&offer, id, &auth, encode_payload(&offer, &auth, &signature))
-}
-
-fn voucher_from(offer: &Offer, id: &str, auth: &Authorization, header: String) -> Voucher {
     Voucher {
-        experiment_id: id.into(),
-        version: offer.version,
-        network: offer.network,
-        amount: offer.amount,
-        asset: offer.asset,
-        from: auth.from,
-        pay_to: offer.pay_to,
         nonce: auth.nonce,
-        valid_after: auth.valid_after,
-        valid_before: auth.valid_before,
-        header,
+        header: encode_payload(&offer, &auth, &signature),
+        ..real
     }
 }
 
