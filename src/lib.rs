@@ -24,4 +24,6 @@ pub mod payment;
 pub mod results;
 pub mod strategy;
 pub mod telemetry;
+#[cfg(test)]
+pub mod testkit;
 pub mod usdc;
