@@ -23,7 +23,7 @@ pub const USDC_PATTERN: &str = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$";
 /// An EVM address.
 pub const ADDRESS_PATTERN: &str = r"^0x[0-9a-fA-F]{40}$";
 
-/// Default noise floor: seed-to-seed noise of `val_bpb` is about 0.002 (protocols.md §7).
+/// Default noise floor: seed-to-seed noise of `val_bpb` is about 0.002 (docs/protocols.md §7).
 pub const DEFAULT_NOISE_FLOOR: f64 = 0.002;
 /// Default remote signer inside obol-stack: one per agent namespace.
 pub const DEFAULT_REMOTE_SIGNER_URL: &str = "http://remote-signer:9000";

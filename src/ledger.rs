@@ -158,7 +158,7 @@ pub fn free_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
     by_parallelism.min(by_max)
 }
 
-/// Reserves a signed voucher against the budget before it is sent (design invariants 1 and 2).
+/// Reserves a signed voucher against the budget before it is sent (docs/design.md, invariants 1 and 2).
 /// The entry's experiment leaves `pending`. Nothing is changed on refusal.
 pub fn reserve(
     status: &mut ExperimentCampaignStatus,
@@ -248,7 +248,7 @@ pub enum Recorded {
 }
 
 /// Records how an in-flight experiment ended, removing its ledger entry in the same change so
-/// that it is counted exactly once (design invariant 3).
+/// that it is counted exactly once (docs/design.md, invariant 3).
 pub fn complete(
     status: &mut ExperimentCampaignStatus,
     limits: &Limits,

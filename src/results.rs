@@ -1,6 +1,6 @@
 //! PUBLISH: `results.jsonl`, one JSON object per finished experiment, on a persistent volume.
 //!
-//! The first seven fields are the seed format of obol-stack's coordinator (protocols.md §6) and
+//! The first seven fields are the seed format of obol-stack's coordinator (docs/protocols.md §6) and
 //! keep their names; the rest are additions. Every append is flushed to disk before it returns,
 //! so a result that was reported is never lost to a crash.
 

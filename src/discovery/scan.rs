@@ -1,4 +1,4 @@
-//! The 8004scan public API (protocols.md §1): a seed source that is slow, rate-limited and
+//! The 8004scan public API (docs/protocols.md §1): a seed source that is slow, rate-limited and
 //! often answers 500, so every call is paced, retried and cached.
 
 use std::collections::HashMap;
