@@ -26,12 +26,26 @@ struct WorkerState {
 
 /// Shared, in-memory worker state. Lost on restart on purpose: after a restart the ledgers in
 /// campaign status say which workers are busy, and cooldowns start afresh.
-#[derive(Default)]
 pub struct WorkerBoard {
     workers: Mutex<HashMap<String, WorkerState>>,
+    base_cooldown: Duration,
+}
+
+impl Default for WorkerBoard {
+    fn default() -> Self {
+        Self::with_cooldown(BASE_COOLDOWN)
+    }
 }
 
 impl WorkerBoard {
+    /// A board whose first cooldown lasts `base` (it doubles per consecutive failure).
+    pub fn with_cooldown(base: Duration) -> Self {
+        Self {
+            workers: Mutex::default(),
+            base_cooldown: base,
+        }
+    }
+
     /// Marks `endpoint` busy with `experiment_id` unless it is busy or cooling down.
     pub fn try_claim(&self, endpoint: &str, experiment_id: &str) -> bool {
         let mut map = self.workers.lock().expect("board lock");
@@ -64,7 +78,7 @@ impl WorkerBoard {
         if failed {
             w.failures = w.failures.saturating_add(1);
             let factor = 2u32.saturating_pow(w.failures.saturating_sub(1).min(10));
-            w.cool_until = Some(Instant::now() + (BASE_COOLDOWN * factor).min(MAX_COOLDOWN));
+            w.cool_until = Some(Instant::now() + (self.base_cooldown * factor).min(MAX_COOLDOWN));
         } else {
             w.failures = 0;
             w.cool_until = None;

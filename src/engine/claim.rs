@@ -98,24 +98,21 @@ pub fn eligible(spec: &DiscoverySpec, candidates: Vec<Candidate>) -> Vec<Candida
 }
 
 /// Pairs pending experiments with free workers: preferred workers first, then by the last price
-/// seen (cheapest first; unknown prices after known ones), skipping busy, cooling and
-/// too-expensive workers and those an experiment must avoid.
+/// seen (cheapest first; unknown prices after known ones), skipping busy and cooling workers,
+/// those an experiment must avoid, and those whose last price is above `cap` (the price cap, or
+/// what is left of the budget if less: a worker known to cost more is not even asked again).
 pub fn assign(
     board: &WorkerBoard,
     pending: &[PendingExperiment],
     slots: usize,
     candidates: &[Candidate],
-    limits: &Limits,
+    cap: Usdc,
     prefer: &[String],
 ) -> Vec<(PendingExperiment, Candidate)> {
     let mut free: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| !board.is_busy(c.endpoint.as_str()) && !board.is_cooling(c.endpoint.as_str()))
-        .filter(|c| {
-            board
-                .price(c.endpoint.as_str())
-                .is_none_or(|p| p <= limits.max_price)
-        })
+        .filter(|c| board.price(c.endpoint.as_str()).is_none_or(|p| p <= cap))
         .collect();
     free.sort_by_key(|c| {
         (
@@ -268,10 +265,17 @@ mod tests {
             pending("b", &[]),
             pending("c", &["http://mid.invalid/w/"]),
         ];
-        let picked: Vec<_> = assign(&board, &work, 3, &candidates, &limits(10), &spec.prefer)
-            .into_iter()
-            .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
-            .collect();
+        let picked: Vec<_> = assign(
+            &board,
+            &work,
+            3,
+            &candidates,
+            Usdc::from_atomic(10),
+            &spec.prefer,
+        )
+        .into_iter()
+        .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
+        .collect();
         assert_eq!(
             picked,
             [
@@ -295,7 +299,7 @@ mod tests {
         board.try_claim("http://b.invalid/w", "x");
         board.release("http://b.invalid/w", "x", true);
         let work = [pending("1", &[]), pending("2", &[]), pending("3", &[])];
-        let picked: Vec<_> = assign(&board, &work, 1, &candidates, &limits(10), &[])
+        let picked: Vec<_> = assign(&board, &work, 1, &candidates, Usdc::from_atomic(10), &[])
             .into_iter()
             .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
             .collect();

@@ -21,6 +21,8 @@ pub mod publish;
 pub mod run;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod think;
 
 use std::sync::Arc;
@@ -103,6 +105,8 @@ pub struct Settings {
     pub no_worker_requeue: Duration,
     /// Poll interval for async (202) jobs.
     pub job_poll: Duration,
+    /// How long a worker that failed is skipped first (doubling per consecutive failure).
+    pub worker_cooldown: Duration,
 }
 
 impl Default for Settings {
@@ -111,6 +115,7 @@ impl Default for Settings {
             idle_requeue: Duration::from_secs(300),
             no_worker_requeue: Duration::from_secs(30),
             job_poll: Duration::from_secs(10),
+            worker_cooldown: board::BASE_COOLDOWN,
         }
     }
 }
@@ -165,7 +170,7 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             workers,
-            board: WorkerBoard::default(),
+            board: WorkerBoard::with_cooldown(settings.worker_cooldown),
             results,
             metrics,
             settings,
@@ -307,14 +312,10 @@ impl Engine {
                 .running_tasks(&handle.key)
                 .saturating_sub(status.ledger.len());
             let slots = capacity.slots.saturating_sub(starting);
-            claim::assign(
-                &self.board,
-                &pending,
-                slots,
-                &candidates,
-                limits,
-                &spec.prefer,
-            )
+            // A worker known to cost more than what is left is not asked again.
+            let left = ledger::budget_left(status, limits).unwrap_or(crate::usdc::Usdc::ZERO);
+            let cap = limits.max_price.min(left);
+            claim::assign(&self.board, &pending, slots, &candidates, cap, &spec.prefer)
         } else {
             Vec::new()
         };

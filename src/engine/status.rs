@@ -296,3 +296,197 @@ pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
         None => conditions.push(new),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{LedgerEntry, ResultSummary};
+
+    fn campaign(suspend: bool) -> ExperimentCampaign {
+        let spec = serde_json::from_value(serde_json::json!({
+            "trainScript": {"inline": "x"},
+            "search": {"strategy": "list", "experiments": [{}]},
+            "maxExperiments": 3,
+            "maxFailedExperiments": 2,
+            "objective": {"goal": 0.9},
+            "budget": {"total": "0.03", "maxPricePerExperiment": "0.01"},
+            "suspend": suspend
+        }))
+        .unwrap();
+        ExperimentCampaign::new("c", spec)
+    }
+
+    fn limits(c: &ExperimentCampaign) -> Limits {
+        Limits::from_spec(&c.spec).unwrap()
+    }
+
+    fn seen(workers: usize) -> Sighting<'static> {
+        Sighting {
+            workers,
+            cheapest: Some(Usdc::from_atomic(10_000)),
+            discovery_error: None,
+            discovered: true,
+        }
+    }
+
+    fn get(v: &Verdict, kind: ConditionType) -> (bool, &'static str) {
+        let c = v.conditions.iter().find(|c| c.kind == kind).unwrap();
+        (c.ok, c.reason)
+    }
+
+    fn best(v: f64) -> Option<ResultSummary> {
+        Some(ResultSummary {
+            val_bpb: v,
+            ..ResultSummary::default()
+        })
+    }
+
+    #[test]
+    fn each_stop_reason_sets_phase_complete_and_succeeded() {
+        let c = campaign(false);
+        let cases = [
+            // (status, phase, Complete reason, Succeeded)
+            (
+                ExperimentCampaignStatus {
+                    succeeded: 1,
+                    best: best(0.85),
+                    ..Default::default()
+                },
+                Phase::Succeeded,
+                "GoalReached",
+                true,
+            ),
+            (
+                ExperimentCampaignStatus {
+                    succeeded: 3,
+                    best: best(1.0),
+                    spent: Some("0.03".into()),
+                    ..Default::default()
+                },
+                Phase::Succeeded,
+                "MaxExperimentsReached",
+                true,
+            ),
+            (
+                ExperimentCampaignStatus {
+                    failed: 2,
+                    ..Default::default()
+                },
+                Phase::Failed,
+                "TooManyFailures",
+                false,
+            ),
+            (
+                ExperimentCampaignStatus {
+                    succeeded: 0,
+                    spent: Some("0.025".into()),
+                    ..Default::default()
+                },
+                Phase::BudgetExhausted,
+                "BudgetExhausted",
+                false,
+            ),
+        ];
+        for (status, phase, reason, succeeded) in cases {
+            let v = verdict(&c, &status, &limits(&c), false, &seen(2));
+            assert_eq!(v.phase, phase, "{reason}");
+            assert_eq!(get(&v, ConditionType::Complete), (true, reason));
+            assert_eq!(get(&v, ConditionType::Succeeded), (succeeded, reason));
+            assert_eq!(get(&v, ConditionType::Progressing), (false, reason));
+        }
+    }
+
+    #[test]
+    fn an_exhausted_search_succeeds_and_a_running_one_is_in_progress() {
+        let c = campaign(false);
+        let idle = ExperimentCampaignStatus {
+            succeeded: 1,
+            ..Default::default()
+        };
+        let v = verdict(&c, &idle, &limits(&c), true, &seen(1));
+        assert_eq!(v.phase, Phase::Succeeded);
+        assert_eq!(get(&v, ConditionType::Succeeded), (true, "SearchExhausted"));
+        let running = ExperimentCampaignStatus {
+            submitted: 1,
+            ledger: vec![LedgerEntry::default()],
+            ..Default::default()
+        };
+        let v = verdict(&c, &running, &limits(&c), false, &seen(1));
+        assert_eq!(v.phase, Phase::Running);
+        assert_eq!(get(&v, ConditionType::Progressing), (true, "Running"));
+        assert_eq!(get(&v, ConditionType::Succeeded), (false, "InProgress"));
+    }
+
+    #[test]
+    fn a_stop_with_experiments_in_flight_drains_before_it_is_final() {
+        let c = campaign(false);
+        let status = ExperimentCampaignStatus {
+            failed: 2,
+            ledger: vec![LedgerEntry::default()],
+            ..Default::default()
+        };
+        let v = verdict(&c, &status, &limits(&c), false, &seen(1));
+        assert_eq!(v.phase, Phase::Running);
+        assert_eq!(get(&v, ConditionType::Progressing), (true, "Draining"));
+        assert!(!get(&v, ConditionType::Complete).0);
+    }
+
+    #[test]
+    fn suspend_and_no_workers_are_said_and_workers_is_only_set_when_discovery_ran() {
+        let v = verdict(
+            &campaign(true),
+            &Default::default(),
+            &limits(&campaign(true)),
+            false,
+            &seen(1),
+        );
+        assert_eq!(v.phase, Phase::Suspended);
+        assert_eq!(get(&v, ConditionType::Progressing), (false, "Suspended"));
+        let c = campaign(false);
+        let mut none = seen(0);
+        none.discovery_error = Some("index down");
+        let v = verdict(&c, &Default::default(), &limits(&c), false, &none);
+        assert_eq!(v.phase, Phase::Pending);
+        assert_eq!(
+            get(&v, ConditionType::WorkersAvailable),
+            (false, "NoWorkers")
+        );
+        let message = &v
+            .conditions
+            .iter()
+            .find(|c| c.kind == ConditionType::WorkersAvailable)
+            .unwrap()
+            .message;
+        assert!(message.contains("index down"), "{message}");
+        none.discovered = false;
+        let v = verdict(&c, &Default::default(), &limits(&c), false, &none);
+        assert!(
+            v.conditions
+                .iter()
+                .all(|c| c.kind != ConditionType::WorkersAvailable)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let mut conditions = Vec::new();
+        let update = ConditionUpdate::new(ConditionType::Progressing, true, "Running", "1 running");
+        set_condition(&mut conditions, condition(&update, Some(1)));
+        let first = conditions[0].last_transition_time.clone();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = ConditionUpdate {
+            message: "2 running".into(),
+            ..update.clone()
+        };
+        set_condition(&mut conditions, condition(&again, Some(1)));
+        assert_eq!(conditions[0].last_transition_time, first);
+        assert_eq!(conditions[0].message, "2 running");
+        let flipped = ConditionUpdate {
+            ok: false,
+            ..update
+        };
+        set_condition(&mut conditions, condition(&flipped, Some(1)));
+        assert_ne!(conditions[0].last_transition_time, first);
+        assert_eq!(conditions.len(), 1);
+    }
+}
