@@ -1026,7 +1026,23 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Phase", "Done", "Running", "Best", "Spent", "Age"]
+            [
+                "Phase", "Done", "Running", "Best", "Spent", "Age", "Strategy", "Workers", "Noise",
+                "Left"
+            ]
+        );
+        let wide: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|c| c.priority == Some(1))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            wide,
+            ["Strategy", "Workers", "Noise", "Left"],
+            "only in -o wide"
         );
     }
 

@@ -202,7 +202,7 @@ pub fn reserve(
 
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub enum Ending {
     /// The worker ran the experiment and gave a valid answer: a finite, non-negative val_bpb
     /// for this experiment id (`result`), or a failed run (`None`: train.py crashed or timed out).
     Finished {
@@ -222,11 +222,11 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
+impl Ending {
     /// What was paid (or may have been) for the attempt.
     pub fn paid(&self) -> Usdc {
         match self {
-            Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
+            Ending::Finished { paid, .. } | Ending::WorkerFailed { paid, .. } => *paid,
         }
     }
 }
@@ -253,7 +253,7 @@ pub fn complete(
     status: &mut ExperimentCampaignStatus,
     limits: &Limits,
     experiment_id: &str,
-    outcome: Outcome,
+    outcome: Ending,
 ) -> Result<Recorded, Refusal> {
     let Some(index) = status
         .ledger
@@ -269,7 +269,7 @@ pub fn complete(
     let entry = status.ledger.remove(index);
     status.spent = Some(new_spent.to_string());
     let recorded = match outcome {
-        Outcome::Finished {
+        Ending::Finished {
             result: Some(result),
             ..
         } if is_valid_val_bpb(result.val_bpb) => {
@@ -280,14 +280,14 @@ pub fn complete(
                 new_best,
             }
         }
-        Outcome::Finished { .. } => {
+        Ending::Finished { .. } => {
             status.failed += 1;
             Recorded::Counted {
                 succeeded: false,
                 new_best: false,
             }
         }
-        Outcome::WorkerFailed { paid, .. } => {
+        Ending::WorkerFailed { paid, .. } => {
             status.worker_failures += 1;
             // Retrying after a payment that may have settled would pay twice for one
             // experiment: only an attempt that provably paid nothing goes to another worker.
@@ -503,7 +503,7 @@ mod tests {
         let l = limits();
         let mut s = ExperimentCampaignStatus::default();
         reserve(&mut s, &l, entry("a", 20_000, 1)).unwrap();
-        let done = Outcome::Finished {
+        let done = Ending::Finished {
             result: Some(result("a", 0.99)),
             paid: Usdc::from_atomic(20_000),
         };
@@ -546,7 +546,7 @@ mod tests {
                     &mut s,
                     &l,
                     &id,
-                    Outcome::Finished {
+                    Ending::Finished {
                         result: None,
                         paid: amount,
                     },
@@ -566,7 +566,7 @@ mod tests {
         let l = limits();
         let mut s = ExperimentCampaignStatus::default();
         reserve(&mut s, &l, entry("a", 10_000, 1)).unwrap();
-        let unpaid = Outcome::WorkerFailed {
+        let unpaid = Ending::WorkerFailed {
             paid: Usdc::ZERO,
             reason: "500".into(),
         };
@@ -578,7 +578,7 @@ mod tests {
 
         reserve(&mut s, &l, entry("a", 10_000, 2)).unwrap();
         assert!(s.pending.is_empty());
-        let maybe_paid = Outcome::WorkerFailed {
+        let maybe_paid = Ending::WorkerFailed {
             paid: Usdc::from_atomic(10_000),
             reason: "connection dropped".into(),
         };
@@ -610,7 +610,7 @@ mod tests {
                 &mut s,
                 &l,
                 "a",
-                Outcome::WorkerFailed {
+                Ending::WorkerFailed {
                     paid: Usdc::ZERO,
                     reason: "busy".into(),
                 },
@@ -632,7 +632,7 @@ mod tests {
                 &mut s,
                 &l,
                 "a",
-                Outcome::Finished {
+                Ending::Finished {
                     result: Some(result("a", bad)),
                     paid: Usdc::from_atomic(1),
                 },
@@ -660,7 +660,7 @@ mod tests {
                 &mut s,
                 &l,
                 &id,
-                Outcome::Finished {
+                Ending::Finished {
                     result: Some(result(&id, v)),
                     paid: Usdc::from_atomic(1),
                 },

@@ -13,7 +13,7 @@ use super::status::{self, ConditionType, ConditionUpdate, Sighting};
 use super::{CampaignHandle, Engine, Notice, Severity};
 use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, WorkerCounts};
 use crate::experiment;
-use crate::ledger::{self, Limits, Outcome, Recorded};
+use crate::ledger::{self, Ending, Limits, Recorded};
 use crate::payment::Voucher;
 use crate::results::{ResultRecord, RunStatus};
 use crate::strategy::State;
@@ -43,13 +43,13 @@ impl ResultLabel {
     }
 
     /// The label for an outcome.
-    pub fn of(outcome: &Outcome) -> Self {
+    pub fn of(outcome: &Ending) -> Self {
         match outcome {
-            Outcome::Finished {
+            Ending::Finished {
                 result: Some(_), ..
             } => ResultLabel::Succeeded,
-            Outcome::Finished { .. } => ResultLabel::Failed,
-            Outcome::WorkerFailed { .. } => ResultLabel::WorkerFailure,
+            Ending::Finished { .. } => ResultLabel::Failed,
+            Ending::WorkerFailed { .. } => ResultLabel::WorkerFailure,
         }
     }
 }
@@ -151,10 +151,10 @@ pub async fn complete(
     engine: &Engine,
     handle: &CampaignHandle,
     entry: &LedgerEntry,
-    outcome: Outcome,
+    outcome: Ending,
     tx: Option<String>,
 ) {
-    let retried = matches!(&outcome, Outcome::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
+    let retried = matches!(&outcome, Ending::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
     if !retried
         && let Err(e) = record(
             engine,
@@ -185,7 +185,7 @@ pub async fn complete(
             Ok(())
         })
         .await;
-    let worker_failed = matches!(outcome, Outcome::WorkerFailed { .. });
+    let worker_failed = matches!(outcome, Ending::WorkerFailed { .. });
     engine
         .board
         .release(&entry.worker, &entry.experiment_id, worker_failed);
@@ -230,7 +230,7 @@ fn network_of(entry: &LedgerEntry) -> Option<String> {
 
 /// The metric labels to count and the event to publish for a recorded outcome.
 fn describe(
-    outcome: &Outcome,
+    outcome: &Ending,
     recorded: &Recorded,
     entry: &LedgerEntry,
     paid: Usdc,
@@ -246,7 +246,7 @@ fn describe(
     };
     match (outcome, recorded) {
         (
-            Outcome::Finished {
+            Ending::Finished {
                 result: Some(r), ..
             },
             Recorded::Counted { new_best, .. },
@@ -266,7 +266,7 @@ fn describe(
                 ),
             ),
         ),
-        (Outcome::Finished { .. }, _) => (
+        (Ending::Finished { .. }, _) => (
             &[ResultLabel::Failed],
             notice(
                 Severity::Warning,
@@ -275,7 +275,7 @@ fn describe(
                 format!("experiment {id} on {worker}: the run failed (paid {paid} USDC{tx})"),
             ),
         ),
-        (Outcome::WorkerFailed { reason, .. }, Recorded::Retry) => (
+        (Ending::WorkerFailed { reason, .. }, Recorded::Retry) => (
             &[ResultLabel::WorkerFailure],
             notice(
                 Severity::Warning,
@@ -286,7 +286,7 @@ fn describe(
                 ),
             ),
         ),
-        (Outcome::WorkerFailed { reason, .. }, _) => (
+        (Ending::WorkerFailed { reason, .. }, _) => (
             &[ResultLabel::WorkerFailure, ResultLabel::Failed],
             notice(
                 Severity::Warning,
@@ -302,15 +302,15 @@ fn describe(
 fn result_record(
     handle: &CampaignHandle,
     entry: &LedgerEntry,
-    outcome: &Outcome,
+    outcome: &Ending,
     tx: Option<String>,
 ) -> ResultRecord {
     let (val_bpb, status) = match outcome {
-        Outcome::Finished {
+        Ending::Finished {
             result: Some(r), ..
         } => (Some(r.val_bpb), RunStatus::Completed),
-        Outcome::Finished { result: None, .. } => (None, RunStatus::Failed),
-        Outcome::WorkerFailed { .. } => (None, RunStatus::WorkerFailure),
+        Ending::Finished { result: None, .. } => (None, RunStatus::Failed),
+        Ending::WorkerFailed { .. } => (None, RunStatus::WorkerFailure),
     };
     ResultRecord {
         experiment_id: entry.experiment_id.clone(),

@@ -21,7 +21,7 @@ use crate::crd::{
     ExperimentCampaign, ExperimentCampaignSpec, LedgerEntry, PendingExperiment, ResultSummary,
 };
 use crate::endpoint::Endpoint;
-use crate::ledger::{self, Limits, Outcome, Refusal};
+use crate::ledger::{self, Ending, Limits, Refusal};
 use crate::payment::{
     ExperimentRequest, Offer, Policy, Quote, SignerError, Voucher, VoucherTerms, WorkerClient,
     WorkerError, new_nonce, sign_voucher, unix_now, x402,
@@ -345,16 +345,16 @@ async fn resumable(
     engine: &Engine,
     handle: &CampaignHandle,
     entry: &LedgerEntry,
-) -> Result<(Voucher, WorkerClient), Outcome> {
+) -> Result<(Voucher, WorkerClient), Ending> {
     if let Some(record) = engine.memory.unconfirmed(&handle.key, &entry.experiment_id) {
         return Err(outcome_from_record(&record, entry));
     }
     let voucher: Voucher =
-        serde_json::from_str(&entry.payment).map_err(|e| Outcome::WorkerFailed {
+        serde_json::from_str(&entry.payment).map_err(|e| Ending::WorkerFailed {
             paid: Usdc::parse_atomic(&entry.amount).unwrap_or_default(),
             reason: format!("stored voucher unreadable: {e}"),
         })?;
-    let gone = |reason: String| Outcome::WorkerFailed {
+    let gone = |reason: String| Ending::WorkerFailed {
         paid: voucher.amount,
         reason,
     };
@@ -387,7 +387,7 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
             .unwrap_or_else(|| serde_json::json!({})),
     };
     let started = Instant::now();
-    let (outcome, tx) = attempt(
+    let (outcome, tx) = exchange(
         &client,
         &voucher,
         &request,
@@ -406,13 +406,13 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
 }
 
 /// One send, with recovery when the answer was lost. Returns the outcome and the settlement tx.
-async fn attempt(
+async fn exchange(
     client: &WorkerClient,
     voucher: &Voucher,
     request: &ExperimentRequest,
     resumed: bool,
     poll: Duration,
-) -> (Outcome, Option<String>) {
+) -> (Ending, Option<String>) {
     let paid = voucher.amount;
     if resumed {
         return (
@@ -423,11 +423,11 @@ async fn attempt(
     match client.run(Some(voucher), request).await {
         Ok(run) => {
             let tx = run.transaction().map(str::to_string);
-            (finished(run.result, paid, client.endpoint()), tx)
+            (outcome_of(run.result, paid, client.endpoint()), tx)
         }
         // A refused connection sent nothing; a 409 is the worker declining before it runs.
         Err(e @ (WorkerError::Unreachable { .. } | WorkerError::Busy)) => (
-            Outcome::WorkerFailed {
+            Ending::WorkerFailed {
                 paid: Usdc::ZERO,
                 reason: e.to_string(),
             },
@@ -439,16 +439,16 @@ async fn attempt(
         // to another worker. If the worker cannot say, the amount counts as spent.
         Err(e @ (WorkerError::Http { .. } | WorkerError::PaymentRejected { .. })) => {
             match client.recover(request).await {
-                Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
+                Ok(Some(result)) => (outcome_of(result, paid, client.endpoint()), None),
                 Ok(None) => (
-                    Outcome::WorkerFailed {
+                    Ending::WorkerFailed {
                         paid: Usdc::ZERO,
                         reason: e.to_string(),
                     },
                     None,
                 ),
                 Err(_) => (
-                    Outcome::WorkerFailed {
+                    Ending::WorkerFailed {
                         paid,
                         reason: e.to_string(),
                     },
@@ -465,9 +465,9 @@ async fn attempt(
         // A 200 that is not a valid result (a lying worker): the gate settled, the answer is not
         // recorded as a result, and the experiment is not paid for again.
         Err(e) => match client.recover(request).await {
-            Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
+            Ok(Some(result)) => (outcome_of(result, paid, client.endpoint()), None),
             _ => (
-                Outcome::WorkerFailed {
+                Ending::WorkerFailed {
                     paid,
                     reason: e.to_string(),
                 },
@@ -486,24 +486,24 @@ async fn settle_uncertain(
     request: &ExperimentRequest,
     poll: Duration,
     first_error: Option<String>,
-) -> Outcome {
+) -> Ending {
     let paid = voucher.amount;
     let mut last = first_error.unwrap_or_else(|| "resumed after a restart".into());
     loop {
         match client.recover(request).await {
-            Ok(Some(result)) => return finished(result, paid, client.endpoint()),
-            Err(WorkerError::InvalidAnswer(e)) => return Outcome::WorkerFailed { paid, reason: e },
+            Ok(Some(result)) => return outcome_of(result, paid, client.endpoint()),
+            Err(WorkerError::InvalidAnswer(e)) => return Ending::WorkerFailed { paid, reason: e },
             _ => {}
         }
         if !voucher.is_live(unix_now()) {
-            return Outcome::WorkerFailed {
+            return Ending::WorkerFailed {
                 paid,
                 reason: format!("{last}; the voucher expired with no result from the worker"),
             };
         }
         match client.run(Some(voucher), request).await {
-            Ok(run) => return finished(run.result, paid, client.endpoint()),
-            Err(WorkerError::InvalidAnswer(e)) => return Outcome::WorkerFailed { paid, reason: e },
+            Ok(run) => return outcome_of(run.result, paid, client.endpoint()),
+            Err(WorkerError::InvalidAnswer(e)) => return Ending::WorkerFailed { paid, reason: e },
             // Busy (probably with this very experiment), refused (the nonce may be in use by the
             // first send), unreachable or cut: the stored result may still come.
             Err(e) => last = e.to_string(),
@@ -512,7 +512,7 @@ async fn settle_uncertain(
     }
 }
 
-fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Outcome {
+fn outcome_of(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Ending {
     let summary = match (result.status.as_str(), result.val_bpb) {
         ("completed", Some(v)) if ledger::is_valid_val_bpb(v) => Some(ResultSummary {
             experiment_id: result.experiment_id.clone(),
@@ -523,13 +523,13 @@ fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str
         }),
         _ => None,
     };
-    Outcome::Finished {
+    Ending::Finished {
         result: summary,
         paid,
     }
 }
 
-fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
+fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Ending {
     let paid = record
         .amount
         .as_deref()
@@ -545,7 +545,7 @@ fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
         }),
         _ => None,
     };
-    Outcome::Finished { result, paid }
+    Ending::Finished { result, paid }
 }
 
 #[cfg(test)]
