@@ -653,6 +653,13 @@ pub struct LedgerEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// `sha256:<hex>` of the train.py being run, when THINK changed the code (the source is in
+    /// the data volume's script store); absent means the campaign's train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_hash: Option<String>,
+    /// What this experiment changed, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Attempts so far, this one included (failed attempts that paid nothing are retried).
     #[serde(default = "one")]
     pub attempt: u32,
@@ -672,6 +679,13 @@ pub struct PendingExperiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// `sha256:<hex>` of the train.py to run, when THINK changed the code; absent means the
+    /// campaign's train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_hash: Option<String>,
+    /// What this experiment changes, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Attempts already made (0 for a fresh proposal).
     #[serde(default)]
     pub attempts: u32,

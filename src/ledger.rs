@@ -316,6 +316,8 @@ fn retry_of(entry: LedgerEntry) -> PendingExperiment {
     PendingExperiment {
         experiment_id: entry.experiment_id,
         config: entry.config,
+        train_hash: entry.train_hash,
+        description: entry.description,
         attempts: entry.attempt,
         avoid: vec![entry.worker],
     }

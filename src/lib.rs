@@ -22,6 +22,7 @@ pub mod http;
 pub mod ledger;
 pub mod payment;
 pub mod results;
+pub mod scripts;
 pub mod strategy;
 pub mod telemetry;
 #[cfg(test)]

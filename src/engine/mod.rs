@@ -128,6 +128,7 @@ pub struct Engine {
     metrics: Metrics,
     settings: Settings,
     memory: Memory,
+    scripts: crate::scripts::ScriptStore,
     /// Signalled whenever a task changes a campaign (for `loop`; the controller sees the write).
     pub changed: tokio::sync::Notify,
 }
@@ -161,14 +162,20 @@ struct Claim {
 }
 
 impl Engine {
-    /// An engine appending results to `results`.
+    /// An engine appending results to `results`, keeping THINK's train.py sources in a
+    /// `scripts` folder beside it.
     pub fn new(
         workers: Arc<dyn WorkerSource>,
         results: ResultsLog,
         metrics: Metrics,
         settings: Settings,
     ) -> Arc<Self> {
+        let scripts_dir = results
+            .path()
+            .parent()
+            .map_or_else(|| "scripts".into(), |dir| dir.join("scripts"));
         Arc::new(Self {
+            scripts: crate::scripts::ScriptStore::new(scripts_dir),
             workers,
             board: WorkerBoard::with_cooldown(settings.worker_cooldown),
             results,

@@ -312,9 +312,12 @@ fn result_record(
         Ending::Finished { result: None, .. } => (None, RunStatus::Failed),
         Ending::WorkerFailed { .. } => (None, RunStatus::WorkerFailure),
     };
+    let base = experiment::train_hash(&handle.train_py);
     ResultRecord {
         experiment_id: entry.experiment_id.clone(),
-        train_hash: experiment::train_hash(&handle.train_py),
+        train_hash: entry.train_hash.clone().unwrap_or_else(|| base.clone()),
+        description: entry.description.clone(),
+        parent_train_hash: entry.train_hash.is_some().then_some(base),
         val_bpb,
         worker_endpoint: entry.worker.clone(),
         worker_agent_id: entry.agent_id,

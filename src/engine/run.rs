@@ -27,6 +27,7 @@ use crate::payment::{
     WorkerError, new_nonce, sign_voucher, unix_now, x402,
 };
 use crate::results::ResultRecord;
+use crate::scripts::ScriptError;
 use crate::usdc::Usdc;
 
 /// Why an experiment could not be started on a worker. Nothing was sent: the experiment stays
@@ -51,6 +52,9 @@ pub enum StartError {
     /// The campaign's books cannot be read.
     #[error(transparent)]
     Books(#[from] Refusal),
+    /// The experiment's train.py is not in the script store: nothing is signed for it.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
     /// The remote signer refused or failed: the campaign's problem, not the worker's.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -145,6 +149,7 @@ async fn prepare(
     let limits = Limits::from_spec(spec)?;
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
     let client = worker_client(spec, &worker.endpoint, timeout, engine.settings.job_poll)?;
+    source_of(engine, handle, pending.train_hash.as_deref()).await?;
     let t0 = Instant::now();
     let offer = price(engine, &client, spec, &limits).await?;
     let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)?;
@@ -233,6 +238,8 @@ fn ledger_entry(pending: &PendingExperiment, worker: &Candidate, voucher: &Vouch
         payment: serde_json::to_string(voucher).expect("a voucher serialises"),
         valid_before: voucher.valid_before,
         config: pending.config.clone(),
+        train_hash: pending.train_hash.clone(),
+        description: pending.description.clone(),
         attempt: pending.attempts + 1,
         started_at: publish::now_rfc3339(),
     }
@@ -277,6 +284,26 @@ fn announce(handle: &CampaignHandle, entry: &LedgerEntry, voucher: &Voucher) {
         ),
     };
     tokio::spawn(async move { notify.notify(started).await });
+}
+
+/// The train.py an experiment runs: the campaign's, or the one THINK stored under its hash.
+pub async fn source_of(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    train_hash: Option<&str>,
+) -> Result<Arc<str>, ScriptError> {
+    match train_hash {
+        None => Ok(handle.train_py.clone()),
+        Some(hash) if hash == crate::experiment::train_hash(&handle.train_py) => {
+            Ok(handle.train_py.clone())
+        }
+        Some(hash) => engine
+            .scripts
+            .get(hash)
+            .await?
+            .map(Arc::from)
+            .ok_or_else(|| ScriptError::Missing(hash.to_string())),
+    }
 }
 
 /// A client for a worker. A worker the campaign names in `discovery.workers` is the user's
@@ -378,9 +405,21 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
         voucher,
         client,
     } = reserved;
+    let train_py = match source_of(engine, handle, entry.train_hash.as_deref()).await {
+        Ok(source) => source,
+        Err(e) => {
+            // Signed and reserved, but the code it pays for is gone: it must not be sent with
+            // other code, nor signed again. The amount counts as spent.
+            let ending = Ending::WorkerFailed {
+                paid: voucher.amount,
+                reason: e.to_string(),
+            };
+            return publish::complete(engine, handle, &entry, ending, None).await;
+        }
+    };
     let request = ExperimentRequest {
         experiment_id: entry.experiment_id.clone(),
-        train_py: handle.train_py.to_string(),
+        train_py: train_py.to_string(),
         config: entry
             .config
             .clone()

@@ -219,6 +219,7 @@ fn entry(experiment_id: &str, worker: &str, voucher: &Voucher, config: Value) ->
         config: Some(config),
         attempt: 1,
         started_at: "2026-12-01T00:00:00Z".into(),
+        ..LedgerEntry::default()
     }
 }
 
@@ -515,4 +516,79 @@ async fn an_unreadable_stored_voucher_counts_as_spent_and_is_never_signed_again(
         "nothing was signed again"
     );
     assert_eq!(h.workers[0].total_paid(), Usdc::ZERO);
+}
+
+/// An experiment whose code THINK changed is sent with that code (read from the script store by
+/// its hash) and recorded under its hash, with the campaign's train.py as its parent.
+#[tokio::test]
+async fn an_experiment_runs_the_train_py_stored_under_its_hash() {
+    let signer = FakeSigner::start().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let worker = FakeWorker::config()
+        .run(move |s| {
+            log.lock().unwrap().push(s.train_py.clone());
+            crate::testkit::completed(s, 0.95)
+        })
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let changed = "print('val_bpb: 0.95')  # DEPTH = 6\n";
+    let hash = crate::scripts::ScriptStore::new(dir.path().join("scripts"))
+        .put(changed)
+        .await
+        .unwrap();
+    let pending = PendingExperiment {
+        experiment_id: "exp-code".into(),
+        config: Some(json!({})),
+        train_hash: Some(hash.clone()),
+        description: Some("DEPTH=6".into()),
+        ..PendingExperiment::default()
+    };
+    let status = crate::crd::ExperimentCampaignStatus {
+        pending: vec![pending],
+        ..Default::default()
+    };
+    let spec = spec(
+        &[worker.endpoint()],
+        json!({"parallelism": 1, "maxExperiments": 1}),
+    );
+    let h = Harness::with(signer, vec![worker], dir, spec, Some(status));
+    h.run(Duration::from_secs(10)).await;
+    assert_eq!(seen.lock().unwrap().as_slice(), [changed.to_string()]);
+    let lines = h.lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["train_hash"], hash.as_str());
+    assert_eq!(
+        lines[0]["parent_train_hash"],
+        crate::experiment::train_hash(TRAIN_PY).as_str()
+    );
+    assert_eq!(lines[0]["description"], "DEPTH=6");
+    assert_eq!(h.workers[0].payments_for("exp-code"), 1);
+}
+
+#[tokio::test]
+async fn an_experiment_whose_code_is_missing_is_never_signed_or_paid() {
+    let h = Harness::new(1, json!({"parallelism": 1, "maxExperiments": 1})).await;
+    let pending = PendingExperiment {
+        experiment_id: "exp-lost".into(),
+        train_hash: Some(crate::experiment::train_hash("never stored")),
+        ..PendingExperiment::default()
+    };
+    h.store
+        .update(&mut |_, s| {
+            s.pending = vec![pending.clone()];
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let signed = h.signer.sign_calls();
+    h.run(Duration::from_millis(500)).await;
+    assert_eq!(h.signer.sign_calls(), signed);
+    assert_eq!(h.workers[0].total_paid(), Usdc::ZERO);
+    assert!(
+        h.notices.reasons().contains(&"NotStarted"),
+        "{:?}",
+        h.notices.reasons()
+    );
 }

@@ -63,8 +63,7 @@ pub fn think(
                 .map(|p| PendingExperiment {
                     experiment_id: p.experiment_id,
                     config: Some(p.config),
-                    attempts: 0,
-                    avoid: Vec::new(),
+                    ..PendingExperiment::default()
                 })
                 .collect(),
             exhausted: batch.exhausted,
