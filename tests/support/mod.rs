@@ -20,6 +20,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+/// The train.py tests send when they search `config`: the workers run it, and it prints the
+/// `val_bpb` of `strategy::landscape` for the config the worker hands it (see the script).
+pub const TRAIN_LANDSCAPE: &str = include_str!("../../examples/train_landscape.py");
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -18,7 +18,7 @@ const CONFIG = {
     { name: "obol-async", gate: "obol", price: "10000", durationMs: 300, faults: { async: true } },
     { name: "v1-busy", gate: "v1", price: "10000", faults: { busy: true } },
     { name: "v2-nan", gate: "v2", price: "10000", durationMs: 10, faults: { lie: "nan" } },
-    { name: "v1-crash", gate: "v1", price: "10000", timeoutSeconds: 0.5 },
+    { name: "v1-crash", gate: "v1", price: "10000", timeoutSeconds: 2 },
   ],
   signer: { token: "t0k", mode: "normal" },
   extraSigners: [
