@@ -118,15 +118,7 @@ async fn twelve_experiments_over_three_workers_are_each_paid_once() {
             .is_some_and(|t| t.starts_with("0x"))
     }));
     // Each result is what train.py printed for its config on the worker that ran it.
-    for l in &lines {
-        assert_eq!(
-            l["val_bpb"].as_f64(),
-            Some(autoresearch_coordinator::strategy::landscape::val_bpb(
-                &l["config"]
-            )),
-            "{l}"
-        );
-    }
+    support::assert_measured_by_landscape(&lines);
 
     // kubectl agrees with the status.
     let (out, _) = support::kubectl_eventually(&["get", "campaigns", "-n", &s.ns]);

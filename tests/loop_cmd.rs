@@ -72,15 +72,7 @@ async fn loop_runs_rounds_on_preferred_workers_pays_each_once_and_records_them()
     );
     assert!(lines.iter().all(|l| l["status"] == "completed"));
     // What the workers measured by running train.py on each round's config.
-    for l in &lines {
-        assert_eq!(
-            l["val_bpb"].as_f64(),
-            Some(autoresearch_coordinator::strategy::landscape::val_bpb(
-                &l["config"]
-            )),
-            "{l}"
-        );
-    }
+    support::assert_measured_by_landscape(&lines);
 }
 
 #[test]
