@@ -25,6 +25,6 @@ pub mod results;
 pub mod scripts;
 pub mod strategy;
 pub mod telemetry;
-#[cfg(test)]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod usdc;

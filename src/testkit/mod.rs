@@ -24,6 +24,7 @@ mod server;
 mod signer;
 mod worker;
 
+#[cfg(test)]
 mod tests;
 
 pub use gate::{CHAIN_ID, NETWORK, usdc_domain};
