@@ -125,12 +125,16 @@ pub fn assign(
     });
     let mut out = Vec::new();
     for experiment in pending.iter().take(slots) {
-        if let Some(i) = free.iter().position(|c| {
-            !experiment
+        let avoids = |c: &Candidate| {
+            experiment
                 .avoid
                 .iter()
                 .any(|a| Endpoint::new(a) == c.endpoint)
-        }) {
+        };
+        // An experiment avoids the workers that failed it, unless it has nowhere else to go:
+        // then it waits out their cooldown rather than stalling (attempts are bounded).
+        let nowhere_else = candidates.iter().all(avoids);
+        if let Some(i) = free.iter().position(|c| nowhere_else || !avoids(c)) {
             out.push((experiment.clone(), free.remove(i).clone()));
         }
     }
@@ -322,6 +326,15 @@ mod tests {
             Some(Usdc::from_atomic(11)),
             "the cheapest price seen, acceptable or not"
         );
+    }
+
+    #[test]
+    fn an_experiment_that_failed_on_every_worker_may_go_back_to_one() {
+        let board = WorkerBoard::default();
+        let candidates = vec![candidate("http://a.invalid/w", None)];
+        let work = [pending("1", &["http://a.invalid/w"])];
+        let picked = assign(&board, &work, 1, &candidates, Usdc::from_atomic(10), &[]);
+        assert_eq!(picked.len(), 1, "with no other worker it is not stuck");
     }
 
     #[test]

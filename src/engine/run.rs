@@ -183,9 +183,15 @@ async fn price(
     spec: &ExperimentCampaignSpec,
     limits: &Limits,
 ) -> Result<Offer, StartError> {
-    let required = match client.quote().await? {
-        Quote::Priced(required) => required,
-        Quote::Free => return Err(StartError::Free),
+    let required = match engine.board.quote(client.endpoint()) {
+        Some(cached) => cached,
+        None => match client.quote().await? {
+            Quote::Priced(required) => {
+                engine.board.note_quote(client.endpoint(), required.clone());
+                required
+            }
+            Quote::Free => return Err(StartError::Free),
+        },
     };
     let policy = Policy {
         networks: vec![spec.payment.network],

@@ -592,3 +592,32 @@ async fn an_experiment_whose_code_is_missing_is_never_signed_or_paid() {
         h.notices.reasons()
     );
 }
+
+/// The 402 is reused for a short time; when the worker's terms change meanwhile, the stale
+/// voucher is refused before the run (nothing settles) and the next attempt asks afresh.
+#[tokio::test]
+async fn a_stale_cached_price_costs_a_refusal_not_a_payment() {
+    let h = Harness::new(1, json!({"parallelism": 1, "maxExperiments": 2})).await;
+    // One experiment at the old price fills the cache.
+    let mut spec = h.store.snapshot().unwrap().spec;
+    spec.max_experiments = 1;
+    h.store.set_spec(spec.clone());
+    h.run(Duration::from_secs(10)).await;
+    assert_eq!(h.workers[0].total_paid(), Usdc::from_atomic(10_000));
+    h.workers[0].set(|k| k.price = Usdc::from_atomic(20_000));
+    spec.max_experiments = 2;
+    h.store.set_spec(spec);
+    h.run(Duration::from_secs(10)).await;
+    let status = h.status();
+    assert_eq!(status.succeeded, 2, "{status:?}");
+    assert_eq!(
+        status.worker_failures, 1,
+        "the stale voucher was refused once: {status:?}"
+    );
+    assert_eq!(
+        h.workers[0].total_paid(),
+        Usdc::from_atomic(30_000),
+        "paid once, at the new price"
+    );
+    assert_eq!(status.spent.as_deref(), Some("0.03"));
+}
