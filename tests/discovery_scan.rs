@@ -52,7 +52,8 @@ fn agents(list: &[autoresearch_coordinator::discovery::Rejected]) -> BTreeSet<St
 
 #[tokio::test]
 async fn index_finds_every_variant_and_no_decoy() {
-    // Six API requests per second at most, and every fourth request a 500.
+    // Six API requests per second at most (the client paces itself by the headers that say
+    // so), and every fourth request a 500.
     let server = ScanServer::start(&[
         "--fail-every",
         "4",
@@ -111,7 +112,6 @@ async fn index_finds_every_variant_and_no_decoy() {
 
     let stats = server.stats().await;
     assert!(stats["served500"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["served429"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["list"].as_u64().unwrap() > 3, "paged: {stats}");
     assert!(
         stats["userAgents"].as_array().unwrap().iter().any(|ua| ua
