@@ -108,12 +108,7 @@ async fn a_second_discover_within_the_ttl_sends_no_request() {
     );
 
     // --refresh scans again, but unchanged agents are not fetched again; a changed one is.
-    let touched = reqwest::Client::new()
-        .post(format!("{}/__touch/1002", server.origin()))
-        .send()
-        .await
-        .unwrap();
-    assert!(touched.status().is_success());
+    server.touch(1002).await;
     let third = discover(&server, dir.path(), &["--refresh"], &key, minute);
     assert_eq!(workers(&ok_json(&third)), 20);
     let refreshed = server.stats().await;

@@ -389,3 +389,41 @@ async fn redirects_and_oversized_documents_are_refused() {
         .unwrap_err();
     assert!(err.refusal().is_some(), "{err}");
 }
+
+#[tokio::test]
+async fn a_minute_spent_by_another_client_is_waited_out_as_retry_after_says() {
+    // Six anonymous requests per 2 s window (180 a minute in the headers).
+    let server = ScanServer::start(&[
+        "--fail-every",
+        "0",
+        "--rate-limit",
+        "6",
+        "--rate-window-ms",
+        "2000",
+    ]);
+    // Another process sharing the anonymous quota (a controller, say) spends the window.
+    let other = discovery_support::client();
+    for _ in 0..6 {
+        let r = other
+            .get(format!("{}/agents?limit=1", server.api_url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let discovery = Discovery::new(settings(&server));
+    let start = std::time::Instant::now();
+    let set = discovery
+        .workers(&spec(&server, &["127.0.0.1/32"]))
+        .await
+        .expect("discovery succeeds after waiting");
+    assert_eq!(set.workers.len(), REAL.len());
+    let stats = server.stats().await;
+    assert!(stats["refusedMinute"].as_u64().unwrap() >= 1, "{stats}");
+    // Retry-After is a whole second at least; the client waited it out rather than hammering.
+    assert!(
+        stats["refusedMinute"].as_u64().unwrap() <= 2,
+        "one refusal per window at most: {stats}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1));
+}

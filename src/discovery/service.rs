@@ -506,7 +506,7 @@ impl Discovery {
         {
             return Ok(found);
         }
-        match self.discover(key, ttl).await {
+        match self.discover(key, ttl, force).await {
             Ok(found) => {
                 let found = Arc::new(found);
                 if let Some(disk) = &self.inner.disk
@@ -590,6 +590,7 @@ impl Discovery {
         &self,
         key: &ResolveKey,
         ttl: Duration,
+        force: bool,
     ) -> Result<Discovered, DiscoveryError> {
         let fetcher =
             DocumentFetcher::new(key.policy.clone(), self.inner.settings.ipfs_gateway.clone())
@@ -601,7 +602,7 @@ impl Discovery {
         let index = if key.scan_api_url.is_empty() {
             None
         } else {
-            Some(self.index(&key.scan_api_url, &key.skill, ttl).await)
+            Some(self.index(&key.scan_api_url, &key.skill, ttl, force).await)
         };
         let index_failed = !matches!(index, Some(Ok(_)));
         if index.is_some() {
@@ -673,10 +674,11 @@ impl Discovery {
         base: &str,
         skill: &SkillFilter,
         ttl: Duration,
+        force: bool,
     ) -> Result<Arc<ScanResult>, String> {
         let slot = slot(&self.inner.index, (base.to_string(), skill.clone())).await;
         let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref()
+        if let Some(c) = cached.as_ref().filter(|_| !force)
             && c.at.elapsed()
                 < if c.value.is_ok() {
                     ttl
