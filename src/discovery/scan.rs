@@ -855,6 +855,63 @@ mod tests {
         assert_eq!(Pacer::new(10).interval(), Duration::from_secs(6));
     }
 
+    #[tokio::test]
+    async fn the_pace_and_the_reserve_follow_the_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(Quota::from_headers(&h), None);
+        for (k, v) in [
+            ("x-ratelimit-limit-minute", "1200"),
+            ("x-ratelimit-remaining-minute", "1199"),
+            ("x-ratelimit-limit-day", "100"),
+            ("x-ratelimit-remaining-day", "11"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        let quota = Quota::from_headers(&h).unwrap();
+        assert_eq!(quota.day_reserve(), 10);
+        assert!(!quota.day_reserve_reached());
+
+        // Configured for 10 a minute; the index says 1200.
+        let pacer = Pacer::new(10);
+        pacer.observe(quota);
+        assert_eq!(pacer.interval(), Duration::from_millis(50));
+        pacer.wait().await.unwrap();
+        pacer.observe(Quota {
+            day_remaining: Some(10),
+            ..quota
+        });
+        assert!(matches!(
+            pacer.wait().await,
+            Err(ScanError::DayQuota {
+                remaining: 10,
+                limit: 100,
+                reserve: 10
+            })
+        ));
+        // Yesterday's count says nothing about today.
+        let yesterday = Quota {
+            day_remaining: Some(0),
+            observed_at: unix_now() - 86_400,
+            ..quota
+        };
+        assert!(!yesterday.day_reserve_reached());
+        let big = Quota {
+            day_limit: Some(100_000),
+            ..quota
+        };
+        assert_eq!(big.day_reserve(), 100);
+    }
+
+    #[test]
+    fn the_key_is_redacted() {
+        let key = ApiKey::new(" abc-123 ").unwrap();
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+        assert!(!key.fingerprint().contains("abc-123"));
+        assert!(key.header().is_sensitive());
+        assert!(ApiKey::new("two words").is_none());
+        assert!(ApiKey::new("").is_none());
+    }
+
     #[test]
     fn retry_after_forms() {
         let mut h = reqwest::header::HeaderMap::new();

@@ -1053,3 +1053,107 @@ async fn vet(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::StaticWorker;
+
+    /// An index that accepts connections and never answers: any scan hangs.
+    async fn silent_index() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/public", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        (url, task)
+    }
+
+    fn spec(url: &str) -> DiscoverySpec {
+        let mut spec = DiscoverySpec {
+            scan_api_url: url.into(),
+            refresh_interval_seconds: 10,
+            ..DiscoverySpec::default()
+        };
+        spec.on_chain.mode = OnChainMode::Never;
+        spec
+    }
+
+    fn worker(name: &str) -> Worker {
+        Worker {
+            agent_id: Some(1),
+            chain_id: Some(84532),
+            name: name.into(),
+            endpoint: format!("https://{name}.example/services/w"),
+            x402: true,
+            best_val_bpb: None,
+            total_experiments: None,
+            gpu: None,
+            source: Source::Index,
+            preferred: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_now_never_waits_when_anything_is_known() {
+        let (url, _index) = silent_index().await;
+        let dir = tempfile::tempdir().unwrap();
+        let discovery = Discovery::new(DiscoverySettings {
+            cache_dir: Some(dir.path().into()),
+            ..DiscoverySettings::default()
+        });
+        let wait = Duration::from_millis(300);
+
+        // Nothing known: a bounded wait, then Pending (the scan goes on).
+        let t = Instant::now();
+        let err = discovery.workers_now(&spec(&url), wait).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::Pending(_)), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+
+        // Static workers: at once.
+        let mut named = spec(&url);
+        named.workers = vec![StaticWorker {
+            endpoint: "https://mine.example/services/w".into(),
+            name: None,
+            agent_id: None,
+        }];
+        let t = Instant::now();
+        let set = discovery.workers_now(&named, wait).await.unwrap();
+        assert_eq!(set.workers.len(), 1);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+
+        // A stale result on disk (from another process): at once, with a warning, while the
+        // refresh (hanging here) runs in the background, one at a time.
+        let key = discovery.key(&spec(&url), &[]).unwrap();
+        let stale = Discovered {
+            workers: vec![worker("cached")],
+            fetched_at: SystemTime::now() - Duration::from_secs(60),
+            ..Discovered::empty()
+        };
+        DiskCache::new(dir.path())
+            .save(RESULTS, &format!("{key:?}"), &stale)
+            .unwrap();
+        let fresh = Discovery::new(discovery.settings().clone());
+        for _ in 0..3 {
+            let t = Instant::now();
+            let set = fresh.workers_now(&spec(&url), wait).await.unwrap();
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "{:?}",
+                t.elapsed()
+            );
+            assert_eq!(set.workers[0].name, "cached");
+            assert!(set.warnings.iter().any(|w| w.contains("refresh runs")));
+        }
+        let entry = fresh.entry(&key).await;
+        assert!(entry.refresh.try_lock().is_err(), "a refresh is running");
+        assert!(fresh.peek(&spec(&url)).await.is_some());
+    }
+}
