@@ -665,6 +665,8 @@ impl Discovery {
         }
         out.warnings.extend(failures);
         out.workers = dedupe_sources(std::mem::take(&mut out.workers));
+        // Aged from the end of the refresh: an anonymous scan can outlast the interval itself.
+        out.fetched_at = SystemTime::now();
         Ok(out)
     }
 
