@@ -227,3 +227,21 @@ async fn a_corrupt_or_foreign_cache_is_ignored_with_a_warning() {
     ok_json(&discover(&server, dir.path(), &[], &key, minute));
     assert_eq!(count(&server.stats().await, "api"), after);
 }
+
+#[tokio::test]
+async fn two_processes_sharing_the_cache_refresh_once() {
+    let server = ScanServer::start(&["--real-limits", "--fail-every", "0", "--agents", "20"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = [("SCAN_API_KEY", KEY)];
+    let minute = Duration::from_secs(60);
+    // A CLI and a controller, say, starting the same refresh at once.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| discover(&server, dir.path(), &[], &key, minute));
+        let b = s.spawn(|| discover(&server, dir.path(), &[], &key, minute));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(workers(&ok_json(&a)), 20);
+    assert_eq!(workers(&ok_json(&b)), 20);
+    let stats = server.stats().await;
+    assert_eq!(count(&stats, "api"), 13, "one refresh, not two: {stats}");
+}
