@@ -261,4 +261,10 @@ const server = app.listen(port, "127.0.0.1", () => {
   process.stdout.write(`SCAN_API_URL=${origin}/api/v1/public\n`);
 });
 
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => server.close(() => process.exit(0)));
+// Keep-alive connections of clients would hold `close` open: drop them.
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+  });
+}

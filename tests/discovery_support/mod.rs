@@ -88,7 +88,8 @@ pub struct ScanServer {
 }
 
 impl ScanServer {
-    /// Starts the stand-in with extra flags (`--fail-every`, `--rate-limit`, `--rate-window-ms`).
+    /// Starts the stand-in with extra flags (`--fail-every`, `--real-limits`, `--rate-limit`,
+    /// `--rate-window-ms`, `--day-limit`, `--agents`...: see testbed/scan/server.mjs).
     pub fn start(args: &[&str]) -> Self {
         let mut all = vec!["scan/server.mjs", "--port", "0"];
         all.extend_from_slice(args);
