@@ -166,10 +166,9 @@ pub fn count(
     (counts, candidates.iter().filter_map(price).min())
 }
 
-/// Discovery (8004scan, the chain, static lists) as the engine's worker source. A cold index scan
-/// is slow (the public index allows about 10 requests a minute), so a reconcile waits for it only
-/// briefly: the scan goes on in a task, static workers serve meanwhile, and the next reconcile
-/// finds the cache warm.
+/// Discovery (8004scan, the chain, static lists) as the engine's worker source. A scan is slow
+/// (the public index allows about 10 anonymous requests a minute), so a reconcile never waits for
+/// one when anything is cached or named: see [`crate::discovery::Discovery::workers_now`].
 pub struct Discovered {
     discovery: crate::discovery::Discovery,
     wait: Duration,
@@ -188,16 +187,9 @@ impl WorkerSource for Discovered {
         spec: &'a DiscoverySpec,
     ) -> BoxFuture<'a, Result<Vec<Candidate>, SourceError>> {
         Box::pin(async move {
-            let discovery = self.discovery.clone();
-            let owned = spec.clone();
-            let refresh = tokio::spawn(async move { discovery.workers(&owned).await });
-            let set = match tokio::time::timeout(self.wait, refresh).await {
-                Ok(joined) => joined??,
-                Err(_) => match self.discovery.peek(spec).await {
-                    Some(set) => set,
-                    None => return Ok(static_candidates(spec)),
-                },
-            };
+            // Answers from the cache at once (a stale result refreshes in the background); waits
+            // up to `wait` only when nothing at all is known and no worker is named.
+            let set = self.discovery.workers_now(spec, self.wait).await?;
             Ok(set
                 .workers
                 .into_iter()

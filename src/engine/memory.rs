@@ -150,6 +150,14 @@ impl Memory {
         })
     }
 
+    /// Forgets a task that has ended.
+    pub fn remove_task(&self, key: &str, experiment_id: &str) {
+        let mut map = self.campaigns.lock().expect("memory lock");
+        if let Some(c) = map.get_mut(key) {
+            c.tasks.remove(experiment_id);
+        }
+    }
+
     /// Aborts every task of every campaign and forgets everything.
     pub fn abort_all(&self) {
         let mut map = self.campaigns.lock().expect("memory lock");

@@ -414,9 +414,30 @@ impl Engine {
                 self.board.hold(&entry.worker, &entry.experiment_id);
                 let id = entry.experiment_id.clone();
                 let task = run::resume(self.clone(), handle.clone(), entry.clone());
-                self.memory.add_task(&handle.key, id, tokio::spawn(task));
+                self.spawn(handle, id, task);
             }
         }
+    }
+
+    /// Runs an experiment's task. When it ends, it is forgotten *before* the next reconcile is
+    /// woken: a JoinHandle reads as finished only after its future returned, so a reconcile woken
+    /// from inside the task would still see the experiment as taken and wait for a requeue.
+    fn spawn(
+        self: &Arc<Self>,
+        handle: &CampaignHandle,
+        experiment_id: String,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let engine = Arc::downgrade(self);
+        let (key, id) = (handle.key.clone(), experiment_id.clone());
+        let join = tokio::spawn(async move {
+            task.await;
+            if let Some(engine) = engine.upgrade() {
+                engine.memory.remove_task(&key, &id);
+                engine.changed.notify_waiters();
+            }
+        });
+        self.memory.add_task(&handle.key, experiment_id, join);
     }
 
     fn requeue(&self, status: &ExperimentCampaignStatus, no_workers: bool) -> Duration {

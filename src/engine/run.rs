@@ -97,7 +97,6 @@ pub async fn start(
         }
         Err(e) => skipped(&engine, &handle, &endpoint, &id, e).await,
     }
-    engine.changed.notify_waiters();
 }
 
 /// Reports a start that failed before anything was sent.
@@ -368,7 +367,6 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
         }
         Err(outcome) => publish::complete(&engine, &handle, &entry, outcome, None).await,
     }
-    engine.changed.notify_waiters();
 }
 
 /// What a resumed entry needs to be sent again, or the outcome that finishes it now: its result
