@@ -15,11 +15,22 @@ fn the_demo_completes_a_paid_campaign_and_reports_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("phase Succeeded: 12 succeeded, 0 failed"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("Complete          True"), "{stdout}");
+    // The quickstart stops at maxExperiments (12) or earlier at its goal, whichever comes first:
+    // with experiments finishing in parallel, the order (and so hillClimb's path) varies.
+    let succeeded: u32 = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("phase Succeeded: ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no success line\n{stdout}"));
+    assert!((1..=12).contains(&succeeded), "{stdout}");
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    assert!(stdout.contains("Succeeded         True"), "{stdout}");
     // The USDC each worker received, read from the chain, adds up to what status says was spent.
     let spent: f64 = stdout
         .lines()

@@ -129,7 +129,8 @@ pub struct Engine {
     settings: Settings,
     memory: Memory,
     scripts: crate::scripts::ScriptStore,
-    /// Signalled whenever a task changes a campaign (for `loop`; the controller sees the write).
+    /// Signalled whenever a task ends (for `loop`, the one waiter; the controller sees the
+    /// status write instead).
     pub changed: tokio::sync::Notify,
 }
 
@@ -434,7 +435,9 @@ impl Engine {
             task.await;
             if let Some(engine) = engine.upgrade() {
                 engine.memory.remove_task(&key, &id);
-                engine.changed.notify_waiters();
+                // One stored permit: a `loop` busy in a reconcile right now wakes as soon as it
+                // waits again, instead of missing the change and sleeping until its requeue.
+                engine.changed.notify_one();
             }
         });
         self.memory.add_task(&handle.key, experiment_id, join);
