@@ -317,6 +317,17 @@ impl FakeWorker {
         Usdc::from_atomic(settled.iter().map(|s| s.amount.atomic()).sum())
     }
 
+    /// Forgets stored results, settlements (and so the used nonces) and runs, so that a long
+    /// benchmark measures the coordinator's memory rather than this fake's. Only for a run
+    /// without faults: a replayed voucher would be accepted again afterwards.
+    pub fn forget_history(&self) {
+        self.state.results.lock().expect("results lock").clear();
+        self.state.runs.lock().expect("runs lock").clear();
+        let mut settled = self.state.settled.lock().expect("settled lock");
+        settled.clear();
+        settled.shrink_to_fit();
+    }
+
     /// The ids of the experiments that ran, in order (a rerun appears twice).
     pub fn runs(&self) -> Vec<String> {
         self.state.runs.lock().expect("runs lock").clone()
