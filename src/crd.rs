@@ -562,6 +562,10 @@ pub struct ExperimentCampaignStatus {
     /// The best result so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<ResultSummary>,
+    /// Where the best train.py is, when THINK changes the code: `configmap/<campaign>-best`
+    /// (key `train.py`) in the controller, a file path in the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_train_script: Option<String>,
     /// The best results, lowest val_bpb first (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaderboard: Vec<ResultSummary>,

@@ -39,6 +39,8 @@ const CAMPAIGN_NAMESPACE_RIGHTS: &[&str] = &[
     "get core/configmaps",
     "list core/configmaps",
     "watch core/configmaps",
+    "create core/configmaps",
+    "patch core/configmaps",
     "get core/secrets[remote-signer-keystore]",
     "get core/secrets[campaign-token]",
 ];

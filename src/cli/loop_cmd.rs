@@ -125,6 +125,10 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         notify: Arc::new(Printer),
         signer: Arc::new(signer),
         train_py: train_py.into(),
+        best: Some(Arc::new(super::best_file::BestFile::new(
+            &args.data_dir,
+            "local",
+        ))),
     };
 
     let interrupted = tokio::signal::ctrl_c();

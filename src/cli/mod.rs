@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod best_file;
 mod crd;
 mod discover;
 mod leaderboard;

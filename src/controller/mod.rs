@@ -5,6 +5,7 @@
 //! that triggers the next reconcile. On SIGTERM or a lost lease the controller stops, aborting its
 //! tasks: every payment in flight is in a campaign's ledger, and the next leader resumes it.
 
+pub mod best;
 pub mod events;
 pub mod server;
 pub mod store;
@@ -83,6 +84,7 @@ struct CampaignParts {
     uid: Option<String>,
     store: Arc<store::StatusStore>,
     notify: Arc<events::EventSink>,
+    best: Arc<best::BestConfigMap>,
 }
 
 /// A signer URL and its token.
@@ -131,6 +133,7 @@ impl Context {
                 &self.identity,
                 campaign,
             )),
+            best: Arc::new(best::BestConfigMap::new(self.client.clone(), campaign)),
         });
         map.insert(key.to_string(), parts.clone());
         parts
@@ -471,6 +474,7 @@ async fn handle_for(
         notify: parts.notify.clone(),
         signer,
         train_py: train_py.into(),
+        best: Some(parts.best.clone()),
     })
 }
 

@@ -76,6 +76,13 @@ pub trait Notify: Send + Sync {
     fn notify(&self, notice: Notice) -> BoxFuture<'_, ()>;
 }
 
+/// Where the best train.py goes when THINK's code is kept: a ConfigMap `<campaign>-best` in the
+/// controller, `$DATA_DIR/autoresearch/<campaign>/best_train.py` in the CLI.
+pub trait KeepBest: Send + Sync {
+    /// Stores the source; returns where it is, for status. Failures are logged, never fatal.
+    fn keep<'a>(&'a self, train_py: &'a str, train_hash: &'a str) -> BoxFuture<'a, Option<String>>;
+}
+
 /// A campaign as the engine works on it: where its status lives, how to reach its payer, and
 /// its resolved train.py (inline, or read from a ConfigMap by the controller).
 #[derive(Clone)]
@@ -94,6 +101,8 @@ pub struct CampaignHandle {
     pub signer: Arc<RemoteSigner>,
     /// The train.py source.
     pub train_py: Arc<str>,
+    /// Where a kept train.py is published (none: nowhere).
+    pub best: Option<Arc<dyn KeepBest>>,
 }
 
 /// Engine settings.

@@ -211,6 +211,9 @@ pub async fn complete(
             .metrics
             .paid(&network_of(entry).unwrap_or_default(), paid);
     }
+    if matches!(recorded, Recorded::Counted { new_best: true, .. }) {
+        keep_best(engine, handle, entry).await;
+    }
     let (labels, notice) = describe(&outcome, &recorded, entry, paid, tx.as_deref());
     for label in labels {
         engine
@@ -220,6 +223,33 @@ pub async fn complete(
             .inc();
     }
     handle.notify.notify(notice).await;
+}
+
+/// Publishes the code of a new best experiment (when THINK changed the code) and says where.
+async fn keep_best(engine: &Engine, handle: &CampaignHandle, entry: &LedgerEntry) {
+    let (Some(best), Some(hash)) = (&handle.best, entry.train_hash.as_deref()) else {
+        return;
+    };
+    let source = match super::run::source_of(engine, handle, Some(hash)).await {
+        Ok(source) => source,
+        Err(e) => {
+            tracing::warn!(campaign = %handle.key, error = %e, "best train.py not published");
+            return;
+        }
+    };
+    let Some(location) = best.keep(&source, hash).await else {
+        return;
+    };
+    let stored = handle
+        .store
+        .update(&mut |_, s| {
+            s.best_train_script = Some(location.clone());
+            Ok(())
+        })
+        .await;
+    if let Err(e) = stored {
+        tracing::warn!(campaign = %handle.key, error = %e, "could not say where the best train.py is");
+    }
 }
 
 fn network_of(entry: &LedgerEntry) -> Option<String> {

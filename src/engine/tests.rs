@@ -35,6 +35,20 @@ impl Notices {
     }
 }
 
+/// Records the best train.py it is given.
+#[derive(Default)]
+struct Kept(Mutex<Vec<(String, String)>>);
+
+impl KeepBest for Kept {
+    fn keep<'a>(&'a self, train_py: &'a str, train_hash: &'a str) -> BoxFuture<'a, Option<String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((train_py.into(), train_hash.into()));
+        Box::pin(async { Some("kept".to_string()) })
+    }
+}
+
 /// An engine with one campaign in memory, a fake signer and fake workers.
 struct Harness {
     engine: Arc<Engine>,
@@ -117,6 +131,7 @@ impl Harness {
             notify: notices.clone(),
             signer: Arc::new(signer.client()),
             train_py: TRAIN_PY.into(),
+            best: None,
         };
         Self {
             engine,
@@ -553,9 +568,16 @@ async fn an_experiment_runs_the_train_py_stored_under_its_hash() {
         &[worker.endpoint()],
         json!({"parallelism": 1, "maxExperiments": 1}),
     );
-    let h = Harness::with(signer, vec![worker], dir, spec, Some(status));
+    let mut h = Harness::with(signer, vec![worker], dir, spec, Some(status));
+    let kept = Arc::new(Kept::default());
+    h.handle.best = Some(kept.clone());
     h.run(Duration::from_secs(10)).await;
     assert_eq!(seen.lock().unwrap().as_slice(), [changed.to_string()]);
+    assert_eq!(
+        kept.0.lock().unwrap().as_slice(),
+        [(changed.to_string(), hash.clone())]
+    );
+    assert_eq!(h.status().best_train_script.as_deref(), Some("kept"));
     let lines = h.lines();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["train_hash"], hash.as_str());
