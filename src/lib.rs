@@ -20,6 +20,7 @@ pub mod experiment;
 pub mod http;
 pub mod ledger;
 pub mod payment;
+pub mod report;
 pub mod results;
 pub mod strategy;
 pub mod telemetry;
