@@ -174,19 +174,17 @@ fn steps(history: &History) -> Vec<(f64, f64)> {
 }
 
 /// The y axis covers every result, the band and some room for labels. A result far above the
-/// baseline (a broken change) would flatten the staircase, so the top is capped and such points
-/// are drawn on the top edge.
+/// rest (a broken change) would flatten the staircase, so the top is capped at the 80th
+/// percentile plus its distance to the best, and such points are drawn on the top edge.
 fn y_range(history: &History) -> (f64, f64) {
-    let values: Vec<f64> = history.entries.iter().filter_map(|e| e.value()).collect();
-    let (Some(low), Some(high)) = (
-        values.iter().copied().reduce(f64::min),
-        values.iter().copied().reduce(f64::max),
-    ) else {
+    let mut values: Vec<f64> = history.entries.iter().filter_map(|e| e.value()).collect();
+    values.sort_by(f64::total_cmp);
+    let (Some(&low), Some(&high)) = (values.first(), values.last()) else {
         return (0.0, 1.0);
     };
     let nf = history.noise_floor;
-    let baseline = history.baseline().and_then(|b| b.value()).unwrap_or(high);
-    let cap = baseline + 2.0 * (baseline - low) + 10.0 * nf;
+    let p80 = values[(values.len() - 1) * 4 / 5];
+    let cap = p80 + (p80 - low) + 10.0 * nf;
     let (low, high) = (low - nf, high.min(cap) + nf);
     let pad = ((high - low) * 0.08).max(1e-4);
     (low - pad, high + pad)
