@@ -1,5 +1,5 @@
-//! results.tsv in autoresearch's exact format: tab-separated, header
-//! `commit	val_bpb	memory_gb	status	description`, val_bpb with 6 decimals, memory in GB with one,
+//! results.tsv in autoresearch's exact format: tab-separated, header `commit val_bpb memory_gb
+//! status description` (tabs between), val_bpb with 6 decimals, memory in GB with one,
 //! and 0 for what a crashed run (or this coordinator) cannot know, as autoresearch writes it.
 
 use std::fmt::Write;
