@@ -8,6 +8,7 @@ mod discover;
 mod leaderboard;
 mod loop_cmd;
 mod probe;
+mod progress;
 mod report;
 mod submit;
 
