@@ -205,17 +205,18 @@ pub fn svg(data: &ChartData) -> Result<String, ChartError> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
-        draw(&root, data)?;
+        draw(&root, data, 1)?;
         root.present().map_err(|e| ChartError(e.to_string()))?;
     }
     Ok(out)
 }
 
-/// Writes the chart as a PNG file.
+/// Writes the chart as a PNG file, at twice the SVG's size: plotters places each glyph on whole
+/// pixels, which shows at small sizes (uneven spacing, raised full stops) and fades at 2x.
 pub fn png(data: &ChartData, path: &Path) -> Result<(), ChartError> {
     register_font();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    draw(&root, data)?;
+    let root = BitMapBackend::new(path, (SIZE.0 * 2, SIZE.1 * 2)).into_drawing_area();
+    draw(&root, data, 2)?;
     root.present().map_err(|e| ChartError(e.to_string()))
 }
 
@@ -230,18 +231,21 @@ fn err(e: impl std::fmt::Display) -> ChartError {
     ChartError(e.to_string())
 }
 
+/// Draws the chart; `k` scales every pixel size (1 for SVG, 2 for PNG).
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     data: &ChartData,
+    k: i32,
 ) -> Result<(), ChartError> {
+    let font = |size: i32| ("sans-serif", size * k);
     root.fill(&WHITE).map_err(err)?;
     let x_max = data.points.len().max(1) as f64 + 0.5;
     let (y_low, y_high) = data.y_range;
     let mut chart = ChartBuilder::on(root)
-        .caption(&data.title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+        .caption(&data.title, font(22))
+        .margin(16 * k)
+        .x_label_area_size(40 * k)
+        .y_label_area_size(80 * k)
         .build_cartesian_2d(0.5f64..x_max, y_low..y_high)
         .map_err(err)?;
     chart
@@ -253,30 +257,73 @@ fn draw<DB: DrawingBackend>(
         .max_light_lines(1)
         .light_line_style(RGBColor(245, 245, 245))
         .bold_line_style(RGBColor(225, 225, 225))
-        .label_style(("sans-serif", 13))
+        .label_style(font(13))
+        .axis_desc_style(font(14))
         .draw()
         .map_err(err)?;
-    draw_band(&mut chart, data)?;
-    draw_points(&mut chart, data)?;
+    draw_band(&mut chart, data, k)?;
+    draw_points(&mut chart, data, k)?;
     if !data.best_steps.is_empty() {
         chart
             .draw_series(LineSeries::new(
                 data.best_steps.iter().copied(),
-                KEPT.stroke_width(2),
+                KEPT.stroke_width(2 * k as u32),
             ))
             .map_err(err)?
             .label("running best")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], KEPT.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 18 * k, y)], KEPT.stroke_width(2 * k as u32))
+            });
     }
-    draw_annotations(&mut chart, data)?;
+    draw_annotations(&mut chart, data, k)?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_corner(data))
+        .legend_area_size(30 * k)
+        .margin(10 * k)
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
-        .label_font(("sans-serif", 13))
+        .label_font(font(13))
         .draw()
         .map_err(err)
+}
+
+/// The corner with the fewest points and labels, where the legend hides the least.
+fn legend_corner(data: &ChartData) -> SeriesLabelPosition {
+    let (low, high) = data.y_range;
+    let n = data.points.len().max(1) as f64;
+    // Positions in 0..1 of the plot, labels counted for the room they take to their right.
+    let mut spots: Vec<(f64, f64)> = data
+        .points
+        .iter()
+        .map(|p| {
+            (
+                p.x as f64 / n,
+                p.y.map_or(1.0, |y| (y - low) / (high - low)),
+            )
+        })
+        .collect();
+    spots.extend(data.annotations.iter().flat_map(|a| {
+        let y = (a.y - low) / (high - low);
+        (0..4).map(move |i| (a.x as f64 / n + f64::from(i) * 0.06, y + 0.04))
+    }));
+    let count = |right: bool, top: bool| {
+        let inside = |&&(x, y): &&(f64, f64)| {
+            let across = if right { x > 0.7 } else { x < 0.3 };
+            let up = if top { y > 0.6 } else { y < 0.4 };
+            across && up
+        };
+        spots.iter().filter(inside).count()
+    };
+    [
+        (count(true, true), SeriesLabelPosition::UpperRight),
+        (count(false, false), SeriesLabelPosition::LowerLeft),
+        (count(true, false), SeriesLabelPosition::LowerRight),
+        (count(false, true), SeriesLabelPosition::UpperLeft),
+    ]
+    .into_iter()
+    .min_by_key(|(c, _)| *c)
+    .map_or(SeriesLabelPosition::UpperRight, |(_, p)| p)
 }
 
 type Chart<'a, DB> = ChartContext<
@@ -288,6 +335,7 @@ type Chart<'a, DB> = ChartContext<
 fn draw_band<DB: DrawingBackend>(
     chart: &mut Chart<'_, DB>,
     data: &ChartData,
+    k: i32,
 ) -> Result<(), ChartError> {
     if data.best_steps.is_empty() || data.noise_floor <= 0.0 {
         return Ok(());
@@ -302,14 +350,21 @@ fn draw_band<DB: DrawingBackend>(
         )))
         .map_err(err)?
         .label(format!("noise floor ±{nf}"))
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], BAND.mix(0.2).filled()));
+        .legend(move |(x, y)| {
+            Rectangle::new(
+                [(x, y - 5 * k), (x + 18 * k, y + 5 * k)],
+                BAND.mix(0.2).filled(),
+            )
+        });
     Ok(())
 }
 
 fn draw_points<DB: DrawingBackend>(
     chart: &mut Chart<'_, DB>,
     data: &ChartData,
+    k: i32,
 ) -> Result<(), ChartError> {
+    let w = k as u32;
     let (_, top) = data.y_range;
     let at = |p: &Point| (p.x as f64, p.y.map_or(top, |y| y.min(top)));
     // A replication is joined to the experiment it re-ran, so agreement reads at a glance.
@@ -320,14 +375,14 @@ fn draw_points<DB: DrawingBackend>(
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     [at(original), at(p)],
-                    REPLICATION.mix(0.5).stroke_width(1),
+                    REPLICATION.mix(0.5).stroke_width(w),
                 )))
                 .map_err(err)?;
         }
     }
     let series = |mark: Mark| data.points.iter().filter(move |p| p.mark == mark).map(at);
     let legend_circle = |color: RGBColor, filled: bool| {
-        move |(x, y)| Circle::new((x + 9, y), 4, style(color, filled))
+        move |(x, y)| Circle::new((x + 9 * k, y), 4 * k, style(color, filled, w))
     };
     for (mark, label, color, filled, size) in [
         (Mark::Discarded, "discarded", DISCARDED, true, 4),
@@ -337,7 +392,9 @@ fn draw_points<DB: DrawingBackend>(
     ] {
         if data.points.iter().any(|p| p.mark == mark) {
             chart
-                .draw_series(series(mark).map(|c| Circle::new(c, size, style(color, filled))))
+                .draw_series(
+                    series(mark).map(|c| Circle::new(c, size * k, style(color, filled, w))),
+                )
                 .map_err(err)?
                 .label(label)
                 .legend(legend_circle(color, filled));
@@ -345,48 +402,55 @@ fn draw_points<DB: DrawingBackend>(
     }
     if data.points.iter().any(|p| p.mark == Mark::Failed) {
         chart
-            .draw_series(series(Mark::Failed).map(|c| Cross::new(c, 5, FAILED.stroke_width(2))))
+            .draw_series(
+                series(Mark::Failed).map(|c| Cross::new(c, 5 * k, FAILED.stroke_width(2 * w))),
+            )
             .map_err(err)?
             .label("failed (no val_bpb)")
-            .legend(|(x, y)| Cross::new((x + 9, y), 4, FAILED.stroke_width(2)));
+            .legend(move |(x, y)| Cross::new((x + 9 * k, y), 4 * k, FAILED.stroke_width(2 * w)));
     }
     Ok(())
 }
 
-fn style(color: RGBColor, filled: bool) -> ShapeStyle {
+fn style(color: RGBColor, filled: bool, w: u32) -> ShapeStyle {
     if filled {
         color.filled()
     } else {
-        color.stroke_width(2)
+        color.stroke_width(2 * w)
     }
 }
 
 fn draw_annotations<DB: DrawingBackend>(
     chart: &mut Chart<'_, DB>,
     data: &ChartData,
+    k: i32,
 ) -> Result<(), ChartError> {
-    let font = ("sans-serif", 13).into_font().color(&RGBColor(30, 30, 30));
+    let font = ("sans-serif", 13 * k)
+        .into_font()
+        .color(&RGBColor(30, 30, 30));
     // Labels go above and right of their point, clear of the step (which runs right at the
     // point's height and drops from the left); a label that would overlap an earlier one is
     // moved further up, then below.
     let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
     for a in &data.annotations {
         let (px, py) = chart.backend_coord(&(a.x as f64, a.y));
-        let width = (a.text.chars().count() as i32) * 8 + 6;
+        let width = ((a.text.chars().count() as i32) * 8 + 6) * k;
+        let (left, height) = (px + 6 * k, 15 * k);
         let dy = [-20, -36, -52, 8, 24, 40]
             .into_iter()
+            .map(|dy| dy * k)
             .find(|dy| {
-                let b = (px + 6, py + dy, px + 6 + width, py + dy + 15);
+                let b = (left, py + dy, left + width, py + dy + height);
                 !placed
                     .iter()
                     .any(|p| b.0 < p.2 && p.0 < b.2 && b.1 < p.3 && p.1 < b.3)
             })
-            .unwrap_or(-20);
-        placed.push((px + 6, py + dy, px + 6 + width, py + dy + 15));
+            .unwrap_or(-20 * k);
+        placed.push((left, py + dy, left + width, py + dy + height));
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((a.x as f64, a.y))
-                    + Text::new(a.text.clone(), (6, dy), font.clone()),
+                    + Text::new(a.text.clone(), (6 * k, dy), font.clone()),
             ))
             .map_err(err)?;
     }
