@@ -210,6 +210,39 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
         .unwrap();
     assert_eq!(code, 404);
 
+    // `report` on the live campaign: its rows only, its noise floor, the files written.
+    let out_dir = data.path().join("report");
+    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
+        .args(["report", "--json", "--namespace", &ns, "--name", "page"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--out")
+        .arg(&out_dir)
+        .env("KUBECONFIG", support::kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["campaign"], format!("{ns}/page"));
+    assert_eq!(summary["experiments"], recorded);
+    assert_eq!(summary["spent_usdc"], status.spent.clone().unwrap());
+    // The last kept result is within the noise floor of the lowest (status.best): a lower one
+    // that was not kept did not beat it by more than the floor.
+    let kept = summary["best"]["val_bpb"].as_f64().unwrap();
+    let lowest = status.best.as_ref().unwrap().val_bpb;
+    assert!(
+        lowest <= kept && kept - lowest <= 0.002 + 1e-12,
+        "{kept} vs {lowest}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("results.tsv")).unwrap(),
+        tsv
+    );
+
     let url = format!("{base}/campaigns/{ns}/page");
     let (dom, console) = dump_dom(&url);
     assert!(console.is_empty(), "console: {console:?}");

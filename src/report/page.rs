@@ -80,6 +80,18 @@ fn table<const N: usize>(out: &mut String, id: &str, header: [&str; N], rows: Ve
     out.push_str("</table>\n");
 }
 
+/// A titled table.
+fn section<const N: usize>(
+    out: &mut String,
+    title: &str,
+    id: &str,
+    header: [&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) {
+    let _ = writeln!(out, "<h2>{}</h2>", escape(title));
+    table(out, id, header, rows.collect());
+}
+
 /// `/campaigns`: every campaign with its phase, progress, best and spend.
 pub fn index(campaigns: &[ExperimentCampaign]) -> String {
     let mut out = String::new();
@@ -163,7 +175,6 @@ fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events:
         .iter()
         .map(|e| (e.row.experiment_id.as_str(), e.label.as_str()))
         .collect();
-    out.push_str("<h2>Leaderboard</h2>\n");
     let rows = s.leaderboard.iter().enumerate().map(|(i, r)| {
         [
             (i + 1).to_string(),
@@ -178,8 +189,9 @@ fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events:
             r.worker.clone(),
         ]
     });
-    table(
+    section(
         out,
+        "Leaderboard",
         "leaderboard",
         [
             "#",
@@ -189,7 +201,7 @@ fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events:
             "description",
             "worker",
         ],
-        rows.collect(),
+        rows,
     );
 
     out.push_str("<h2>Workers</h2>\n");
@@ -217,35 +229,26 @@ fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events:
         rows.collect(),
     );
 
-    out.push_str("<h2>Conditions</h2>\n");
     let rows = s.conditions.iter().map(|c| {
-        [
-            c.type_.clone(),
-            c.status.clone(),
-            c.reason.clone(),
-            c.message.clone(),
-        ]
+        let c = c.clone();
+        [c.type_, c.status, c.reason, c.message]
     });
-    table(
+    section(
         out,
+        "Conditions",
         "conditions",
         ["type", "status", "reason", "message"],
-        rows.collect(),
+        rows,
     );
-
-    out.push_str("<h2>Recent events</h2>\n");
     let rows = events.iter().map(|e| {
-        [
-            e.time.clone(),
-            e.kind.clone(),
-            e.reason.clone(),
-            e.note.clone(),
-        ]
+        let e = e.clone();
+        [e.time, e.kind, e.reason, e.note]
     });
-    table(
+    section(
         out,
+        "Recent events",
         "events",
         ["time", "type", "reason", "message"],
-        rows.collect(),
+        rows,
     );
 }
