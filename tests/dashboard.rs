@@ -97,6 +97,52 @@ fn the_dashboard_has_the_panels_a_researcher_needs_and_the_chart_ships_it() {
     assert!(render("metrics.dashboard.enabled=false").is_empty());
 }
 
+/// `testbed/grafana`'s dashcheck: the Grafana Foundation SDK's strict dashboard decoder, built
+/// once per checkout with Go (the module and its go.sum pin the SDK).
+fn dashcheck() -> PathBuf {
+    let out_dir = support::repo().join(".cache/grafana-dashcheck");
+    let bin = out_dir.join("dashcheck");
+    let build = Command::new("go")
+        .args(["build", "-trimpath", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(support::repo().join("testbed/grafana"))
+        .output()
+        .expect("go is installed");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    bin
+}
+
+#[test]
+fn the_dashboard_loads_with_grafanas_strict_schema_decoder() {
+    let bin = dashcheck();
+    let file = support::repo().join("charts/autoresearch-coordinator/dashboards/autoresearch.json");
+    let out = Command::new(&bin).arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "not a valid Grafana dashboard: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The decoder does refuse what Grafana would: a wrong type and an unknown field.
+    let mut broken = dashboard();
+    broken["panels"][0]["gridPos"]["w"] = json!("wide");
+    broken["panels"][1]["colour"] = json!("red");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, broken.to_string()).unwrap();
+    let out = Command::new(&bin).arg(&bad).output().unwrap();
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        why.contains("panels[0].gridPos.w") && why.contains("colour"),
+        "{why}"
+    );
+}
+
 fn helm_bin() -> PathBuf {
     let out = Command::new("bash")
         .arg(support::repo().join("scripts/install-helm.sh"))
