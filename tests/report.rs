@@ -137,6 +137,30 @@ fn old_rows_are_replayed_with_the_keep_rule() {
 }
 
 #[test]
+fn a_recorded_decision_is_taken_as_it_is() {
+    // The engine's rows: how the run ended in `status`, keep/discard/crash in `decision`.
+    let rows = vec![
+        json!({"experiment_id": "a", "val_bpb": 1.0, "status": "completed", "decision": "keep"}),
+        // Better by far, but the engine did not keep it (say, a replication disagreed).
+        json!({"experiment_id": "b", "val_bpb": 0.9, "status": "completed", "decision": "discard"}),
+        json!({"experiment_id": "c", "val_bpb": 0.99, "status": "completed", "decision": "keep"}),
+        json!({"experiment_id": "d", "val_bpb": null, "status": "timeout", "decision": "crash"}),
+    ];
+    let h = History::new(None, rows.into_iter().map(row).collect(), NF);
+    let decisions: Vec<Decision> = h.entries.iter().map(|e| e.decision).collect();
+    assert_eq!(
+        decisions,
+        [
+            Decision::Keep,
+            Decision::Discard,
+            Decision::Keep,
+            Decision::Crash
+        ]
+    );
+    assert_eq!(h.best().unwrap().row.experiment_id, "c");
+}
+
+#[test]
 fn results_tsv_is_autoresearchs_format_byte_for_byte() {
     let h = history();
     // The short hash: the first 7 hex digits after `sha256:`.

@@ -2,8 +2,9 @@
 //! the keep/discard/crash decision of each one.
 //!
 //! The report reads rows with its own struct, every field beyond the seed ones optional, so that
-//! old files (status `completed`/`failed`/`worker_failure`, no decision) and new ones (`status`
-//! = keep/discard/crash, `run_status`, `role`, `replicates`, `params`, `description`) both work.
+//! old files (status `completed`/`failed`/`worker_failure`, no decision) and new ones
+//! (`decision` = keep/discard/crash, `role`, `replicates`, `params`, `description`; or the
+//! decision in `status` with `run_status` beside it) all work.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -48,9 +49,12 @@ pub struct Row {
     pub network: Option<String>,
     /// Amount paid, in atomic USDC units.
     pub amount: Option<String>,
-    /// New rows: keep, discard or crash; old rows: the worker's run status.
+    /// How the run ended (completed, failed, timeout, worker_failure); in rows written to the
+    /// THINK contract's first draft, the decision (keep, discard, crash).
     pub status: Option<String>,
-    /// New rows: completed, failed, timeout or worker_failure.
+    /// keep, discard or crash, as the engine decided.
+    pub decision: Option<String>,
+    /// How the run ended, in rows that carry the decision in `status`.
     pub run_status: Option<String>,
     /// experiment (absent), baseline or replication.
     pub role: Option<String>,
@@ -210,14 +214,25 @@ fn role(row: &Row) -> Role {
     }
 }
 
+fn is_decision(word: &str) -> bool {
+    matches!(word, "keep" | "discard" | "crash")
+}
+
+/// The recorded decision: `decision`, or `status` where it held one.
+fn recorded_decision(row: &Row) -> Option<&str> {
+    row.decision
+        .as_deref()
+        .or(row.status.as_deref().filter(|s| is_decision(s)))
+}
+
 /// Whether the run itself failed, whatever the file's vintage.
 fn run_failed(row: &Row) -> bool {
-    let run = row.run_status.as_deref().or(match row.status.as_deref() {
-        Some("keep" | "discard" | "crash") => None,
-        other => other,
-    });
+    let run = row
+        .run_status
+        .as_deref()
+        .or(row.status.as_deref().filter(|s| !is_decision(s)));
     matches!(run, Some(s) if s != "completed")
-        || row.status.as_deref() == Some("crash")
+        || recorded_decision(row) == Some("crash")
         || !row.val_bpb.is_some_and(f64::is_finite)
 }
 
@@ -260,7 +275,7 @@ impl History {
             let decision = if run_failed(&row) {
                 Decision::Crash
             } else {
-                match (row.status.as_deref(), role) {
+                match (recorded_decision(&row), role) {
                     (Some("keep"), Role::Experiment | Role::Baseline) => Decision::Keep,
                     (Some("discard"), _) | (_, Role::Replication) => Decision::Discard,
                     _ => decide(best, value, noise_floor),
