@@ -384,6 +384,8 @@ fn draw_points<DB: DrawingBackend>(
     let legend_circle = |color: RGBColor, filled: bool| {
         move |(x, y)| Circle::new((x + 9 * k, y), 4 * k, style(color, filled, w))
     };
+    // Hundreds of experiments need smaller marks to stay apart.
+    let scale = if data.points.len() > 150 { 2 } else { 4 };
     for (mark, label, color, filled, size) in [
         (Mark::Discarded, "discarded", DISCARDED, true, 4),
         (Mark::Baseline, "baseline", BASELINE, true, 6),
@@ -393,7 +395,8 @@ fn draw_points<DB: DrawingBackend>(
         if data.points.iter().any(|p| p.mark == mark) {
             chart
                 .draw_series(
-                    series(mark).map(|c| Circle::new(c, size * k, style(color, filled, w))),
+                    series(mark)
+                        .map(|c| Circle::new(c, size * scale * k / 4, style(color, filled, w))),
                 )
                 .map_err(err)?
                 .label(label)
@@ -432,10 +435,17 @@ fn draw_annotations<DB: DrawingBackend>(
     // point's height and drops from the left); a label that would overlap an earlier one is
     // moved further up, then below.
     let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+    let right_edge = chart.plotting_area().get_pixel_range().0.end;
     for a in &data.annotations {
         let (px, py) = chart.backend_coord(&(a.x as f64, a.y));
         let width = ((a.text.chars().count() as i32) * 8 + 6) * k;
-        let (left, height) = (px + 6 * k, 15 * k);
+        // Near the right edge a label goes to the left of its point, inside the plot.
+        let dx = if px + (6 * k) + width > right_edge {
+            -(6 * k) - width
+        } else {
+            6 * k
+        };
+        let (left, height) = (px + dx, 15 * k);
         let dy = [-20, -36, -52, 8, 24, 40]
             .into_iter()
             .map(|dy| dy * k)
@@ -444,13 +454,15 @@ fn draw_annotations<DB: DrawingBackend>(
                 !placed
                     .iter()
                     .any(|p| b.0 < p.2 && p.0 < b.2 && b.1 < p.3 && p.1 < b.3)
-            })
-            .unwrap_or(-20 * k);
+            });
+        // With hundreds of kept changes not every label fits; one that would cover another is
+        // left out (the point and the step still show).
+        let Some(dy) = dy else { continue };
         placed.push((left, py + dy, left + width, py + dy + height));
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((a.x as f64, a.y))
-                    + Text::new(a.text.clone(), (6 * k, dy), font.clone()),
+                    + Text::new(a.text.clone(), (dx, dy), font.clone()),
             ))
             .map_err(err)?;
     }
