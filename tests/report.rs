@@ -146,11 +146,18 @@ fn a_recorded_decision_is_taken_as_it_is() {
         json!({"experiment_id": "c", "val_bpb": 0.99, "status": "completed", "decision": "keep"}),
         json!({"experiment_id": "d", "val_bpb": null, "status": "timeout", "decision": "crash"}),
     ];
-    let h = History::new(None, rows.into_iter().map(row).collect(), NF);
+    let mut rows: Vec<Row> = rows.into_iter().map(row).collect();
+    // A first row the engine did not keep is not the baseline: the staircase starts later.
+    rows.insert(
+        0,
+        row(json!({"experiment_id": "z", "val_bpb": 2.0, "decision": "discard"})),
+    );
+    let h = History::new(None, rows, NF);
     let decisions: Vec<Decision> = h.entries.iter().map(|e| e.decision).collect();
     assert_eq!(
         decisions,
         [
+            Decision::Discard,
             Decision::Keep,
             Decision::Discard,
             Decision::Keep,
@@ -158,6 +165,8 @@ fn a_recorded_decision_is_taken_as_it_is() {
         ]
     );
     assert_eq!(h.best().unwrap().row.experiment_id, "c");
+    assert_eq!(h.baseline().unwrap().row.experiment_id, "a");
+    assert_eq!(h.improvements().count(), 1, "c over the baseline a");
 }
 
 #[test]

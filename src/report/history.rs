@@ -303,19 +303,14 @@ impl History {
         }
     }
 
-    /// The baseline: the first baseline run, else the first experiment with a result.
+    /// The baseline: the first baseline run, else where the staircase starts (the first kept
+    /// experiment), else the first experiment with a result.
     pub fn baseline(&self) -> Option<&Entry> {
-        let usable = |e: &&Entry| e.value().is_some();
-        self.entries
-            .iter()
-            .filter(usable)
+        let usable = || self.entries.iter().filter(|e| e.value().is_some());
+        usable()
             .find(|e| e.role == Role::Baseline)
-            .or_else(|| {
-                self.entries
-                    .iter()
-                    .filter(usable)
-                    .find(|e| e.role != Role::Replication)
-            })
+            .or_else(|| self.kept().next())
+            .or_else(|| usable().find(|e| e.role != Role::Replication))
     }
 
     /// The kept experiments, oldest first (the baseline included if it was kept).
