@@ -10,3 +10,7 @@ bash scripts/build-kube.sh >/dev/null
 
 # Node peers: anvil, Circle's USDC artifacts, the reference x402 facilitator and gates, helm.
 bash scripts/testbed-install.sh
+
+# Debian packages for the report tests: Prometheus (dashboard queries), Chromium (the live page).
+bash scripts/install-prometheus.sh
+bash scripts/install-chromium.sh

@@ -21,6 +21,7 @@ pub mod experiment;
 pub mod http;
 pub mod ledger;
 pub mod payment;
+pub mod report;
 pub mod results;
 pub mod scripts;
 pub mod strategy;

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub discovery_errors: IntCounterVec,
     /// Reconciles by outcome (`ok`, `error`).
     pub reconciles: IntCounterVec,
+    /// USDC spent per campaign and network (from status, set at scrape time).
+    pub campaign_spent_usdc: GaugeVec,
+    /// `budget.total` per campaign and network (set at scrape time).
+    pub campaign_budget_usdc: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -107,6 +111,22 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let campaign_spent_usdc = GaugeVec::new(
+            Opts::new(
+                "autoresearch_campaign_spent_usdc",
+                "USDC spent per campaign (status.spent), by payment network",
+            ),
+            &["namespace", "campaign", "network"],
+        )
+        .expect("valid metric");
+        let campaign_budget_usdc = GaugeVec::new(
+            Opts::new(
+                "autoresearch_campaign_budget_usdc",
+                "USDC budget per campaign (spec.budget.total), by payment network",
+            ),
+            &["namespace", "campaign", "network"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(experiments.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
@@ -116,6 +136,8 @@ impl Metrics {
             Box::new(best_val_bpb.clone()),
             Box::new(discovery_errors.clone()),
             Box::new(reconciles.clone()),
+            Box::new(campaign_spent_usdc.clone()),
+            Box::new(campaign_budget_usdc.clone()),
         ] {
             registry
                 .register(collector)
@@ -131,6 +153,8 @@ impl Metrics {
             best_val_bpb,
             discovery_errors,
             reconciles,
+            campaign_spent_usdc,
+            campaign_budget_usdc,
         }
     }
 

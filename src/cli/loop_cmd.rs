@@ -85,7 +85,7 @@ impl Notify for Printer {
             Severity::Normal => "  ",
             Severity::Warning => "! ",
         };
-        eprintln!("{mark}{:<20} {}", notice.reason, notice.message);
+        super::progress::line(&format!("{mark}{:<20} {}", notice.reason, notice.message));
         Box::pin(async {})
     }
 }
@@ -134,13 +134,11 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let live = std::io::stderr().is_terminal();
-    let mut last_line = String::new();
+    let mut progress = super::progress::Progress::start(super::progress::Mode::detect(false));
     loop {
         let step = engine.reconcile(&handle).await?;
-        let line = progress_line(&store);
-        if line != last_line {
-            eprintln!("{line}");
-            last_line = line;
+        if let Some(campaign) = store.snapshot() {
+            progress.update(&campaign);
         }
         if matches!(
             step.phase,
@@ -157,6 +155,7 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
             }
         }
     }
+    drop(progress);
     print_summary(&store, &results_path);
     let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
     if status.phase == Some(Phase::Failed) {
@@ -246,24 +245,6 @@ fn build_spec(args: &LoopArgs, train_py: &str) -> anyhow::Result<ExperimentCampa
         });
     }
     Ok(spec)
-}
-
-fn progress_line(store: &MemoryStore) -> String {
-    let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
-    let best = status
-        .best
-        .as_ref()
-        .map(|b| format!("best {:.6} ({})", b.val_bpb, b.experiment_id))
-        .unwrap_or_else(|| "no result yet".into());
-    format!(
-        "[{}] {:?}: running {}, succeeded {}, failed {}, {best}, spent {} USDC",
-        status.progress.as_deref().unwrap_or("0/?"),
-        status.phase.unwrap_or(Phase::Pending),
-        status.running,
-        status.succeeded,
-        status.failed,
-        status.spent.as_deref().unwrap_or("0"),
-    )
 }
 
 fn condition_message(status: &crate::crd::ExperimentCampaignStatus, type_: &str) -> String {

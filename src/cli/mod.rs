@@ -9,6 +9,8 @@ mod discover;
 mod leaderboard;
 mod loop_cmd;
 mod probe;
+mod progress;
+mod report;
 mod submit;
 
 /// Run autoresearch campaigns on paid ERC-8004 GPU workers over x402.
@@ -40,6 +42,8 @@ pub enum Command {
     Discover(discover::DiscoverCmd),
     /// Rank workers by the best val_bpb they publish; show the best local result.
     Leaderboard(leaderboard::LeaderboardCmd),
+    /// Write the progress chart, results.tsv and a summary of a campaign's history.
+    Report(report::ReportArgs),
 }
 
 impl Cli {
@@ -67,6 +71,7 @@ impl Cli {
             Command::Controller(args) => crate::controller::run(args, worker_source()?).await,
             Command::Discover(cmd) => discover::run(cmd).await,
             Command::Leaderboard(cmd) => leaderboard::run(cmd).await,
+            Command::Report(args) => report::run(args).await,
         }
     }
 }

@@ -162,10 +162,15 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(server::serve_with_pages(
         args.metrics_addr,
         metrics.clone(),
         health.clone(),
+        Some(server::CampaignPages::new(
+            client.clone(),
+            default_path(&args.data_dir),
+            args.namespace.clone(),
+        )),
         shutdown.clone().cancelled_owned(),
     ));
     client

@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz` and `/readyz` for the kubelet and Prometheus.
+//! `/metrics`, `/healthz` and `/readyz` for the kubelet and Prometheus, and the live campaign
+//! pages: `/campaigns`, `/campaigns/<namespace>/<name>` and its `results.tsv`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::telemetry::Metrics;
+
+mod pages;
+pub use pages::CampaignPages;
 
 /// What the probes report.
 #[derive(Clone, Default)]
@@ -26,22 +30,74 @@ pub struct Health {
 struct AppState {
     metrics: Metrics,
     health: Health,
+    pages: Option<CampaignPages>,
 }
 
-/// The router, separate from the listener so tests can call it without a socket.
-pub fn router(metrics: Metrics, health: Health) -> Router {
+/// The router, separate from the listener so tests can call it without a socket. Without
+/// `pages` (no API server) the campaign pages answer 404.
+pub fn router(metrics: Metrics, health: Health, pages: Option<CampaignPages>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready_handler))
-        .with_state(AppState { metrics, health })
+        .route("/campaigns", get(index_handler))
+        .route("/campaigns/{namespace}/{name}", get(campaign_handler))
+        .route(
+            "/campaigns/{namespace}/{name}/results.tsv",
+            get(tsv_handler),
+        )
+        .with_state(AppState {
+            metrics,
+            health,
+            pages,
+        })
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    // Spend per campaign lives in status, not in this replica's counters: it is read at
+    // scrape time, so it is right on a standby and after a restart too.
+    if let Some(pages) = &state.pages {
+        pages.record_spend(&state.metrics).await;
+    }
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),
     )
+}
+
+async fn index_handler(State(state): State<AppState>) -> axum::response::Response {
+    match &state.pages {
+        Some(pages) => pages.index().await,
+        None => no_pages(),
+    }
+}
+
+async fn campaign_handler(
+    State(state): State<AppState>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    match &state.pages {
+        Some(pages) => pages.campaign(&namespace, &name).await,
+        None => no_pages(),
+    }
+}
+
+async fn tsv_handler(
+    State(state): State<AppState>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    match &state.pages {
+        Some(pages) => pages.results_tsv(&namespace, &name).await,
+        None => no_pages(),
+    }
+}
+
+fn no_pages() -> axum::response::Response {
+    (
+        StatusCode::NOT_FOUND,
+        "campaign pages need the controller's API server connection",
+    )
+        .into_response()
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
@@ -60,18 +116,29 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, without the campaign pages.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_pages(addr, metrics, health, None, shutdown).await
+}
+
+/// Serves until `shutdown` resolves; with `pages`, also `/campaigns`.
+pub async fn serve_with_pages(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Health,
+    pages: Option<CampaignPages>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics and probes: {e}"))?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, router(metrics, health))
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /campaigns");
+    axum::serve(listener, router(metrics, health, pages))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
