@@ -122,6 +122,10 @@ for row in $(json "' '.join(w['name'] + '=' + w['payTo'] for w in m['workers'])"
   printf '    %-10s %s  %s USDC\n' "${row%%=*}" "${row#*=}" "$(python3 -c "print(f'{$balance/1e6:.2f}')")"
 done
 
+step "report: progress chart, results.tsv, summary"
+"$bin" report --results "$data/autoresearch/results.jsonl" --campaign quickstart --data-dir "$data" --out "$data/../report"
+echo "    chart: $data/../report/progress.png (progress.svg and results.tsv beside it)"
+
 step "results"
 echo "    $(wc -l <"$data/autoresearch/results.jsonl") experiments recorded in $data/autoresearch/results.jsonl"
 echo "    metrics were at http://127.0.0.1:$metrics_port/metrics; everything is stopped now."

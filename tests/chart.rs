@@ -41,6 +41,7 @@ const CAMPAIGN_NAMESPACE_RIGHTS: &[&str] = &[
     "watch core/configmaps",
     "create core/configmaps",
     "patch core/configmaps",
+    "list core/events",
     "get core/secrets[remote-signer-keystore]",
     "get core/secrets[campaign-token]",
 ];

@@ -31,6 +31,17 @@ fn the_demo_completes_a_paid_campaign_and_reports_it() {
     assert!((1..=12).contains(&succeeded), "{stdout}");
     assert!(stdout.contains(", 0 failed"), "{stdout}");
     assert!(stdout.contains("Succeeded         True"), "{stdout}");
+    // The demo ends with the report: the chart and results.tsv, one row per experiment.
+    let report = data.path().join("report");
+    assert!(
+        report
+            .join("progress.png")
+            .metadata()
+            .is_ok_and(|m| m.len() > 10_000),
+        "{stdout}"
+    );
+    let tsv = std::fs::read_to_string(report.join("results.tsv")).unwrap();
+    assert_eq!(tsv.lines().count() as u32, succeeded + 1, "{tsv}");
     // The USDC each worker received, read from the chain, adds up to what status says was spent.
     let spent: f64 = stdout
         .lines()
