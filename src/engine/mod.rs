@@ -408,7 +408,7 @@ impl Engine {
                     experiment,
                     worker,
                 );
-                self.memory.add_task(&handle.key, id, tokio::spawn(task));
+                self.spawn(handle, id, task);
             }
         }
     }
