@@ -37,24 +37,37 @@ pub enum SourceError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// What a worker source found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Found {
+    /// The workers.
+    pub candidates: Vec<Candidate>,
+    /// Set when the index's day quota is down to its reserve (discovery then reads the chain):
+    /// what to tell the user.
+    pub quota_low: Option<String>,
+}
+
+impl From<Vec<Candidate>> for Found {
+    fn from(candidates: Vec<Candidate>) -> Self {
+        Self {
+            candidates,
+            quota_low: None,
+        }
+    }
+}
+
 /// Where workers come from (discovery, or a fixed list).
 pub trait WorkerSource: Send + Sync {
     /// Workers for a campaign's discovery settings; the implementation caches across campaigns.
-    fn workers<'a>(
-        &'a self,
-        spec: &'a DiscoverySpec,
-    ) -> BoxFuture<'a, Result<Vec<Candidate>, SourceError>>;
+    fn workers<'a>(&'a self, spec: &'a DiscoverySpec) -> BoxFuture<'a, Result<Found, SourceError>>;
 }
 
 /// Only the campaign's static `discovery.workers`.
 pub struct StaticWorkers;
 
 impl WorkerSource for StaticWorkers {
-    fn workers<'a>(
-        &'a self,
-        spec: &'a DiscoverySpec,
-    ) -> BoxFuture<'a, Result<Vec<Candidate>, SourceError>> {
-        Box::pin(async move { Ok(static_candidates(spec)) })
+    fn workers<'a>(&'a self, spec: &'a DiscoverySpec) -> BoxFuture<'a, Result<Found, SourceError>> {
+        Box::pin(async move { Ok(static_candidates(spec).into()) })
     }
 }
 
@@ -182,15 +195,15 @@ impl Discovered {
 }
 
 impl WorkerSource for Discovered {
-    fn workers<'a>(
-        &'a self,
-        spec: &'a DiscoverySpec,
-    ) -> BoxFuture<'a, Result<Vec<Candidate>, SourceError>> {
+    fn workers<'a>(&'a self, spec: &'a DiscoverySpec) -> BoxFuture<'a, Result<Found, SourceError>> {
         Box::pin(async move {
             // Answers from the cache at once (a stale result refreshes in the background); waits
             // up to `wait` only when nothing at all is known and no worker is named.
             let set = self.discovery.workers_now(spec, self.wait).await?;
-            Ok(set
+            let quota_low = set
+                .index_quota_low()
+                .then(|| quota_message(set.index_quota.as_ref()));
+            let candidates = set
                 .workers
                 .into_iter()
                 .map(|w| Candidate {
@@ -198,9 +211,25 @@ impl WorkerSource for Discovered {
                     agent_id: w.agent_id,
                     name: Some(w.name),
                 })
-                .collect())
+                .collect();
+            Ok(Found {
+                candidates,
+                quota_low,
+            })
         })
     }
+}
+
+fn quota_message(quota: Option<&crate::discovery::scan::Quota>) -> String {
+    let left = quota
+        .and_then(|q| Some((q.day_remaining?, q.day_limit?)))
+        .map(|(left, limit)| format!(" ({left} of {limit} requests left today)"))
+        .unwrap_or_default();
+    format!(
+        "the 8004scan day quota is nearly spent{left}; the last requests are kept in reserve and \
+         workers are discovered on chain through eRPC until it resets; set SCAN_API_KEY (chart: \
+         scanApiKeySecret) to raise the limits"
+    )
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use crate::telemetry::Metrics;
 
 pub use board::WorkerBoard;
 pub use claim::{
-    Candidate, Discovered, SourceError, StaticWorkers, WorkerSource, static_candidates,
+    Candidate, Discovered, Found, SourceError, StaticWorkers, WorkerSource, static_candidates,
 };
 use memory::Memory;
 use status::Sighting;
@@ -165,6 +165,8 @@ struct Capacity {
 struct Claim {
     candidates: Vec<Candidate>,
     discovery_error: Option<String>,
+    /// Set when the index's day quota is nearly spent.
+    quota_low: Option<String>,
     /// Counts for status, when discovery ran (a stopped campaign keeps its last counts).
     counts: Option<WorkerCounts>,
     cheapest: Option<crate::usdc::Usdc>,
@@ -312,9 +314,9 @@ impl Engine {
         let (found, discovery_error) = if discover {
             self.discover(spec).await
         } else {
-            (Vec::new(), None)
+            (Found::default(), None)
         };
-        let candidates = claim::eligible(spec, found);
+        let candidates = claim::eligible(spec, found.candidates);
         let (counts, cheapest) = claim::count(&self.board, &candidates, limits);
         let assignments = if capacity.active {
             let mut pending: Vec<PendingExperiment> = status
@@ -339,6 +341,7 @@ impl Engine {
         Claim {
             candidates,
             discovery_error,
+            quota_low: found.quota_low,
             counts: discover.then_some(counts),
             cheapest,
             assignments,
@@ -346,7 +349,7 @@ impl Engine {
     }
 
     /// Workers from the source; on failure the static ones, and the error for the condition.
-    async fn discover(&self, spec: &crate::crd::DiscoverySpec) -> (Vec<Candidate>, Option<String>) {
+    async fn discover(&self, spec: &crate::crd::DiscoverySpec) -> (Found, Option<String>) {
         match self.workers.workers(spec).await {
             Ok(found) => (found, None),
             Err(e) => {
@@ -354,7 +357,7 @@ impl Engine {
                     .discovery_errors
                     .with_label_values(&["any"])
                     .inc();
-                (static_candidates(spec), Some(e.to_string()))
+                (static_candidates(spec).into(), Some(e.to_string()))
             }
         }
     }
@@ -375,6 +378,7 @@ impl Engine {
                 workers: claim.candidates.len(),
                 cheapest: claim.cheapest,
                 discovery_error: claim.discovery_error.as_deref(),
+                quota_low: claim.quota_low.as_deref(),
                 discovered: claim.counts.is_some(),
             },
         };

@@ -24,6 +24,8 @@ pub enum ConditionType {
     Complete,
     /// The campaign finished successfully: goal, `maxExperiments` or an exhausted search.
     Succeeded,
+    /// The 8004scan day quota is down to its reserve: discovery reads the chain meanwhile.
+    IndexQuotaLow,
 }
 
 impl ConditionType {
@@ -35,6 +37,7 @@ impl ConditionType {
             ConditionType::Progressing => "Progressing",
             ConditionType::Complete => "Complete",
             ConditionType::Succeeded => "Succeeded",
+            ConditionType::IndexQuotaLow => "IndexQuotaLow",
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct Sighting<'a> {
     pub discovery_error: Option<&'a str>,
     /// Whether discovery ran this time (a stopped campaign keeps its last counts).
     pub discovered: bool,
+    /// What to say when the index's day quota is nearly spent.
+    pub quota_low: Option<&'a str>,
 }
 
 /// The phase and conditions a campaign's status should show.
@@ -134,6 +139,20 @@ pub fn verdict(
     ];
     if seen.discovered {
         conditions.insert(1, workers);
+        conditions.push(match seen.quota_low {
+            Some(message) => ConditionUpdate::new(
+                ConditionType::IndexQuotaLow,
+                true,
+                "DayQuotaReserve",
+                message,
+            ),
+            None => ConditionUpdate::new(
+                ConditionType::IndexQuotaLow,
+                false,
+                "WithinQuota",
+                "the index's quota is not a limit now",
+            ),
+        });
     }
     Verdict { phase, conditions }
 }
@@ -326,6 +345,7 @@ mod tests {
             cheapest: Some(Usdc::from_atomic(10_000)),
             discovery_error: None,
             discovered: true,
+            quota_low: None,
         }
     }
 
@@ -458,8 +478,19 @@ mod tests {
             .unwrap()
             .message;
         assert!(message.contains("index down"), "{message}");
+        none.quota_low = Some("the 8004scan day quota is nearly spent");
+        let v = verdict(&c, &Default::default(), &limits(&c), false, &none);
+        assert_eq!(
+            get(&v, ConditionType::IndexQuotaLow),
+            (true, "DayQuotaReserve")
+        );
         none.discovered = false;
         let v = verdict(&c, &Default::default(), &limits(&c), false, &none);
+        assert!(
+            v.conditions
+                .iter()
+                .all(|c| c.kind != ConditionType::IndexQuotaLow)
+        );
         assert!(
             v.conditions
                 .iter()
