@@ -10,3 +10,6 @@ bash scripts/build-kube.sh >/dev/null
 
 # Node peers: anvil, Circle's USDC artifacts, the reference x402 facilitator and gates, helm.
 bash scripts/testbed-install.sh
+
+# The LiteLLM proxy (PyPI, pinned) for the llm wire tests, in a venv under .cache/litellm.
+bash scripts/install-llm.sh >/dev/null
