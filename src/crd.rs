@@ -1121,6 +1121,53 @@ mod tests {
     }
 
     #[test]
+    fn llm_specs_are_checked_in_rust_too() {
+        let llm = |v: serde_json::Value| {
+            let mut spec = minimal();
+            spec.search = serde_json::from_value(v).unwrap();
+            spec.validate().map(|_| ()).map_err(|e| e.field)
+        };
+        let ok = llm(serde_json::json!({"strategy": "llm", "llm": {"model": "m"}}));
+        assert_eq!(ok, Ok(()));
+        let cases = [
+            (serde_json::json!({"strategy": "llm"}), "search.llm"),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": " "}}),
+                "search.llm.model",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m"}, "experiments": [{}]}),
+                "search.parameters",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m", "endpoint": "litellm:4000"}}),
+                "search.llm.endpoint",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m", "program": "p",
+                    "programConfigMapKeyRef": {"name": "cm", "key": "program.md"}}}),
+                "search.llm.program",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m", "maxCalls": 0}}),
+                "search.llm.maxCalls",
+            ),
+        ];
+        for (search, field) in cases {
+            assert_eq!(llm(search.clone()), Err(field.to_string()), "{search}");
+        }
+        let spec: SearchSpec =
+            serde_json::from_value(serde_json::json!({"strategy": "llm", "llm": {"model": "m"}}))
+                .unwrap();
+        let llm = spec.llm.unwrap();
+        assert_eq!(
+            (llm.endpoint.as_str(), llm.max_calls),
+            (DEFAULT_LLM_ENDPOINT, DEFAULT_LLM_MAX_CALLS)
+        );
+        assert_eq!(spec.apply_to, ApplyTo::Config);
+    }
+
+    #[test]
     fn crd_has_names_columns_and_status() {
         let crd = definition();
         assert_eq!(

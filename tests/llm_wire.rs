@@ -188,16 +188,10 @@ fn wait_until_live(url: &str, dir: &Path) {
 }
 
 fn spec(endpoint: &str, model: &str) -> LlmSpec {
-    LlmSpec {
-        endpoint: endpoint.into(),
-        model: model.into(),
-        api_key_secret_ref: None,
-        program: None,
-        program_config_map_key_ref: None,
-        temperature: Some(0.7),
-        max_tokens: Some(2000),
-        max_calls: 50,
-    }
+    serde_json::from_value(serde_json::json!({
+        "endpoint": endpoint, "model": model, "temperature": 0.7, "maxTokens": 2000
+    }))
+    .unwrap()
 }
 
 fn quick() -> LlmLimits {

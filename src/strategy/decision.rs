@@ -24,6 +24,18 @@ impl Decision {
             Decision::Crash => "crash",
         }
     }
+
+    /// The decision a results.jsonl `status` records. Rows written before decisions existed say
+    /// `completed` (the run worked; whether it was kept is unknown: `None`) or `failed` /
+    /// `worker_failure` (a crash).
+    pub fn from_status(status: &str) -> Option<Decision> {
+        match status {
+            "keep" => Some(Decision::Keep),
+            "discard" => Some(Decision::Discard),
+            "completed" => None,
+            _ => Some(Decision::Crash),
+        }
+    }
 }
 
 /// The decision for a result: no finite `val_bpb` is a crash; the first result is kept; after
@@ -62,6 +74,18 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Decision::Discard).unwrap(),
             "\"discard\""
+        );
+    }
+
+    #[test]
+    fn statuses_of_old_and_new_rows_map_to_decisions() {
+        assert_eq!(Decision::from_status("keep"), Some(Decision::Keep));
+        assert_eq!(Decision::from_status("discard"), Some(Decision::Discard));
+        assert_eq!(Decision::from_status("crash"), Some(Decision::Crash));
+        assert_eq!(Decision::from_status("completed"), None);
+        assert_eq!(
+            Decision::from_status("worker_failure"),
+            Some(Decision::Crash)
         );
     }
 }

@@ -376,9 +376,13 @@ impl<'a> Setup<'a> {
     /// The experiment for a set of parameter values: layered onto the config, or written into
     /// train.py.
     fn proposal(&self, params: Map<String, Value>) -> Result<Proposal, SpecError> {
+        // Values as they appear where they go: Python literals in train.py, JSON in the config.
         let description = params
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| match self.script {
+                Some(_) => format!("{k}={}", train_script::python_literal(v)),
+                None => format!("{k}={v}"),
+            })
             .collect::<Vec<_>>()
             .join(" ");
         let (train_py, config) = match &self.script {

@@ -806,16 +806,7 @@ fn llm_campaigns_propose_nothing_synchronously() {
     let mut s = search(Strategy::Llm, 0);
     s.parameters.clear();
     assert_eq!(validate(&s, None, SCRIPT).unwrap_err().field, "search.llm");
-    s.llm = Some(crate::crd::LlmSpec {
-        endpoint: crate::crd::DEFAULT_LLM_ENDPOINT.into(),
-        model: "m".into(),
-        api_key_secret_ref: None,
-        program: None,
-        program_config_map_key_ref: None,
-        temperature: None,
-        max_tokens: None,
-        max_calls: 5,
-    });
+    s.llm = Some(serde_json::from_value(json!({"model": "m"})).unwrap());
     validate(&s, None, SCRIPT).unwrap();
     let mut sim = Sim::new(s, json!({}));
     sim.train_py = SCRIPT.into();

@@ -405,6 +405,16 @@ impl LlmProposer {
     }
 }
 
+/// Where the CLI reads the API key from (the controller reads `apiKeySecretRef`).
+pub const API_KEY_ENV: &str = "LLM_API_KEY";
+
+/// The CLI's API key: `LLM_API_KEY` if set and not empty.
+pub fn api_key_from_env() -> Option<String> {
+    std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+}
+
 /// The program to use: the campaign's, or the built-in default.
 pub fn program_or_default(program: Option<&str>) -> String {
     program

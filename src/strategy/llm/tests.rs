@@ -6,26 +6,23 @@ use crate::crd::DEFAULT_LLM_ENDPOINT;
 const BASE: &str = "DEPTH = 8  # layers\nLR = 0.04\nprint(f'val_bpb: {1.0}')\n";
 
 fn proposer(limits: LlmLimits) -> LlmProposer {
-    let spec = LlmSpec {
-        endpoint: DEFAULT_LLM_ENDPOINT.into(),
-        model: "m".into(),
-        api_key_secret_ref: None,
-        program: None,
-        program_config_map_key_ref: None,
-        temperature: None,
-        max_tokens: None,
-        max_calls: 10,
-    };
+    let spec: LlmSpec = serde_json::from_value(serde_json::json!({"model": "m"})).unwrap();
+    assert_eq!(spec.endpoint, DEFAULT_LLM_ENDPOINT);
     LlmProposer::with_limits(&spec, None, program_or_default(None), limits).unwrap()
 }
 
-fn check(content: &str, tried: &dyn Fn(&str) -> bool) -> Result<LlmProposal, Refused> {
-    let ctx = ProposalContext {
+/// A context on BASE with no results.
+fn context<'a>(tried: &'a dyn Fn(&str) -> bool) -> ProposalContext<'a> {
+    ProposalContext {
         base_train_py: BASE,
         recent: &[],
         noise_floor: 0.002,
         tried,
-    };
+    }
+}
+
+fn check(content: &str, tried: &dyn Fn(&str) -> bool) -> Result<LlmProposal, Refused> {
+    let ctx = context(tried);
     let reply = client::Reply {
         content: content.into(),
         truncated: false,
@@ -78,12 +75,7 @@ fn a_train_py_over_the_size_limit_is_refused() {
         ..LlmLimits::default()
     };
     let never = |_: &str| false;
-    let ctx = ProposalContext {
-        base_train_py: BASE,
-        recent: &[],
-        noise_floor: 0.002,
-        tried: &never,
-    };
+    let ctx = context(&never);
     let big = client::Reply {
         content: edit("LR = 0.04", &format!("LR = 0.04  # {}", "x".repeat(100))),
         truncated: false,
@@ -108,12 +100,7 @@ fn a_whole_file_reply_is_checked_like_an_edit() {
 #[test]
 fn a_cut_off_reply_says_so() {
     let never = |_: &str| false;
-    let ctx = ProposalContext {
-        base_train_py: BASE,
-        recent: &[],
-        noise_floor: 0.002,
-        tried: &never,
-    };
+    let ctx = context(&never);
     let reply = client::Reply {
         content: "{\"description\": \"x\", \"changes\": [{\"old\": \"LR".into(),
         truncated: true,
@@ -154,12 +141,7 @@ fn waits_are_bounded() {
 #[tokio::test]
 async fn no_calls_left_makes_no_call() {
     let never = |_: &str| false;
-    let ctx = ProposalContext {
-        base_train_py: BASE,
-        recent: &[],
-        noise_floor: 0.002,
-        tried: &never,
-    };
+    let ctx = context(&never);
     let outcome = proposer(LlmLimits::default()).propose(&ctx, 0).await;
     assert_eq!(outcome.calls, 0);
     assert_eq!(outcome.error, Some(LlmError::NoCallsLeft));
