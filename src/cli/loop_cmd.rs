@@ -238,9 +238,9 @@ struct Manifest {
     #[serde(default)]
     metadata: kube::core::ObjectMeta,
     spec: ExperimentCampaignSpec,
-    #[serde(default)]
-    #[allow(dead_code)]
-    status: Option<Value>,
+    /// Accepted so that it is not an unknown field; never read.
+    #[serde(default, rename = "status")]
+    _status: Option<Value>,
 }
 
 /// The train.py to run: the positional file, or the manifest's `trainScript.inline`; both must

@@ -292,6 +292,8 @@ impl LlmProposer {
                     Err(refused) => {
                         conversation.refused(&reply.content, &refused.message);
                         outcome.refusals.push(refused);
+                        // The endpoint works again; what is left to report is the refusal.
+                        outcome.error = None;
                     }
                 },
                 Err(e) if !e.is_transient() => {
