@@ -204,22 +204,32 @@ fn quick() -> LlmLimits {
     }
 }
 
-async fn ask(endpoint: &str, model: &str, key: Option<&str>, limits: LlmLimits) -> ProposeOutcome {
-    let proposer = LlmProposer::with_limits(
+fn proposer(endpoint: &str, model: &str, key: Option<&str>, limits: LlmLimits) -> LlmProposer {
+    LlmProposer::with_limits(
         &spec(endpoint, model),
         key.map(String::from),
         program_or_default(None),
         limits,
     )
-    .unwrap();
-    let never = |_: &str| false;
-    let ctx = ProposalContext {
+    .unwrap()
+}
+
+/// A context on TRAIN with no results yet.
+fn context<'a>(tried: &'a dyn Fn(&str) -> bool) -> ProposalContext<'a> {
+    ProposalContext {
         base_train_py: TRAIN,
         recent: &[],
         noise_floor: 0.002,
-        tried: &never,
-    };
-    proposer.propose(&ctx, 10).await
+        tried,
+    }
+}
+
+async fn ask(endpoint: &str, model: &str, key: Option<&str>, limits: LlmLimits) -> ProposeOutcome {
+    let never = |_: &str| false;
+    let ctx = context(&never);
+    proposer(endpoint, model, key, limits)
+        .propose(&ctx, 10)
+        .await
 }
 
 async fn via_litellm(model: &str) -> ProposeOutcome {
@@ -452,26 +462,15 @@ async fn a_slow_reply_times_out_and_a_patient_one_waits() {
 async fn tried_train_py_are_refused_and_re_asked() {
     // Everything the model proposes first is "already tried": it is re-asked, and the second
     // answer (one more assistant turn) differs.
-    let proposer = LlmProposer::with_limits(
-        &spec(&fixture().litellm, "edit-tried"),
-        Some(MASTER_KEY.into()),
-        program_or_default(None),
-        quick(),
-    )
-    .unwrap();
-    let first = ask(&fixture().litellm, "edit-tried", Some(MASTER_KEY), quick())
+    let litellm = &fixture().litellm;
+    let proposer = proposer(litellm, "edit-tried", Some(MASTER_KEY), quick());
+    let first = ask(litellm, "edit-tried", Some(MASTER_KEY), quick())
         .await
         .proposal
         .unwrap();
     let taken = train_hash(&first.train_py);
     let tried = |h: &str| h == taken;
-    let ctx = ProposalContext {
-        base_train_py: TRAIN,
-        recent: &[],
-        noise_floor: 0.002,
-        tried: &tried,
-    };
-    let outcome = proposer.propose(&ctx, 10).await;
+    let outcome = proposer.propose(&context(&tried), 10).await;
     assert_eq!(kinds(&outcome), [RefusalKind::AlreadyTried], "{outcome:?}");
     assert_ne!(outcome.proposal.unwrap().train_py, first.train_py);
 }
@@ -518,13 +517,12 @@ async fn an_llm_lineage_improves_val_bpb_and_runs_only_usable_proposals() {
     use autoresearch_coordinator::strategy::{Decision, decide};
     use std::collections::HashSet;
 
-    let proposer = LlmProposer::with_limits(
-        &spec(&fixture().litellm, "edit-lineage"),
-        Some(MASTER_KEY.into()),
-        program_or_default(None),
+    let proposer = proposer(
+        &fixture().litellm,
+        "edit-lineage",
+        Some(MASTER_KEY),
         quick(),
-    )
-    .unwrap();
+    );
     let start = run_train_py(TINY).expect("the starting train.py runs");
     let (mut base, mut best) = (TINY.to_string(), start);
     let mut tried: HashSet<String> = HashSet::from([train_hash(TINY)]);

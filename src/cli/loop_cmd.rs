@@ -415,24 +415,15 @@ mod tests {
         args: LoopArgs,
     }
 
-    const MANIFEST: &str = "\
-apiVersion: autoresearch.obol.org/v1alpha1
-kind: ExperimentCampaign
-metadata:
-  name: tiny
-spec:
-  trainScript:
-    inline: |
-      LR = 0.01  # learning rate
-      print('val_bpb: 1.0')
-  search:
-    strategy: grid
-    applyTo: trainScript
-    parameters:
-      - {name: LR, type: float, min: 0.001, max: 0.1, logScale: true}
-  maxExperiments: 3
-  budget: {total: \"1\", maxPricePerExperiment: \"0.1\"}
-";
+    /// A list campaign in flow style (the binary's tests use block style).
+    const MANIFEST: &str = r#"{apiVersion: autoresearch.obol.org/v1alpha1, kind: ExperimentCampaign,
+  metadata: {name: tiny},
+  spec: {
+    trainScript: {inline: "LR = 0.01  # learning rate\nprint('val_bpb: 1.0')\n"},
+    search: {strategy: list, applyTo: trainScript,
+      experiments: [{LR: 0.02}], parameters: [{name: LR, type: float, min: 0.001, max: 0.1, logScale: true}]},
+    maxExperiments: 3,
+    budget: {total: "1", maxPricePerExperiment: "0.1"}}}"#;
 
     #[test]
     fn a_valid_manifest_is_read() {
@@ -443,14 +434,14 @@ spec:
 
     #[test]
     fn unknown_fields_are_refused_by_path() {
-        let typo = MANIFEST.replace("    applyTo:", "    applyto:");
+        let typo = MANIFEST.replace("applyTo:", "applyto:");
         let e = format!("{:#}", parse_campaign(&typo).unwrap_err());
         assert!(e.contains("unknown field \"spec.search.applyto\""), "{e}");
         let two = MANIFEST
-            .replace("  name: tiny\n", "  name: tiny\n  labelz: {}\n")
+            .replace("{name: tiny}", "{name: tiny, labelz: {}}")
             .replace(
-                "  maxExperiments: 3\n",
-                "  maxExperiments: 3\n  maxExperimentz: 4\n",
+                "maxExperiments: 3,",
+                "maxExperiments: 3, maxExperimentz: 4,",
             );
         let e = format!("{:#}", parse_campaign(&two).unwrap_err());
         assert!(
