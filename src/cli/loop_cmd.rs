@@ -455,6 +455,23 @@ mod tests {
         assert!(parse_campaign(&kind).is_err());
     }
 
+    #[test]
+    fn every_example_passes_strict_reading() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut read = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                read_campaign(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                read += 1;
+            }
+        }
+        assert!(read >= 5, "examples read: {read}");
+        let draft = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/llm.example.yaml");
+        let llm = read_campaign(&draft).unwrap_or_else(|e| panic!("{e:#}"));
+        llm.spec.validate().unwrap();
+    }
+
     fn args(argv: &[&str]) -> LoopArgs {
         Cli::parse_from(std::iter::once("loop").chain(argv.iter().copied())).args
     }
