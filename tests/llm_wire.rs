@@ -215,7 +215,7 @@ fn proposer(endpoint: &str, model: &str, key: Option<&str>, limits: LlmLimits) -
 }
 
 /// A context on TRAIN with no results yet.
-fn context<'a>(tried: &'a dyn Fn(&str) -> bool) -> ProposalContext<'a> {
+fn context<'a>(tried: &'a (dyn Fn(&str) -> bool + Sync)) -> ProposalContext<'a> {
     ProposalContext {
         base_train_py: TRAIN,
         recent: &[],

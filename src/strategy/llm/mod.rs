@@ -203,7 +203,8 @@ pub struct ProposalContext<'a> {
     /// `objective.noiseFloor`.
     pub noise_floor: f64,
     /// Whether a train_hash (`sha256:<hex>`) was already tried in this campaign.
-    pub tried: &'a dyn Fn(&str) -> bool,
+    /// `Sync` so that the engine can run `propose` in a spawned task.
+    pub tried: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// A usable proposal: nothing is paid before one exists.

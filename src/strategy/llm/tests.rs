@@ -12,7 +12,7 @@ fn proposer(limits: LlmLimits) -> LlmProposer {
 }
 
 /// A context on BASE with no results.
-fn context<'a>(tried: &'a dyn Fn(&str) -> bool) -> ProposalContext<'a> {
+fn context<'a>(tried: &'a (dyn Fn(&str) -> bool + Sync)) -> ProposalContext<'a> {
     ProposalContext {
         base_train_py: BASE,
         recent: &[],
@@ -21,7 +21,7 @@ fn context<'a>(tried: &'a dyn Fn(&str) -> bool) -> ProposalContext<'a> {
     }
 }
 
-fn check(content: &str, tried: &dyn Fn(&str) -> bool) -> Result<LlmProposal, Refused> {
+fn check(content: &str, tried: &(dyn Fn(&str) -> bool + Sync)) -> Result<LlmProposal, Refused> {
     let ctx = context(tried);
     let reply = client::Reply {
         content: content.into(),
@@ -158,4 +158,15 @@ fn conversations_stay_bounded() {
     assert_eq!(m[0].content, "program");
     assert_eq!(m[1].content, "request");
     assert_eq!(m[m.len() - 2].content, "reply 9");
+}
+
+#[test]
+fn propose_can_run_in_a_spawned_task() {
+    fn spawnable<F: std::future::Future + Send + 'static>(_: F) {}
+    let p = proposer(LlmLimits::default());
+    spawnable(async move {
+        let tried = std::collections::HashSet::<String>::new();
+        let is_tried = move |h: &str| tried.contains(h);
+        p.propose(&context(&is_tried), 1).await
+    });
 }
