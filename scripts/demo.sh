@@ -2,11 +2,11 @@
 # The main job: a full local demo of a campaign, on embedded defaults, on loopback only.
 #
 # Starts a real Kubernetes API server, anvil with Circle's USDC, the reference x402 facilitator,
-# three simulated GPU workers behind real x402 gates (v2, v1, obol-stack's), an 8004scan stand-in
-# that lists them, the remote-signer stand-in and the controller; applies
-# examples/quickstart.yaml; shows the campaign progressing as `kubectl get campaigns -w` does; ends
-# with the leaderboard, the USDC each worker received (read from the chain) and where
-# results.jsonl is. Everything is stopped on exit and on Ctrl-C.
+# three GPU workers (stand-ins that run the submitted train.py as obol-stack's worker does) behind
+# real x402 gates (v2, v1, obol-stack's), an 8004scan stand-in that lists them, the
+# remote-signer stand-in and the controller; applies examples/quickstart.yaml; shows the campaign
+# progressing as `kubectl get campaigns -w` does; ends with the leaderboard, the USDC each worker
+# received (read from the chain) and where results.jsonl is. Everything is stopped on exit and on Ctrl-C.
 #
 #   bash scripts/demo.sh            (DEMO_TIMEOUT=seconds to change the 150 s limit)
 set -euo pipefail

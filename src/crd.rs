@@ -23,7 +23,7 @@ pub const USDC_PATTERN: &str = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$";
 /// An EVM address.
 pub const ADDRESS_PATTERN: &str = r"^0x[0-9a-fA-F]{40}$";
 
-/// Default noise floor: seed-to-seed noise of `val_bpb` is about 0.002 (protocols.md §7).
+/// Default noise floor: seed-to-seed noise of `val_bpb` is about 0.002 (docs/protocols.md §7).
 pub const DEFAULT_NOISE_FLOOR: f64 = 0.002;
 /// Default remote signer inside obol-stack: one per agent namespace.
 pub const DEFAULT_REMOTE_SIGNER_URL: &str = "http://remote-signer:9000";
@@ -92,6 +92,34 @@ pub const LEADERBOARD_SIZE: usize = 10;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.search.strategy",
+        description = "How experiments are proposed",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.workers.eligible",
+        description = "Workers whose price and network the campaign accepts",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Noise",
+        type_ = "number",
+        json_path = ".spec.objective.noiseFloor",
+        description = "Improvements smaller than this are not improvements",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Left",
+        type_ = "string",
+        json_path = ".status.budgetLeft",
+        description = "USDC of the budget neither spent nor reserved",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -610,7 +638,9 @@ pub struct ExperimentCampaignStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions (Ready, Progressing, Stopped, NoWorkers...) with reasons.
+    /// Standard conditions, each with a reason and a message: `SpecValid`, `WorkersAvailable`,
+    /// `Progressing`, `Complete` (stopped for good, whatever the reason) and `Succeeded` (finished
+    /// by the goal, maxExperiments or an exhausted search: what `kubectl wait` should wait for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Experiments started so far (paid or being paid).
@@ -635,6 +665,9 @@ pub struct ExperimentCampaignStatus {
     /// USDC reserved by experiments in flight, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<String>,
+    /// USDC of `budget.total` neither spent nor reserved, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_left: Option<String>,
     /// The best result so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<ResultSummary>,
@@ -729,6 +762,13 @@ pub struct LedgerEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// `sha256:<hex>` of the train.py being run, when THINK changed the code (the source is in
+    /// the data volume's script store); absent means the campaign's train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_hash: Option<String>,
+    /// What this experiment changed, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Attempts so far, this one included (failed attempts that paid nothing are retried).
     #[serde(default = "one")]
     pub attempt: u32,
@@ -748,6 +788,13 @@ pub struct PendingExperiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// `sha256:<hex>` of the train.py to run, when THINK changed the code; absent means the
+    /// campaign's train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_hash: Option<String>,
+    /// What this experiment changes, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Attempts already made (0 for a fresh proposal).
     #[serde(default)]
     pub attempts: u32,
@@ -1193,7 +1240,23 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Phase", "Done", "Running", "Best", "Spent", "Age"]
+            [
+                "Phase", "Done", "Running", "Best", "Spent", "Age", "Strategy", "Workers", "Noise",
+                "Left"
+            ]
+        );
+        let wide: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|c| c.priority == Some(1))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            wide,
+            ["Strategy", "Workers", "Noise", "Left"],
+            "only in -o wide"
         );
     }
 

@@ -1,7 +1,7 @@
 //! What an experiment is: a train.py and a config, identified by their hash.
 //!
 //! The id is derived, not random, so that the same (train.py, config) pair always gets the same
-//! id: a duplicate proposal is recognised and never paid twice (design invariant 4), and a worker's
+//! id: a duplicate proposal is recognised and never paid twice (docs/design.md, invariant 4), and a worker's
 //! `GET /experiments/<id>` finds the result of a run whose answer was lost.
 
 use serde_json::Value;

@@ -51,8 +51,11 @@ impl Limits {
 
 /// Why a reservation was refused. Each is a normal outcome, not a bug: the caller drops the
 /// (unsent) voucher and tries again later or stops.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Refusal {
+    /// The spec cannot be read (it changed under a running experiment).
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
     /// The experiment is already in flight or finished.
     #[error("experiment {0} is already in flight or finished")]
     Duplicate(String),
@@ -78,6 +81,12 @@ pub enum Refusal {
     /// Finished plus running experiments already reach `maxExperiments`.
     #[error("maxExperiments {0} reached")]
     MaxExperiments(u32),
+    /// `spec.suspend` is set: nothing new starts.
+    #[error("the campaign is suspended")]
+    Suspended,
+    /// The campaign reached a stop reason (goal, maxExperiments, failures, budget).
+    #[error("the campaign has stopped: {0}")]
+    Stopped(Stop),
     /// The status carries an amount this version cannot read; spending stops rather than guess.
     #[error("status amount {0:?} is unreadable; refusing to spend")]
     Unreadable(String),
@@ -149,7 +158,7 @@ pub fn free_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
     by_parallelism.min(by_max)
 }
 
-/// Reserves a signed voucher against the budget before it is sent (design invariants 1 and 2).
+/// Reserves a signed voucher against the budget before it is sent (docs/design.md, invariants 1 and 2).
 /// The entry's experiment leaves `pending`. Nothing is changed on refusal.
 pub fn reserve(
     status: &mut ExperimentCampaignStatus,
@@ -193,7 +202,7 @@ pub fn reserve(
 
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub enum Ending {
     /// The worker ran the experiment and gave a valid answer: a finite, non-negative val_bpb
     /// for this experiment id (`result`), or a failed run (`None`: train.py crashed or timed out).
     Finished {
@@ -213,6 +222,15 @@ pub enum Outcome {
     },
 }
 
+impl Ending {
+    /// What was paid (or may have been) for the attempt.
+    pub fn paid(&self) -> Usdc {
+        match self {
+            Ending::Finished { paid, .. } | Ending::WorkerFailed { paid, .. } => *paid,
+        }
+    }
+}
+
 /// What `complete` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -230,12 +248,12 @@ pub enum Recorded {
 }
 
 /// Records how an in-flight experiment ended, removing its ledger entry in the same change so
-/// that it is counted exactly once (design invariant 3).
+/// that it is counted exactly once (docs/design.md, invariant 3).
 pub fn complete(
     status: &mut ExperimentCampaignStatus,
     limits: &Limits,
     experiment_id: &str,
-    outcome: Outcome,
+    outcome: Ending,
 ) -> Result<Recorded, Refusal> {
     let Some(index) = status
         .ledger
@@ -244,16 +262,14 @@ pub fn complete(
     else {
         return Ok(Recorded::AlreadyCounted);
     };
-    let paid = match &outcome {
-        Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
-    };
+    let paid = outcome.paid();
     let new_spent = spent(status)?
         .checked_add(paid)
         .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
     let entry = status.ledger.remove(index);
     status.spent = Some(new_spent.to_string());
     let recorded = match outcome {
-        Outcome::Finished {
+        Ending::Finished {
             result: Some(result),
             ..
         } if is_valid_val_bpb(result.val_bpb) => {
@@ -264,14 +280,14 @@ pub fn complete(
                 new_best,
             }
         }
-        Outcome::Finished { .. } => {
+        Ending::Finished { .. } => {
             status.failed += 1;
             Recorded::Counted {
                 succeeded: false,
                 new_best: false,
             }
         }
-        Outcome::WorkerFailed { paid, .. } => {
+        Ending::WorkerFailed { paid, .. } => {
             status.worker_failures += 1;
             // Retrying after a payment that may have settled would pay twice for one
             // experiment: only an attempt that provably paid nothing goes to another worker.
@@ -300,6 +316,8 @@ fn retry_of(entry: LedgerEntry) -> PendingExperiment {
     PendingExperiment {
         experiment_id: entry.experiment_id,
         config: entry.config,
+        train_hash: entry.train_hash,
+        description: entry.description,
         attempts: entry.attempt,
         avoid: vec![entry.worker],
     }
@@ -337,6 +355,7 @@ pub fn refresh_derived(status: &mut ExperimentCampaignStatus, limits: &Limits) {
     if status.spent.is_none() {
         status.spent = Some(Usdc::ZERO.to_string());
     }
+    status.budget_left = budget_left(status, limits).ok().map(|u| u.to_string());
 }
 
 /// Why a campaign stops starting experiments, if it does. Derived from the spec every time, so
@@ -371,6 +390,12 @@ impl Stop {
             Stop::TooManyFailures => "TooManyFailures",
             Stop::BudgetExhausted => "BudgetExhausted",
         }
+    }
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
     }
 }
 
@@ -480,7 +505,7 @@ mod tests {
         let l = limits();
         let mut s = ExperimentCampaignStatus::default();
         reserve(&mut s, &l, entry("a", 20_000, 1)).unwrap();
-        let done = Outcome::Finished {
+        let done = Ending::Finished {
             result: Some(result("a", 0.99)),
             paid: Usdc::from_atomic(20_000),
         };
@@ -523,7 +548,7 @@ mod tests {
                     &mut s,
                     &l,
                     &id,
-                    Outcome::Finished {
+                    Ending::Finished {
                         result: None,
                         paid: amount,
                     },
@@ -543,7 +568,7 @@ mod tests {
         let l = limits();
         let mut s = ExperimentCampaignStatus::default();
         reserve(&mut s, &l, entry("a", 10_000, 1)).unwrap();
-        let unpaid = Outcome::WorkerFailed {
+        let unpaid = Ending::WorkerFailed {
             paid: Usdc::ZERO,
             reason: "500".into(),
         };
@@ -555,7 +580,7 @@ mod tests {
 
         reserve(&mut s, &l, entry("a", 10_000, 2)).unwrap();
         assert!(s.pending.is_empty());
-        let maybe_paid = Outcome::WorkerFailed {
+        let maybe_paid = Ending::WorkerFailed {
             paid: Usdc::from_atomic(10_000),
             reason: "connection dropped".into(),
         };
@@ -587,7 +612,7 @@ mod tests {
                 &mut s,
                 &l,
                 "a",
-                Outcome::WorkerFailed {
+                Ending::WorkerFailed {
                     paid: Usdc::ZERO,
                     reason: "busy".into(),
                 },
@@ -609,7 +634,7 @@ mod tests {
                 &mut s,
                 &l,
                 "a",
-                Outcome::Finished {
+                Ending::Finished {
                     result: Some(result("a", bad)),
                     paid: Usdc::from_atomic(1),
                 },
@@ -637,7 +662,7 @@ mod tests {
                 &mut s,
                 &l,
                 &id,
-                Outcome::Finished {
+                Ending::Finished {
                     result: Some(result(&id, v)),
                     paid: Usdc::from_atomic(1),
                 },

@@ -15,12 +15,16 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
+pub mod endpoint;
 pub mod engine;
 pub mod experiment;
 pub mod http;
 pub mod ledger;
 pub mod payment;
 pub mod results;
+pub mod scripts;
 pub mod strategy;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod usdc;

@@ -1,6 +1,6 @@
 //! PUBLISH: `results.jsonl`, one JSON object per finished experiment, on a persistent volume.
 //!
-//! The first seven fields are the seed format of obol-stack's coordinator (protocols.md §6) and
+//! The first seven fields are the seed format of obol-stack's coordinator (docs/protocols.md §6) and
 //! keep their names; the rest are additions. Every append is flushed to disk before it returns,
 //! so a result that was reported is never lost to a crash.
 
@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 /// One line of results.jsonl.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct ResultRecord {
     /// Experiment id sent to the worker.
     pub experiment_id: String,
@@ -35,18 +35,69 @@ pub struct ResultRecord {
     /// Amount paid in atomic USDC units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
-    /// Worker's status: `completed`, `failed` or `timeout`.
+    /// How the run ended: `completed`, `failed`, `timeout` or `worker_failure` (see
+    /// [`RunStatus`]). Kept as text so that a newer or hand-written value is still read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Keep/discard, as autoresearch's results.tsv says it: `keep` (became the new base),
+    /// `discard` (no improvement beyond the noise floor) or `crash` (no result). A separate field
+    /// from `status` so that files written before it existed keep their meaning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
     /// The config that was run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Value>,
+    /// The searched parameters and their values (what varies; small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// One line saying what this experiment changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `sha256:<hex>` of the train.py this experiment's code was derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_train_hash: Option<String>,
     /// Namespace of the campaign (controller only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_namespace: Option<String>,
     /// Name of the campaign (controller only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_name: Option<String>,
+}
+
+/// How a run ended, as written in the `status` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    /// The worker ran train.py and reported a valid val_bpb.
+    Completed,
+    /// The run failed (train.py crashed, printed no val_bpb, or the answer was not a result).
+    Failed,
+    /// The run exceeded the worker's time limit.
+    Timeout,
+    /// The worker failed and the amount may have settled.
+    WorkerFailure,
+}
+
+impl RunStatus {
+    /// The text written to results.jsonl.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Timeout => "timeout",
+            RunStatus::WorkerFailure => "worker_failure",
+        }
+    }
+}
+
+impl ResultRecord {
+    /// Whether the run completed with a result (older lines without a status count when they
+    /// carry a val_bpb).
+    pub fn succeeded(&self) -> bool {
+        match self.status.as_deref() {
+            Some(s) => s == RunStatus::Completed.as_str(),
+            None => self.val_bpb.is_some(),
+        }
+    }
 }
 
 /// `$DATA_DIR/autoresearch/results.jsonl`.
@@ -92,6 +143,11 @@ impl ResultsLog {
     pub fn read_all(&self) -> std::io::Result<Vec<ResultRecord>> {
         read_records(&self.path)
     }
+
+    /// Calls `each` for every record, oldest first, without holding the file in memory.
+    pub fn read_each(&self, each: impl FnMut(ResultRecord)) -> std::io::Result<()> {
+        for_each_record(&self.path, each)
+    }
 }
 
 fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
@@ -105,25 +161,32 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
 
 /// Reads records from a results file; a missing file is an empty history.
 pub fn read_records(path: &Path) -> std::io::Result<Vec<ResultRecord>> {
+    let mut records = Vec::new();
+    for_each_record(path, |r| records.push(r))?;
+    Ok(records)
+}
+
+/// Streams the records of a results file; a missing file has none. Lines that do not parse are
+/// skipped with a warning.
+pub fn for_each_record(path: &Path, mut each: impl FnMut(ResultRecord)) -> std::io::Result<()> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut records = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str(&line) {
-            Ok(record) => records.push(record),
+            Ok(record) => each(record),
             Err(e) => {
                 tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping unreadable result line")
             }
         }
     }
-    Ok(records)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -142,7 +205,11 @@ mod tests {
             network: None,
             amount: None,
             status: None,
+            decision: None,
             config: None,
+            params: None,
+            description: None,
+            parent_train_hash: None,
             campaign_namespace: None,
             campaign_name: None,
         }

@@ -37,6 +37,8 @@ const CAMPAIGN_NAMESPACE_RIGHTS: &[&str] = &[
     "create events.k8s.io/events",
     "patch events.k8s.io/events",
     "get core/configmaps",
+    "list core/configmaps",
+    "watch core/configmaps",
     "get core/secrets[remote-signer-keystore]",
     "get core/secrets[campaign-token]",
 ];
@@ -749,6 +751,7 @@ fn service_account_has_exactly_the_least_privilege_rights() {
         ],
         &["create", "events.events.k8s.io", "-n", &other],
         &["get", "configmaps/train", "-n", &other],
+        &["watch", "configmaps", "-n", &other],
         &["get", "secrets/remote-signer-keystore", "-n", &other],
         &["get", "secrets/campaign-token", "-n", ns],
         &["update", "leases.coordination.k8s.io/x", "-n", ns],
@@ -757,7 +760,6 @@ fn service_account_has_exactly_the_least_privilege_rights() {
         &["list", "secrets", "-n", ns],
         &["watch", "secrets", "--all-namespaces"],
         &["get", "secrets/other-secret", "-n", ns],
-        &["list", "configmaps", "-n", &other],
         &[
             "delete",
             "experimentcampaigns.autoresearch.obol.org",

@@ -1,5 +1,5 @@
 //! The controller end to end: a real API server, real payments on anvil through the reference
-//! x402 gates, stand-in workers that simulate train.py (testbed/payments), and the controller
+//! x402 gates, stand-in workers that run the submitted train.py (testbed/payments), and the controller
 //! binary as a process — killed, restarted and doubled to check the invariants of design.md.
 
 mod support;
@@ -117,6 +117,8 @@ async fn twelve_experiments_over_three_workers_are_each_paid_once() {
             .as_str()
             .is_some_and(|t| t.starts_with("0x"))
     }));
+    // Each result is what train.py printed for its config on the worker that ran it.
+    support::assert_measured_by_landscape(&lines);
 
     // kubectl agrees with the status.
     let (out, _) = support::kubectl_eventually(&["get", "campaigns", "-n", &s.ns]);

@@ -305,3 +305,57 @@ async fn documents_written_by_agent0_sdk_are_read() {
     assert_eq!(w.total_experiments, Some(7));
     assert_eq!(set.workers.len(), chain.deployed.workers.len() + 1);
 }
+
+#[tokio::test]
+async fn without_a_key_the_day_quota_is_kept_and_the_chain_takes_over() {
+    let chain = Chain::start();
+    // An index with a day quota of 20 anonymous requests (a reserve of 2 kept back), fast
+    // enough per minute not to slow the test.
+    let index = ScanServer::start(&[
+        "--fail-every",
+        "0",
+        "--rate-limit",
+        "600",
+        "--rate-window-ms",
+        "60000",
+        "--day-limit",
+        "20",
+    ]);
+    let mut settings = chain.discovery().settings().clone();
+    // Over the quota the stand-in asks to come back tomorrow: a client that kept asking would
+    // be refused at once rather than wait.
+    settings.scan.retry_after_max = Duration::from_millis(50);
+    settings.scan.max_attempts = 2;
+    let discovery = Discovery::new(settings);
+    let spec = chain.spec(&index.api_url(), OnChainMode::Fallback);
+
+    // The first refresh costs 12 requests (3 lists, 9 details); later ones 3 lists, details
+    // being cached by `updated_at`. Eight refreshes would need 33.
+    let mut sources = Vec::new();
+    for _ in 0..8 {
+        let set = discovery.refresh_allowing(&spec, &[]).await.unwrap();
+        sources.push((set.workers[0].source, set.index_quota_low()));
+        if set.index_quota_low() && set.workers[0].source == Source::Chain {
+            let found: BTreeMap<u64, String> = set
+                .workers
+                .iter()
+                .map(|w| (w.agent_id.unwrap(), w.endpoint.clone()))
+                .collect();
+            assert_eq!(found, chain.deployed.workers);
+            assert!(
+                set.warnings.iter().any(|w| w.contains("day quota")),
+                "{:?}",
+                set.warnings
+            );
+        }
+    }
+    assert_eq!(sources[0], (Source::Index, false));
+    assert_eq!(
+        sources.last(),
+        Some(&(Source::Chain, true)),
+        "the chain took over: {sources:?}"
+    );
+    let stats = get_json(&format!("{}/__stats", index.origin())).await;
+    assert_eq!(stats["refusedDay"], 0, "never over the quota: {stats}");
+    assert_eq!(stats["anonymous"], 18, "the reserve is kept: {stats}");
+}

@@ -52,7 +52,8 @@ fn agents(list: &[autoresearch_coordinator::discovery::Rejected]) -> BTreeSet<St
 
 #[tokio::test]
 async fn index_finds_every_variant_and_no_decoy() {
-    // Six API requests per second at most, and every fourth request a 500.
+    // Six API requests per second at most (the client paces itself by the headers that say
+    // so), and every fourth request a 500.
     let server = ScanServer::start(&[
         "--fail-every",
         "4",
@@ -111,7 +112,6 @@ async fn index_finds_every_variant_and_no_decoy() {
 
     let stats = server.stats().await;
     assert!(stats["served500"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["served429"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["list"].as_u64().unwrap() > 3, "paged: {stats}");
     assert!(
         stats["userAgents"].as_array().unwrap().iter().any(|ua| ua
@@ -388,4 +388,42 @@ async fn redirects_and_oversized_documents_are_refused() {
         .await
         .unwrap_err();
     assert!(err.refusal().is_some(), "{err}");
+}
+
+#[tokio::test]
+async fn a_minute_spent_by_another_client_is_waited_out_as_retry_after_says() {
+    // Six anonymous requests per 2 s window (180 a minute in the headers).
+    let server = ScanServer::start(&[
+        "--fail-every",
+        "0",
+        "--rate-limit",
+        "6",
+        "--rate-window-ms",
+        "2000",
+    ]);
+    // Another process sharing the anonymous quota (a controller, say) spends the window.
+    let other = discovery_support::client();
+    for _ in 0..6 {
+        let r = other
+            .get(format!("{}/agents?limit=1", server.api_url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let discovery = Discovery::new(settings(&server));
+    let start = std::time::Instant::now();
+    let set = discovery
+        .workers(&spec(&server, &["127.0.0.1/32"]))
+        .await
+        .expect("discovery succeeds after waiting");
+    assert_eq!(set.workers.len(), REAL.len());
+    let stats = server.stats().await;
+    assert!(stats["refusedMinute"].as_u64().unwrap() >= 1, "{stats}");
+    // Retry-After is a whole second at least; the client waited it out rather than hammering.
+    assert!(
+        stats["refusedMinute"].as_u64().unwrap() <= 2,
+        "one refusal per window at most: {stats}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1));
 }

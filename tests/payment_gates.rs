@@ -20,6 +20,7 @@ use autoresearch_coordinator::payment::{
     self, ExperimentRequest, PaymentError, Policy, Prepared, RemoteSigner, Rule, SignerError,
     VoucherTerms, WorkerClient, WorkerError,
 };
+use autoresearch_coordinator::strategy::landscape;
 use autoresearch_coordinator::usdc::Usdc;
 use serde_json::{Value, json};
 use support::testbed::Testbed;
@@ -32,7 +33,8 @@ fn policy() -> Policy {
     }
 }
 
-const TRAIN_PY: &str = "print('val_bpb: 0.997900')\n";
+/// The workers run it: it prints the landscape's val_bpb of the config it is given.
+const TRAIN_PY: &str = support::TRAIN_LANDSCAPE;
 
 fn request(config: Value) -> ExperimentRequest {
     ExperimentRequest {
@@ -88,7 +90,11 @@ async fn each_gate_kind_is_paid_exactly_once() {
         let outcome = worker.run(Some(&stored), &req).await.unwrap();
         assert_eq!(outcome.result.status, "completed", "{name}");
         assert_eq!(outcome.result.experiment_id, req.experiment_id);
-        assert!(outcome.result.val_bpb.unwrap() > 0.9);
+        assert_eq!(
+            outcome.result.val_bpb,
+            Some(landscape::val_bpb(&req.config)),
+            "{name}: what train.py measured"
+        );
         let tx = outcome
             .transaction()
             .unwrap_or_else(|| panic!("{name}: no tx hash"));
@@ -428,6 +434,7 @@ async fn the_binary_pays_records_and_refuses() {
     assert_eq!(record["status"], "completed");
     assert_eq!(record["train_hash"], experiment::train_hash(TRAIN_PY));
     assert_eq!(record["config"], json!({"lr": 0.004}));
+    support::assert_measured_by_landscape(std::slice::from_ref(&record));
     assert!(record["payment_tx"].as_str().unwrap().starts_with("0x"));
 
     let refused = bin()

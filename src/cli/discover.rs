@@ -5,6 +5,7 @@ use std::io::Write;
 use clap::{Args, ValueEnum};
 
 use crate::crd::{DEFAULT_SCAN_API_URL, DEFAULT_SKILL, DiscoverySpec, OnChainMode};
+use crate::discovery::cache::DiskCache;
 use crate::discovery::{Discovery, DiscoverySettings, WorkerSet};
 
 /// How to find workers, as on the campaign's `spec.discovery`.
@@ -28,6 +29,10 @@ pub struct DiscoveryArgs {
     /// every time (always), to confirm index results (confirm), or never (off).
     #[arg(long, value_enum, default_value_t = OnChainArg::Fallback)]
     pub on_chain: OnChainArg,
+    /// Scan again even if the cache in $DATA_DIR/autoresearch/discovery/ is younger than the
+    /// refresh interval.
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 /// `--on-chain` values.
@@ -65,13 +70,39 @@ impl DiscoveryArgs {
         spec
     }
 
-    /// Runs discovery once with these flags and the environment, reading at most `index_rows`
-    /// agents from the index.
-    pub async fn discover(&self, index_rows: usize) -> anyhow::Result<WorkerSet> {
+    /// Runs discovery once with these flags and the environment (SCAN_API_KEY, DATA_DIR for
+    /// the cache...), reading at most `index_rows` agents from the index. A cached result
+    /// younger than the refresh interval costs no request, unless `--refresh`.
+    /// `data_dir` replaces DATA_DIR (leaderboard's `--data-dir`).
+    pub async fn discover(
+        &self,
+        index_rows: usize,
+        data_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<WorkerSet> {
         let mut settings = DiscoverySettings::from_env()?;
         settings.index_limit = index_rows;
+        if let Some(dir) = data_dir {
+            settings.cache_dir = Some(DiskCache::under_data_dir(dir).dir().to_path_buf());
+        }
         let discovery = Discovery::new(settings);
-        Ok(discovery.workers(&self.spec()).await?)
+        let started = std::time::SystemTime::now();
+        let set = if self.refresh {
+            discovery.refresh_allowing(&self.spec(), &[]).await?
+        } else {
+            discovery.workers(&self.spec()).await?
+        };
+        if let Ok(age) = started.duration_since(set.fetched_at) {
+            tracing::info!(
+                "discovery results from the cache, {}s old (--refresh scans again)",
+                age.as_secs()
+            );
+        }
+        if set.index_quota_low() {
+            tracing::warn!(
+                "the 8004scan day quota is down to its reserve: discovery reads the chain until it resets; set SCAN_API_KEY to raise it"
+            );
+        }
+        Ok(set)
     }
 }
 
@@ -86,7 +117,10 @@ pub struct DiscoverCmd {
 }
 
 pub(super) async fn run(cmd: DiscoverCmd) -> anyhow::Result<()> {
-    let set = cmd.discovery.discover(cmd.discovery.limit as usize).await?;
+    let set = cmd
+        .discovery
+        .discover(cmd.discovery.limit as usize, None)
+        .await?;
     let shown: Vec<_> = set
         .workers
         .iter()

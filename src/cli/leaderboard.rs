@@ -38,7 +38,10 @@ pub(super) async fn run(cmd: LeaderboardCmd) -> anyhow::Result<()> {
     // Ranking needs more of the index than the rows shown.
     let set = cmd
         .discovery
-        .discover((cmd.discovery.limit as usize).max(LEADERBOARD_INDEX_ROWS))
+        .discover(
+            (cmd.discovery.limit as usize).max(LEADERBOARD_INDEX_ROWS),
+            Some(&cmd.data_dir),
+        )
         .await?;
     let ranked: Vec<_> = rank_by_published_bpb(&set.workers)
         .into_iter()

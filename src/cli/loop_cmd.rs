@@ -148,7 +148,7 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         }
         if matches!(
             step.phase,
-            Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted
+            None | Some(Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted)
         ) {
             break;
         }

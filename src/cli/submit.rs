@@ -204,8 +204,7 @@ fn record(
         ),
         status: Some(outcome.result.status.clone()),
         config: Some(request.config.clone()),
-        campaign_namespace: None,
-        campaign_name: None,
+        ..ResultRecord::default()
     }
 }
 

@@ -9,16 +9,18 @@ pub mod events;
 pub mod server;
 pub mod store;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -70,7 +72,17 @@ struct Context {
     default_signer_url: Option<String>,
     // One signer client (and its connection pool) per signer URL and token, shared by every
     // campaign and reconcile that uses it.
-    signers: std::sync::Mutex<std::collections::HashMap<SignerKey, Arc<RemoteSigner>>>,
+    signers: Mutex<HashMap<SignerKey, Arc<RemoteSigner>>>,
+    // Per campaign, built once: its status store (whose lock serialises this process's writes)
+    // and its event sink (whose series cache folds repeats). Dropped when the campaign is gone.
+    campaigns: Mutex<HashMap<String, Arc<CampaignParts>>>,
+}
+
+/// What a campaign keeps between reconciles.
+struct CampaignParts {
+    uid: Option<String>,
+    store: Arc<store::StatusStore>,
+    notify: Arc<events::EventSink>,
 }
 
 /// A signer URL and its token.
@@ -87,11 +99,50 @@ impl Context {
         if let Some(signer) = signers.get(&key) {
             return Ok(signer.clone());
         }
-        let signer = RemoteSigner::new(url, key.1.clone())
-            .map_err(|e| ReconcileError::Input(format!("spec.payment.remoteSignerUrl: {e}")))?;
+        let signer = RemoteSigner::new(url, key.1.clone()).map_err(ReconcileError::SignerUrl)?;
         let signer = Arc::new(signer);
         signers.insert(key, signer.clone());
         Ok(signer)
+    }
+
+    /// The campaign's store and event sink, built on first sight (and again for a campaign
+    /// re-created under the same name).
+    fn parts(
+        &self,
+        key: &str,
+        campaign: &ExperimentCampaign,
+        namespace: &str,
+        name: &str,
+    ) -> Arc<CampaignParts> {
+        let mut map = self.campaigns.lock().expect("campaigns lock");
+        let uid = campaign.metadata.uid.clone();
+        if let Some(parts) = map.get(key).filter(|p| p.uid == uid) {
+            return parts.clone();
+        }
+        let parts = Arc::new(CampaignParts {
+            uid,
+            store: Arc::new(store::StatusStore::new(
+                self.client.clone(),
+                namespace,
+                name,
+            )),
+            notify: Arc::new(events::EventSink::new(
+                self.client.clone(),
+                &self.identity,
+                campaign,
+            )),
+        });
+        map.insert(key.to_string(), parts.clone());
+        parts
+    }
+
+    /// Drops what this process keeps of campaigns that no longer exist.
+    fn forget_missing(&self, exists: impl Fn(&str) -> bool) {
+        self.campaigns
+            .lock()
+            .expect("campaigns lock")
+            .retain(|key, _| exists(key));
+        self.engine.forget_missing(exists);
     }
 }
 
@@ -133,6 +184,7 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         default_token: args.signer_token.clone(),
         default_signer_url: args.signer_url.clone(),
         signers: Default::default(),
+        campaigns: Default::default(),
     });
 
     let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
@@ -191,11 +243,24 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
 }
 
 async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, stop: CancellationToken) {
-    let api: Api<ExperimentCampaign> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+    let (campaigns, config_maps): (Api<ExperimentCampaign>, Api<ConfigMap>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(ctx.client.clone(), ns),
+            Api::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let controller = Controller::new(campaigns, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // An edited train.py in a ConfigMap reconciles the campaigns that use it at once. Secrets
+    // are not watched: that would need list/watch on every Secret, and the chart grants `get`
+    // by name only; a token change is read on the next reconcile.
+    let users = store.clone();
+    let controller = controller.watches(config_maps, watcher::Config::default(), move |cm| {
+        campaigns_using(&users, &cm)
+    });
+    let sweep = tokio::spawn(sweep_deleted(ctx.clone(), store, stop.clone()));
+    controller
         .with_config(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
@@ -207,14 +272,108 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, stop: Canc
             }
         })
         .await;
+    sweep.abort();
+}
+
+/// The campaigns whose train.py is the ConfigMap `cm`.
+fn campaigns_using(
+    store: &reflector::Store<ExperimentCampaign>,
+    cm: &ConfigMap,
+) -> Vec<ObjectRef<ExperimentCampaign>> {
+    let (Some(ns), Some(name)) = (
+        cm.metadata.namespace.as_deref(),
+        cm.metadata.name.as_deref(),
+    ) else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns))
+        .filter(|c| {
+            c.spec
+                .train_script
+                .config_map_key_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// kube-runtime does not reconcile a deleted object, so what this process keeps of deleted
+/// campaigns is dropped here, every minute, by comparing with the watch's cache.
+async fn sweep_deleted(
+    ctx: Arc<Context>,
+    store: reflector::Store<ExperimentCampaign>,
+    stop: CancellationToken,
+) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let live: std::collections::HashSet<String> = store
+            .state()
+            .iter()
+            .map(|c| campaign_key(&c.namespace().unwrap_or_default(), &c.name_any()))
+            .collect();
+        ctx.forget_missing(|key| live.contains(key));
+    }
+}
+
+fn campaign_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// Errors reconcile can return; each is retried.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// Reading the campaign's inputs (train.py, token) failed.
-    #[error("{0}")]
-    Input(String),
+    /// A ConfigMap or Secret the spec names does not exist.
+    #[error("{kind} {name} ({field}) not found in the campaign's namespace")]
+    Missing {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The spec field naming it.
+        field: &'static str,
+    },
+    /// The ConfigMap or Secret exists but lacks the key.
+    #[error("{kind} {name} has no key {key}")]
+    MissingKey {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// A Secret's value is not UTF-8 text.
+    #[error("Secret {name} key {key} is not text")]
+    NotText {
+        /// Secret name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// Reading an input from the API server failed (transient, or RBAC).
+    #[error("reading {kind} {name}: {source}")]
+    Read {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// `spec.payment.remoteSignerUrl` is not a usable URL.
+    #[error("spec.payment.remoteSignerUrl: {0}")]
+    SignerUrl(#[source] crate::payment::SignerError),
     /// The engine failed to read or write status.
     #[error(transparent)]
     Engine(#[from] crate::engine::UpdateError),
@@ -288,8 +447,9 @@ async fn handle_for(
             let bytes = data
                 .and_then(|d| d.get(&r.key).cloned())
                 .ok_or_else(|| missing_key("Secret", &r.name, &r.key))?;
-            let text = String::from_utf8(bytes.0).map_err(|_| {
-                ReconcileError::Input(format!("Secret {} key {} is not text", r.name, r.key))
+            let text = String::from_utf8(bytes.0).map_err(|_| ReconcileError::NotText {
+                name: r.name.clone(),
+                key: r.key.clone(),
             })?;
             Some(text.trim().to_string())
         }
@@ -301,16 +461,14 @@ async fn handle_for(
         _ => &spec.payment.remote_signer_url,
     };
     let signer = ctx.signer(url, token)?;
+    let key = campaign_key(namespace, name);
+    let parts = ctx.parts(&key, campaign, namespace, name);
     Ok(CampaignHandle {
-        key: format!("{namespace}/{name}"),
+        key,
         namespace: Some(namespace.to_string()),
         name: name.to_string(),
-        store: Arc::new(store::StatusStore::new(ctx.client.clone(), namespace, name)),
-        notify: Arc::new(events::EventSink::new(
-            ctx.client.clone(),
-            &ctx.identity,
-            campaign,
-        )),
+        store: parts.store.clone(),
+        notify: parts.notify.clone(),
         signer,
         train_py: train_py.into(),
     })
@@ -321,7 +479,7 @@ async fn named<K>(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    field: &str,
+    field: &'static str,
 ) -> Result<K, ReconcileError>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -329,16 +487,37 @@ where
         + std::fmt::Debug
         + serde::de::DeserializeOwned,
 {
-    let kind = K::kind(&());
+    let kind = kind_of::<K>();
     Api::<K>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| ReconcileError::Input(format!("reading {kind} {name}: {e}")))?
-        .ok_or_else(|| ReconcileError::Input(format!("{kind} {name} ({field}) not found")))
+        .map_err(|source| ReconcileError::Read {
+            kind,
+            name: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| ReconcileError::Missing {
+            kind,
+            name: name.to_string(),
+            field,
+        })
 }
 
-fn missing_key(kind: &str, name: &str, key: &str) -> ReconcileError {
-    ReconcileError::Input(format!("{kind} {name} has no key {key}"))
+/// `ConfigMap` or `Secret`, as a static name for errors.
+fn kind_of<K: kube::Resource<DynamicType = ()>>() -> &'static str {
+    if K::kind(&()) == "Secret" {
+        "Secret"
+    } else {
+        "ConfigMap"
+    }
+}
+
+fn missing_key(kind: &'static str, name: &str, key: &str) -> ReconcileError {
+    ReconcileError::MissingKey {
+        kind,
+        name: name.to_string(),
+        key: key.to_string(),
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

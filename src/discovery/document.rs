@@ -1,4 +1,4 @@
-//! The ERC-8004 registration document, read tolerantly (protocols.md §2).
+//! The ERC-8004 registration document, read tolerantly (docs/protocols.md §2).
 //!
 //! Documents are written by many hands and by several SDK versions, so every field has more than
 //! one spelling and most have more than one type. The parser never fails on a surprising field:

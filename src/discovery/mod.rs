@@ -6,6 +6,7 @@
 //! [`policy`]. [`service::Discovery`] ties them together behind a cache that every campaign of
 //! the process shares.
 
+pub mod cache;
 pub mod chain;
 pub mod document;
 pub mod fetch;

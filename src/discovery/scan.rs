@@ -1,8 +1,16 @@
-//! The 8004scan public API (protocols.md §1): a seed source that is slow, rate-limited and
+//! The 8004scan public API (docs/protocols.md §1): a seed source that is slow, rate-limited and
 //! often answers 500, so every call is paced, retried and cached.
+//!
+//! The client sends `X-API-Key` when it has one, paces itself by the server's own
+//! `x-ratelimit-*` headers (minute and day) where they are present, honours `Retry-After` on
+//! 429, and keeps a reserve of the day's quota: once the index says only the reserve is left,
+//! it sends nothing more and answers [`ScanError::DayQuota`], so discovery can fall back to the
+//! chain.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use rand::Rng;
 use serde_json::{Map, Value};
@@ -21,11 +29,96 @@ const MAX_PAGES: u32 = 50;
 /// An embedded document given as a JSON string is parsed only up to this size.
 const MAX_EMBEDDED_BYTES: usize = 256 * 1024;
 
+/// An 8004scan API key (`SCAN_API_KEY`). It is sent as `X-API-Key` and shown nowhere: its
+/// `Debug` is redacted and no error or cache file contains it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// A key, if `raw` is a usable header value (visible ASCII).
+    pub fn new(raw: &str) -> Option<Self> {
+        let key = raw.trim();
+        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic())).then(|| Self(key.into()))
+    }
+
+    /// A one-way digest that tells keys apart without revealing them (cache keys use it).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("autoresearch-coordinator/scan-api-key\n{}", self.0));
+        format!("key-{}", hex::encode(&d[..8]))
+    }
+
+    fn header(&self) -> reqwest::header::HeaderValue {
+        let mut v = reqwest::header::HeaderValue::from_str(&self.0)
+            .expect("checked visible ASCII in ApiKey::new");
+        v.set_sensitive(true);
+        v
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// The index's own account of its limits, from the `x-ratelimit-*` headers of its last answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// `x-ratelimit-limit-minute`.
+    pub minute_limit: Option<u64>,
+    /// `x-ratelimit-remaining-minute`.
+    pub minute_remaining: Option<u64>,
+    /// `x-ratelimit-limit-day`.
+    pub day_limit: Option<u64>,
+    /// `x-ratelimit-remaining-day`.
+    pub day_remaining: Option<u64>,
+    /// When it was read (seconds since the Unix epoch).
+    pub observed_at: u64,
+}
+
+impl Quota {
+    fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
+        let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+        let q = Self {
+            minute_limit: number("x-ratelimit-limit-minute"),
+            minute_remaining: number("x-ratelimit-remaining-minute"),
+            day_limit: number("x-ratelimit-limit-day"),
+            day_remaining: number("x-ratelimit-remaining-day"),
+            observed_at: unix_now(),
+        };
+        (q.minute_limit.is_some() || q.day_limit.is_some() || q.day_remaining.is_some())
+            .then_some(q)
+    }
+
+    /// Requests of the day kept back: a tenth of the day's limit, at least 2 and at most 100.
+    pub fn day_reserve(&self) -> u64 {
+        self.day_limit.map_or(2, |l| (l / 10).clamp(2, 100))
+    }
+
+    /// Whether only the reserve is left of today's quota. An observation from an earlier UTC
+    /// day says nothing about today.
+    pub fn day_reserve_reached(&self) -> bool {
+        let today = unix_now() / 86_400;
+        self.observed_at / 86_400 == today
+            && self.day_remaining.is_some_and(|r| r <= self.day_reserve())
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How the client paces and retries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanSettings {
-    /// Requests per minute (the anonymous limit is about 10).
+    /// Requests per minute when the index reports no limit of its own (the documented
+    /// anonymous limit is 10).
     pub requests_per_minute: u32,
+    /// Sent as `X-API-Key`.
+    pub api_key: Option<ApiKey>,
     /// Attempts per request, the first included.
     pub max_attempts: u32,
     /// First retry delay; doubled each attempt, with jitter.
@@ -44,6 +137,7 @@ impl Default for ScanSettings {
     fn default() -> Self {
         Self {
             requests_per_minute: 10,
+            api_key: None,
             max_attempts: 5,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
@@ -99,6 +193,28 @@ pub enum ScanError {
         /// Error.
         source: BodyError,
     },
+    /// Only the reserve of today's quota is left: nothing more is sent until the day turns.
+    #[error(
+        "the 8004scan day quota is nearly spent ({remaining} of {limit} requests left, {reserve} kept in reserve); set SCAN_API_KEY to raise it"
+    )]
+    DayQuota {
+        /// Requests left today, as the index last said.
+        remaining: u64,
+        /// Today's limit.
+        limit: u64,
+        /// Requests never spent on refreshes.
+        reserve: u64,
+    },
+    /// The index refused the API key.
+    #[error(
+        "GET {url} answered {status}: the index refused SCAN_API_KEY; check it, or unset it to read anonymously"
+    )]
+    BadKey {
+        /// URL.
+        url: String,
+        /// 401 or 403.
+        status: u16,
+    },
     /// The answer is not what the API documents.
     #[error("GET {url}: unexpected answer: {why}")]
     Shape {
@@ -136,35 +252,86 @@ pub struct ScanResult {
     pub requests: u64,
 }
 
-/// Paces requests: one every `60 s / rate`, first one immediately. A steady spacing rather
-/// than a burst keeps any 60-second window within the server's limit.
+/// Paces requests: one every `60 s / rate`, first one immediately, where the rate is the
+/// index's own `x-ratelimit-limit-minute` once it has said it, else the configured one. A steady
+/// spacing rather than a burst keeps any 60-second window within the server's limit.
 #[derive(Debug)]
 struct Pacer {
-    interval: Duration,
+    fallback: Duration,
     // tokio's clock, so that tests can run it paused.
-    next: Mutex<Option<tokio::time::Instant>>,
+    last: Mutex<Option<tokio::time::Instant>>,
+    // Not held across an await: an answer is noted while another request waits for its slot.
+    quota: std::sync::Mutex<Option<Quota>>,
 }
 
 impl Pacer {
     fn new(per_minute: u32) -> Self {
         Self {
-            interval: Duration::from_secs(60) / per_minute.max(1),
-            next: Mutex::new(None),
+            fallback: Duration::from_secs(60) / per_minute.max(1),
+            last: Mutex::new(None),
+            quota: std::sync::Mutex::new(None),
         }
     }
 
-    async fn wait(&self) {
-        // The lock is held across the sleep, so waiters queue in order (tokio's Mutex is fair).
-        let mut next = self.next.lock().await;
-        if let Some(at) = *next {
-            tokio::time::sleep_until(at).await;
+    fn interval(&self) -> Duration {
+        match self.quota().and_then(|q| q.minute_limit) {
+            Some(limit) if limit > 0 => Duration::from_secs(60) / limit.min(60_000) as u32,
+            _ => self.fallback,
         }
-        *next = Some(tokio::time::Instant::now() + self.interval);
+    }
+
+    /// Waits for the next slot, or refuses when only the day's reserve is left.
+    async fn wait(&self) -> Result<(), ScanError> {
+        // The lock is held across the sleep, so waiters queue in order (tokio's Mutex is fair).
+        let mut last = self.last.lock().await;
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + self.interval()).await;
+        }
+        if let Some(q) = self.quota().filter(Quota::day_reserve_reached) {
+            return Err(ScanError::DayQuota {
+                remaining: q.day_remaining.unwrap_or(0),
+                limit: q.day_limit.unwrap_or(0),
+                reserve: q.day_reserve(),
+            });
+        }
+        *last = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Takes in what the index said about its limits: the next request follows it.
+    fn observe(&self, quota: Quota) {
+        *self.quota.lock().unwrap_or_else(|p| p.into_inner()) = Some(quota);
+    }
+
+    fn quota(&self) -> Option<Quota> {
+        *self.quota.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// A detail record and the row `updated_at` it was read for.
 type CachedDetail = (Option<String>, Value);
+
+/// A detail record as the disk cache keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CachedDocument {
+    /// Chain id.
+    pub chain_id: u64,
+    /// Token (agent) id.
+    pub token_id: u64,
+    /// The list row's `updated_at` the record was read for.
+    pub updated_at: String,
+    /// The detail record.
+    pub record: Value,
+}
+
+/// The outcome of one request.
+enum Attempt {
+    Done(Value),
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
+}
 
 /// A client for one 8004scan deployment. Share one per base URL: the pacing and the detail
 /// cache are per client.
@@ -342,53 +509,29 @@ impl ScanClient {
     }
 
     /// GET with pacing, and retries with backoff and jitter on 429, 5xx and transient
-    /// transport errors; `Retry-After` is honoured (capped).
+    /// transport errors; `Retry-After` is honoured (capped). Stops at the day's reserve.
     async fn get_json(&self, url: &Url) -> Result<Value, ScanError> {
         let attempts = self.settings.max_attempts.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
-            self.pacer.wait().await;
+            self.pacer.wait().await?;
             self.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let delay = match self.http.get(url.clone()).send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = retry_after(resp.headers());
-                    let body = read_capped(resp, MAX_PAGE_BYTES).await.map_err(|source| {
-                        ScanError::Body {
-                            url: url.to_string(),
-                            source,
-                        }
-                    })?;
-                    if status.is_success() {
-                        return serde_json::from_slice(&body).map_err(|e| ScanError::Shape {
-                            url: url.to_string(),
-                            why: format!("not JSON: {e}"),
-                        });
-                    }
-                    if status.as_u16() != 429 && !status.is_server_error() {
-                        return Err(ScanError::Status {
-                            url: url.to_string(),
-                            status: status.as_u16(),
-                            body: snippet(&body, 200),
-                        });
-                    }
-                    last = format!("{status}: {}", snippet(&body, 120));
-                    retry_after
-                        .map(|d| d.min(self.settings.retry_after_max))
-                        .unwrap_or_else(|| self.backoff(attempt))
-                }
-                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
-                    last = e.to_string();
-                    self.backoff(attempt)
-                }
-                Err(source) => {
-                    return Err(ScanError::Transport {
-                        url: url.to_string(),
-                        source,
-                    });
+            let delay = match self.attempt(url).await? {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Retry { after, why } => {
+                    last = why;
+                    after.unwrap_or_else(|| self.backoff(attempt))
                 }
             };
+            if let Some(q) = self.pacer.quota().filter(Quota::day_reserve_reached) {
+                // Waiting for tomorrow is not a retry: the caller falls back now.
+                return Err(ScanError::DayQuota {
+                    remaining: q.day_remaining.unwrap_or(0),
+                    limit: q.day_limit.unwrap_or(0),
+                    reserve: q.day_reserve(),
+                });
+            }
             if attempt < attempts {
                 tracing::debug!(%url, attempt, ?delay, error = %last, "8004scan request failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -399,6 +542,106 @@ impl ScanClient {
             attempts,
             last,
         })
+    }
+
+    /// One request: the answer, a retryable failure, or an error.
+    async fn attempt(&self, url: &Url) -> Result<Attempt, ScanError> {
+        let mut request = self.http.get(url.clone());
+        if let Some(key) = &self.settings.api_key {
+            request = request.header("x-api-key", key.header());
+        }
+        let resp = match request.send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                return Ok(Attempt::Retry {
+                    after: None,
+                    why: e.without_url().to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(ScanError::Transport {
+                    url: url.to_string(),
+                    source: source.without_url(),
+                });
+            }
+        };
+        let status = resp.status();
+        if let Some(quota) = Quota::from_headers(resp.headers()) {
+            self.pacer.observe(quota);
+        }
+        let retry_after = retry_after(resp.headers()).map(|d| d.min(self.settings.retry_after_max));
+        let body = read_capped(resp, MAX_PAGE_BYTES)
+            .await
+            .map_err(|source| ScanError::Body {
+                url: url.to_string(),
+                source,
+            })?;
+        let url = url.to_string();
+        match status.as_u16() {
+            200..=299 => serde_json::from_slice(&body)
+                .map(Attempt::Done)
+                .map_err(|e| ScanError::Shape {
+                    url,
+                    why: format!("not JSON: {e}"),
+                }),
+            status @ (401 | 403) if self.settings.api_key.is_some() => {
+                Err(ScanError::BadKey { url, status })
+            }
+            429 | 500..=599 => Ok(Attempt::Retry {
+                after: retry_after,
+                why: format!("{status}: {}", snippet(&body, 120)),
+            }),
+            status => Err(ScanError::Status {
+                url,
+                status,
+                body: snippet(&body, 200),
+            }),
+        }
+    }
+
+    /// What the index last said about its limits.
+    pub fn quota(&self) -> Option<Quota> {
+        self.pacer.quota()
+    }
+
+    /// Starts from a limit observed earlier (by another process sharing the cache), unless this
+    /// client has heard from the index since.
+    pub fn restore_quota(&self, quota: Quota) {
+        if self
+            .pacer
+            .quota()
+            .is_none_or(|q| q.observed_at < quota.observed_at)
+        {
+            self.pacer.observe(quota);
+        }
+    }
+
+    /// The detail records read so far, by agent and the row `updated_at` they were read for.
+    pub async fn documents(&self) -> Vec<CachedDocument> {
+        self.details
+            .lock()
+            .await
+            .iter()
+            .filter_map(|((chain_id, token_id), (updated_at, record))| {
+                Some(CachedDocument {
+                    chain_id: *chain_id,
+                    token_id: *token_id,
+                    updated_at: updated_at.clone()?,
+                    record: record.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Detail records read earlier (from the disk cache): an agent whose row still has the same
+    /// `updated_at` is not fetched again.
+    pub async fn remember(&self, documents: Vec<CachedDocument>) {
+        let mut details = self.details.lock().await;
+        for d in documents {
+            details
+                .entry((d.chain_id, d.token_id))
+                .or_insert((Some(d.updated_at), d.record));
+        }
     }
 
     /// Exponential backoff with jitter: a random delay between half and all of
@@ -604,12 +847,69 @@ mod tests {
         let pacer = Pacer::new(1200);
         let start = tokio::time::Instant::now();
         for _ in 0..4 {
-            pacer.wait().await;
+            pacer.wait().await.unwrap();
         }
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
-        assert_eq!(Pacer::new(10).interval, Duration::from_secs(6));
+        assert_eq!(Pacer::new(10).interval(), Duration::from_secs(6));
+    }
+
+    #[tokio::test]
+    async fn the_pace_and_the_reserve_follow_the_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(Quota::from_headers(&h), None);
+        for (k, v) in [
+            ("x-ratelimit-limit-minute", "1200"),
+            ("x-ratelimit-remaining-minute", "1199"),
+            ("x-ratelimit-limit-day", "100"),
+            ("x-ratelimit-remaining-day", "11"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        let quota = Quota::from_headers(&h).unwrap();
+        assert_eq!(quota.day_reserve(), 10);
+        assert!(!quota.day_reserve_reached());
+
+        // Configured for 10 a minute; the index says 1200.
+        let pacer = Pacer::new(10);
+        pacer.observe(quota);
+        assert_eq!(pacer.interval(), Duration::from_millis(50));
+        pacer.wait().await.unwrap();
+        pacer.observe(Quota {
+            day_remaining: Some(10),
+            ..quota
+        });
+        assert!(matches!(
+            pacer.wait().await,
+            Err(ScanError::DayQuota {
+                remaining: 10,
+                limit: 100,
+                reserve: 10
+            })
+        ));
+        // Yesterday's count says nothing about today.
+        let yesterday = Quota {
+            day_remaining: Some(0),
+            observed_at: unix_now() - 86_400,
+            ..quota
+        };
+        assert!(!yesterday.day_reserve_reached());
+        let big = Quota {
+            day_limit: Some(100_000),
+            ..quota
+        };
+        assert_eq!(big.day_reserve(), 100);
+    }
+
+    #[test]
+    fn the_key_is_redacted() {
+        let key = ApiKey::new(" abc-123 ").unwrap();
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+        assert!(!key.fingerprint().contains("abc-123"));
+        assert!(key.header().is_sensitive());
+        assert!(ApiKey::new("two words").is_none());
+        assert!(ApiKey::new("").is_none());
     }
 
     #[test]

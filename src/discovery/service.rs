@@ -1,22 +1,26 @@
 //! Discovery as one shared service: every campaign of the process asks the same [`Discovery`],
 //! which caches what the index and the chain returned, so a hundred campaigns with the same
-//! settings cost one index scan per refresh interval.
+//! settings cost one index scan per refresh interval. With a cache folder (the CLI and the
+//! controller use `$DATA_DIR/autoresearch/discovery/`), results outlive the process: a second
+//! `discover` within the refresh interval sends no request at all.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
+use super::cache::DiskCache;
 use super::chain::{ChainConfig, ChainError, ChainIndex};
 use super::document::{SkillFilter, parse_registration};
 use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
 use super::policy::{AddressPolicy, AllowEntryError, Refusal};
-use super::scan::{IndexEntry, ScanClient, ScanError, ScanResult, ScanSettings};
+use super::scan::{ApiKey, IndexEntry, Quota, ScanClient, ScanError, ScanResult, ScanSettings};
 use super::worker::{Source, Worker, merge};
 use crate::crd::{DiscoverySpec, OnChainMode};
 
@@ -25,6 +29,18 @@ const FAILURE_TTL: Duration = Duration::from_secs(60);
 
 /// Documents and endpoints vetted at once.
 const CONCURRENCY: usize = 8;
+
+/// Cache file kinds.
+const RESULTS: &str = "results";
+const DOCUMENTS: &str = "documents";
+const QUOTA: &str = "quota";
+
+/// How long a refresh waits for another process refreshing the same settings.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+fn ttl_of(spec: &DiscoverySpec) -> Duration {
+    Duration::from_secs(u64::from(spec.refresh_interval_seconds.max(1)))
+}
 
 /// Process-wide discovery settings (from the environment for the CLI and the controller).
 #[derive(Clone, Debug)]
@@ -40,6 +56,9 @@ pub struct DiscoverySettings {
     pub chain: Option<ChainConfig>,
     /// How long a result may be served after refreshes started failing.
     pub max_stale: Duration,
+    /// Where results, documents and the index's quota are kept between runs; `None`: memory
+    /// only.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for DiscoverySettings {
@@ -50,17 +69,34 @@ impl Default for DiscoverySettings {
             ipfs_gateway: Url::parse(DEFAULT_IPFS_GATEWAY).expect("constant URL"),
             chain: None,
             max_stale: Duration::from_secs(3600),
+            cache_dir: None,
         }
     }
 }
 
 impl DiscoverySettings {
-    /// Reads `IPFS_GATEWAY`, `SCAN_RATE_LIMIT` (requests per minute), `ERPC_NETWORK`
-    /// (`base` / `base-sepolia`, default `base-sepolia`), `ERPC_URL`, and the overrides
-    /// `ERC8004_REGISTRY`, `ERC8004_START_BLOCK`, `ERPC_MAX_BLOCK_RANGE` (for a private chain).
+    /// Reads `SCAN_API_KEY` (sent as `X-API-Key`), `DATA_DIR` (default `/data`; the cache is
+    /// `$DATA_DIR/autoresearch/discovery/`), `IPFS_GATEWAY`, `SCAN_RATE_LIMIT` (requests per
+    /// minute while the index reports no limit), `ERPC_NETWORK` (`base` / `base-sepolia`,
+    /// default `base-sepolia`), `ERPC_URL`, and the overrides `ERC8004_REGISTRY`,
+    /// `ERC8004_START_BLOCK`, `ERPC_MAX_BLOCK_RANGE` (for a private chain).
     pub fn from_env() -> Result<Self, DiscoveryError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut s = Self::default();
+        if let Some(k) = var("SCAN_API_KEY") {
+            // The message never repeats the value: it is a secret.
+            s.scan.api_key = Some(ApiKey::new(&k).ok_or_else(|| {
+                DiscoveryError::Config(
+                    "SCAN_API_KEY has characters an HTTP header cannot carry".into(),
+                )
+            })?);
+        }
+        let data_dir = var("DATA_DIR").unwrap_or_else(|| "/data".into());
+        s.cache_dir = Some(
+            DiskCache::under_data_dir(data_dir.as_ref())
+                .dir()
+                .to_path_buf(),
+        );
         if let Some(g) = var("IPFS_GATEWAY") {
             s.ipfs_gateway = Url::parse(&g)
                 .ok()
@@ -119,10 +155,16 @@ pub enum DiscoveryError {
         "no worker source answered: {0}. Check SCAN_API_URL and ERPC_URL / ERPC_NETWORK (or the campaign's discovery settings), or name workers by hand"
     )]
     AllSourcesFailed(String),
+    /// Nothing is cached yet and the first refresh did not finish in time; it goes on in the
+    /// background.
+    #[error(
+        "discovery has found nothing yet: the first scan is still running after {0:?} (it goes on in the background)"
+    )]
+    Pending(Duration),
 }
 
 /// An agent that was found but not kept, and why.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {
     /// `<chain>:<agent>` when known.
     pub agent: String,
@@ -146,6 +188,16 @@ pub struct WorkerSet {
     /// When the discovered part was fetched.
     #[serde(with = "system_time_rfc3339")]
     pub fetched_at: SystemTime,
+    /// The index's quota as it last reported it, when it does.
+    pub index_quota: Option<Quota>,
+}
+
+impl WorkerSet {
+    /// Whether the index's day quota is down to its reserve: discovery sends it nothing more
+    /// today and reads the chain instead (when the campaign's on-chain mode allows).
+    pub fn index_quota_low(&self) -> bool {
+        self.index_quota.is_some_and(|q| q.day_reserve_reached())
+    }
 }
 
 mod system_time_rfc3339 {
@@ -158,14 +210,23 @@ mod system_time_rfc3339 {
     }
 }
 
-/// What the discovered part of a [`WorkerSet`] is cached as.
-#[derive(Clone, Debug)]
+/// What the discovered part of a [`WorkerSet`] is cached as (in memory and on disk).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Discovered {
     workers: Vec<Worker>,
     refused: Vec<Rejected>,
     skipped: Vec<Rejected>,
     warnings: Vec<String>,
     fetched_at: SystemTime,
+    index_quota: Option<Quota>,
+}
+
+impl Discovered {
+    fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.fetched_at)
+            .unwrap_or_default()
+    }
 }
 
 struct Timed<T> {
@@ -179,8 +240,27 @@ type Slot<T> = Arc<Mutex<Option<Timed<T>>>>;
 /// source is not retried by every caller).
 #[derive(Default)]
 struct Resolved {
-    good: Option<Timed<Arc<Discovered>>>,
+    good: Option<Arc<Discovered>>,
     failure: Option<Timed<String>>,
+}
+
+/// One key's cache. `state` is only held for a moment, never across an await, so a caller that
+/// must not wait can always read it; `refresh` is held for as long as a refresh runs, so there
+/// is one refresh at a time per key.
+#[derive(Default)]
+struct Entry {
+    state: std::sync::Mutex<Resolved>,
+    refresh: Arc<Mutex<()>>,
+}
+
+impl Entry {
+    fn state(&self) -> std::sync::MutexGuard<'_, Resolved> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn good(&self) -> Option<Arc<Discovered>> {
+        self.state().good.clone()
+    }
 }
 
 /// An index scan, or why it failed (failures are cached too, so an outage is not hammered).
@@ -191,6 +271,7 @@ type IndexOutcome = Result<Arc<ScanResult>, String>;
 struct ResolveKey {
     scan_api_url: String,
     skill: SkillFilter,
+    index_limit: usize,
     mode: OnChainModeKey,
     chain: Option<ChainConfig>,
     policy: AddressPolicy,
@@ -221,7 +302,8 @@ struct Inner {
     scan_clients: Mutex<HashMap<String, Arc<ScanClient>>>,
     chains: Mutex<HashMap<ChainConfig, Arc<ChainIndex>>>,
     index: Mutex<HashMap<(String, SkillFilter), Slot<IndexOutcome>>>,
-    resolved: Mutex<HashMap<ResolveKey, Arc<Mutex<Resolved>>>>,
+    resolved: Mutex<HashMap<ResolveKey, Arc<Entry>>>,
+    disk: Option<DiskCache>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -237,11 +319,12 @@ impl Discovery {
     pub fn new(settings: DiscoverySettings) -> Self {
         Self {
             inner: Arc::new(Inner {
-                settings,
                 scan_clients: Mutex::default(),
                 chains: Mutex::default(),
                 index: Mutex::default(),
                 resolved: Mutex::default(),
+                disk: settings.cache_dir.clone().map(DiskCache::new),
+                settings,
             }),
         }
     }
@@ -253,7 +336,8 @@ impl Discovery {
 
     /// The workers for a campaign's discovery spec: cached for `refreshIntervalSeconds`, shared
     /// with every campaign whose spec discovers the same way; static workers and the
-    /// `prefer` / `exclude` lists applied on top. Callers queue while one refresh runs.
+    /// `prefer` / `exclude` lists applied on top. Callers queue while one refresh runs. For a
+    /// caller that must not wait, see [`Discovery::workers_now`].
     pub async fn workers(&self, spec: &DiscoverySpec) -> Result<WorkerSet, DiscoveryError> {
         self.workers_allowing(spec, &[]).await
     }
@@ -264,59 +348,70 @@ impl Discovery {
         spec: &DiscoverySpec,
         extra_allow: &[String],
     ) -> Result<WorkerSet, DiscoveryError> {
-        let key = self.key(spec, extra_allow)?;
-        let ttl = Duration::from_secs(u64::from(spec.refresh_interval_seconds.max(1)));
-        let slot = slot(&self.inner.resolved, key.clone()).await;
-        let mut cached = slot.lock().await;
-        if let Some(c) = &cached.good
-            && c.at.elapsed() < ttl
-        {
-            return Ok(finish(spec, &c.value));
+        self.lookup(spec, extra_allow, false).await
+    }
+
+    /// As [`Discovery::workers_allowing`], but scans again whatever is cached (`discover
+    /// --refresh`). Still one refresh at a time per key, and still within the index's quota.
+    pub async fn refresh_allowing(
+        &self,
+        spec: &DiscoverySpec,
+        extra_allow: &[String],
+    ) -> Result<WorkerSet, DiscoveryError> {
+        self.lookup(spec, extra_allow, true).await
+    }
+
+    /// The workers for a spec **without waiting for a scan** whenever anything is known, for
+    /// callers on the critical path (the engine's CLAIM, a fail-over to the next worker).
+    ///
+    /// - Something cached (in memory, or on disk from an earlier run or another process), fresh
+    ///   or stale: answered at once. A stale result comes with a warning, and a refresh starts in
+    ///   a background task unless one already runs for the same settings (one at a time per
+    ///   key). The caller never waits for it; later calls see its result.
+    /// - Nothing cached, but the spec names static workers (`loop --prefer`): the static
+    ///   workers at once, the first refresh in the background.
+    /// - Nothing cached at all: the caller waits up to `wait` for the first refresh, and gets
+    ///   its result, its error, or [`DiscoveryError::Pending`] (the refresh goes on).
+    ///
+    /// Static workers and `prefer` / `exclude` apply as in [`Discovery::workers`]. Must be
+    /// called within a tokio runtime (the refresh is spawned on it).
+    pub async fn workers_now(
+        &self,
+        spec: &DiscoverySpec,
+        wait: Duration,
+    ) -> Result<WorkerSet, DiscoveryError> {
+        let key = self.key(spec, &[])?;
+        let ttl = ttl_of(spec);
+        let entry = self.entry(&key).await;
+        if let Some(found) = entry.good().or_else(|| self.load_disk(&key, &entry)) {
+            let mut set = finish(spec, &found);
+            if found.age() >= ttl {
+                self.refresh_in_background(&key, ttl, &entry);
+                set.warnings.push(format!(
+                    "serving discovery results from {}s ago while a refresh runs",
+                    found.age().as_secs()
+                ));
+            }
+            if let Some(f) = &entry.state().failure {
+                set.warnings
+                    .push(format!("the last discovery refresh failed: {}", f.value));
+            }
+            return Ok(set);
         }
-        let recent_failure = cached
-            .failure
-            .as_ref()
-            .filter(|f| f.at.elapsed() < ttl.min(FAILURE_TTL))
-            .map(|f| DiscoveryError::AllSourcesFailed(f.value.clone()));
-        let outcome = match recent_failure {
-            Some(e) => Err(e),
-            None => self.discover(&key, ttl).await,
-        };
-        match outcome {
-            Ok(found) => {
-                let found = Arc::new(found);
-                cached.good = Some(Timed {
-                    at: Instant::now(),
-                    value: found.clone(),
-                });
-                cached.failure = None;
-                Ok(finish(spec, &found))
-            }
-            Err(e) => {
-                if let DiscoveryError::AllSourcesFailed(msg) = &e
-                    && cached.failure.is_none()
-                {
-                    cached.failure = Some(Timed {
-                        at: Instant::now(),
-                        value: msg.clone(),
-                    });
-                }
-                match &cached.good {
-                    // A source outage should not take every campaign's workers away at once.
-                    Some(c) if c.at.elapsed() < self.inner.settings.max_stale => {
-                        let mut set = finish(spec, &c.value);
-                        set.warnings
-                            .push(format!("serving the result of an earlier refresh: {e}"));
-                        Ok(set)
-                    }
-                    _ if !spec.workers.is_empty() => {
-                        let mut set = finish(spec, &Discovered::empty());
-                        set.warnings.push(e.to_string());
-                        Ok(set)
-                    }
-                    _ => Err(e),
-                }
-            }
+        self.refresh_in_background(&key, ttl, &entry);
+        if !spec.workers.is_empty() {
+            let mut set = finish(spec, &Discovered::empty());
+            set.warnings
+                .push("discovery is still running; using the named workers meanwhile".into());
+            return Ok(set);
+        }
+        // The background refresh holds this lock until it has stored its outcome.
+        let done = tokio::time::timeout(wait, entry.refresh.clone().lock_owned()).await;
+        let state = entry.state();
+        match (&state.good, &state.failure, done) {
+            (Some(found), _, _) => Ok(finish(spec, found)),
+            (None, Some(f), Ok(_)) => Err(DiscoveryError::AllSourcesFailed(f.value.clone())),
+            _ => Err(DiscoveryError::Pending(wait)),
         }
     }
 
@@ -324,9 +419,144 @@ impl Discovery {
     /// must not block).
     pub async fn peek(&self, spec: &DiscoverySpec) -> Option<WorkerSet> {
         let key = self.key(spec, &[]).ok()?;
-        let slot = slot(&self.inner.resolved, key).await;
-        let cached = slot.try_lock().ok()?;
-        cached.good.as_ref().map(|c| finish(spec, &c.value))
+        let entry = self.entry(&key).await;
+        let found = entry.good().or_else(|| self.load_disk(&key, &entry))?;
+        Some(finish(spec, &found))
+    }
+
+    async fn lookup(
+        &self,
+        spec: &DiscoverySpec,
+        extra_allow: &[String],
+        force: bool,
+    ) -> Result<WorkerSet, DiscoveryError> {
+        let key = self.key(spec, extra_allow)?;
+        let entry = self.entry(&key).await;
+        let guard = entry.refresh.clone().lock_owned().await;
+        let outcome = self.resolve(&key, ttl_of(spec), &entry, force).await;
+        drop(guard);
+        let e = match outcome {
+            Ok(found) => return Ok(finish(spec, &found)),
+            Err(e) => e,
+        };
+        match entry.good() {
+            // A source outage should not take every campaign's workers away at once.
+            Some(c) if c.age() < self.inner.settings.max_stale => {
+                let mut set = finish(spec, &c);
+                set.warnings
+                    .push(format!("serving the result of an earlier refresh: {e}"));
+                Ok(set)
+            }
+            _ if !spec.workers.is_empty() => {
+                let mut set = finish(spec, &Discovered::empty());
+                set.warnings.push(e.to_string());
+                Ok(set)
+            }
+            _ => Err(e),
+        }
+    }
+
+    /// Starts a refresh of `key` in a task, unless one runs already.
+    fn refresh_in_background(&self, key: &ResolveKey, ttl: Duration, entry: &Arc<Entry>) {
+        let Ok(guard) = entry.refresh.clone().try_lock_owned() else {
+            return;
+        };
+        let (this, key, entry) = (self.clone(), key.clone(), entry.clone());
+        tokio::spawn(async move {
+            if let Err(e) = this.resolve(&key, ttl, &entry, false).await {
+                tracing::warn!("background discovery refresh failed: {e}");
+            }
+            drop(guard);
+        });
+    }
+
+    /// The result for `key`: cached when fresh (memory, then disk), else a refresh. The caller
+    /// holds the key's refresh lock.
+    async fn resolve(
+        &self,
+        key: &ResolveKey,
+        ttl: Duration,
+        entry: &Entry,
+        force: bool,
+    ) -> Result<Arc<Discovered>, DiscoveryError> {
+        let asked = SystemTime::now();
+        let fresh = |d: &Arc<Discovered>| !force && d.age() < ttl;
+        if let Some(found) = entry.good().filter(fresh) {
+            return Ok(found);
+        }
+        if let Some(found) = self.load_disk(key, entry).filter(fresh) {
+            return Ok(found);
+        }
+        if !force
+            && let Some(f) = &entry.state().failure
+            && f.at.elapsed() < ttl.min(FAILURE_TTL)
+        {
+            return Err(DiscoveryError::AllSourcesFailed(f.value.clone()));
+        }
+        // Another process sharing the cache may be refreshing the same key: wait for it, then
+        // use what it stored.
+        let text = format!("{key:?}");
+        let _lock = match &self.inner.disk {
+            Some(disk) => disk.lock(RESULTS, &text, LOCK_WAIT).await,
+            None => None,
+        };
+        if let Some(found) = self
+            .load_disk(key, entry)
+            .filter(|d| d.fetched_at >= asked || fresh(d))
+        {
+            return Ok(found);
+        }
+        match self.discover(key, ttl, force).await {
+            Ok(found) => {
+                let found = Arc::new(found);
+                if let Some(disk) = &self.inner.disk
+                    && let Err(e) = disk.save(RESULTS, &text, &*found)
+                {
+                    tracing::warn!("{e}");
+                }
+                let mut state = entry.state();
+                state.good = Some(found.clone());
+                state.failure = None;
+                Ok(found)
+            }
+            Err(e) => {
+                if let DiscoveryError::AllSourcesFailed(msg) = &e {
+                    let mut state = entry.state();
+                    if state.failure.is_none() || force {
+                        state.failure = Some(Timed {
+                            at: Instant::now(),
+                            value: msg.clone(),
+                        });
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The result stored on disk for `key`, if newer than memory's (it is then kept in memory).
+    fn load_disk(&self, key: &ResolveKey, entry: &Entry) -> Option<Arc<Discovered>> {
+        let disk = self.inner.disk.as_ref()?;
+        let stored = disk.load::<Discovered>(RESULTS, &format!("{key:?}"))?;
+        let mut state = entry.state();
+        match &state.good {
+            Some(mem) if mem.fetched_at >= stored.data.fetched_at => Some(mem.clone()),
+            _ => {
+                let found = Arc::new(stored.data);
+                state.good = Some(found.clone());
+                Some(found)
+            }
+        }
+    }
+
+    async fn entry(&self, key: &ResolveKey) -> Arc<Entry> {
+        self.inner
+            .resolved
+            .lock()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     fn key(
@@ -349,6 +579,7 @@ impl Discovery {
         Ok(ResolveKey {
             scan_api_url: spec.scan_api_url.trim().to_string(),
             skill: SkillFilter::new(&spec.skill),
+            index_limit: self.inner.settings.index_limit,
             mode: spec.on_chain.mode.into(),
             chain,
             policy: AddressPolicy::with_allowlist(&allow)?,
@@ -359,6 +590,7 @@ impl Discovery {
         &self,
         key: &ResolveKey,
         ttl: Duration,
+        force: bool,
     ) -> Result<Discovered, DiscoveryError> {
         let fetcher =
             DocumentFetcher::new(key.policy.clone(), self.inner.settings.ipfs_gateway.clone())
@@ -370,9 +602,12 @@ impl Discovery {
         let index = if key.scan_api_url.is_empty() {
             None
         } else {
-            Some(self.index(&key.scan_api_url, &key.skill, ttl).await)
+            Some(self.index(&key.scan_api_url, &key.skill, ttl, force).await)
         };
         let index_failed = !matches!(index, Some(Ok(_)));
+        if index.is_some() {
+            out.index_quota = self.index_quota(&key.scan_api_url).await;
+        }
         if let Some(Ok(scan)) = &index {
             out.warnings
                 .extend(scan.problems.iter().map(|p| format!("8004scan: {p}")));
@@ -430,6 +665,8 @@ impl Discovery {
         }
         out.warnings.extend(failures);
         out.workers = dedupe_sources(std::mem::take(&mut out.workers));
+        // Aged from the end of the refresh: an anonymous scan can outlast the interval itself.
+        out.fetched_at = SystemTime::now();
         Ok(out)
     }
 
@@ -439,10 +676,11 @@ impl Discovery {
         base: &str,
         skill: &SkillFilter,
         ttl: Duration,
+        force: bool,
     ) -> Result<Arc<ScanResult>, String> {
         let slot = slot(&self.inner.index, (base.to_string(), skill.clone())).await;
         let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref()
+        if let Some(c) = cached.as_ref().filter(|_| !force)
             && c.at.elapsed()
                 < if c.value.is_ok() {
                     ttl
@@ -453,11 +691,11 @@ impl Discovery {
             return c.value.clone();
         }
         let result = match self.scan_client(base).await {
-            Ok(client) => client
-                .scan(skill, self.inner.settings.index_limit)
-                .await
-                .map(Arc::new)
-                .map_err(|e| e.to_string()),
+            Ok(client) => {
+                let scanned = client.scan(skill, self.inner.settings.index_limit).await;
+                self.save_index_state(base, &client).await;
+                scanned.map(Arc::new).map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         *cached = Some(Timed {
@@ -473,8 +711,45 @@ impl Discovery {
             return Ok(c.clone());
         }
         let client = Arc::new(ScanClient::new(base, self.inner.settings.scan.clone())?);
+        if let Some(disk) = &self.inner.disk {
+            if let Some(docs) = disk.load(DOCUMENTS, base) {
+                client.remember(docs.data).await;
+            }
+            if let Some(quota) = disk.load::<Quota>(QUOTA, &self.quota_key(base)) {
+                client.restore_quota(quota.data);
+            }
+        }
         clients.insert(base.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// The quota belongs to the caller's identity at the index: anonymous, or one API key. The
+    /// key is hashed into the file's key, never stored.
+    fn quota_key(&self, base: &str) -> String {
+        let who = match &self.inner.settings.scan.api_key {
+            Some(k) => k.fingerprint(),
+            None => "anonymous".into(),
+        };
+        format!("{base}\n{who}")
+    }
+
+    /// Keeps what a scan learnt (documents, quota) for the next run.
+    async fn save_index_state(&self, base: &str, client: &ScanClient) {
+        let Some(disk) = &self.inner.disk else {
+            return;
+        };
+        let saved = disk.save(DOCUMENTS, base, &client.documents().await);
+        let saved = saved.and_then(|()| match client.quota() {
+            Some(q) => disk.save(QUOTA, &self.quota_key(base), &q),
+            None => Ok(()),
+        });
+        if let Err(e) = saved {
+            tracing::warn!("{e}");
+        }
+    }
+
+    async fn index_quota(&self, base: &str) -> Option<Quota> {
+        self.inner.scan_clients.lock().await.get(base)?.quota()
     }
 
     async fn chain(&self, cfg: &ChainConfig) -> Result<Arc<ChainIndex>, ChainError> {
@@ -647,6 +922,7 @@ fn finish(spec: &DiscoverySpec, found: &Discovered) -> WorkerSet {
         skipped: found.skipped.clone(),
         warnings: found.warnings.clone(),
         fetched_at: found.fetched_at,
+        index_quota: found.index_quota,
     }
 }
 
@@ -665,6 +941,7 @@ impl Discovered {
             skipped: Vec::new(),
             warnings: Vec::new(),
             fetched_at: SystemTime::now(),
+            index_quota: None,
         }
     }
 
@@ -776,5 +1053,109 @@ async fn vet(
             target: worker.endpoint,
             reason: refusal.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::StaticWorker;
+
+    /// An index that accepts connections and never answers: any scan hangs.
+    async fn silent_index() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/public", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        (url, task)
+    }
+
+    fn spec(url: &str) -> DiscoverySpec {
+        let mut spec = DiscoverySpec {
+            scan_api_url: url.into(),
+            refresh_interval_seconds: 10,
+            ..DiscoverySpec::default()
+        };
+        spec.on_chain.mode = OnChainMode::Never;
+        spec
+    }
+
+    fn worker(name: &str) -> Worker {
+        Worker {
+            agent_id: Some(1),
+            chain_id: Some(84532),
+            name: name.into(),
+            endpoint: format!("https://{name}.example/services/w"),
+            x402: true,
+            best_val_bpb: None,
+            total_experiments: None,
+            gpu: None,
+            source: Source::Index,
+            preferred: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_now_never_waits_when_anything_is_known() {
+        let (url, _index) = silent_index().await;
+        let dir = tempfile::tempdir().unwrap();
+        let discovery = Discovery::new(DiscoverySettings {
+            cache_dir: Some(dir.path().into()),
+            ..DiscoverySettings::default()
+        });
+        let wait = Duration::from_millis(300);
+
+        // Nothing known: a bounded wait, then Pending (the scan goes on).
+        let t = Instant::now();
+        let err = discovery.workers_now(&spec(&url), wait).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::Pending(_)), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+
+        // Static workers: at once.
+        let mut named = spec(&url);
+        named.workers = vec![StaticWorker {
+            endpoint: "https://mine.example/services/w".into(),
+            name: None,
+            agent_id: None,
+        }];
+        let t = Instant::now();
+        let set = discovery.workers_now(&named, wait).await.unwrap();
+        assert_eq!(set.workers.len(), 1);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+
+        // A stale result on disk (from another process): at once, with a warning, while the
+        // refresh (hanging here) runs in the background, one at a time.
+        let key = discovery.key(&spec(&url), &[]).unwrap();
+        let stale = Discovered {
+            workers: vec![worker("cached")],
+            fetched_at: SystemTime::now() - Duration::from_secs(60),
+            ..Discovered::empty()
+        };
+        DiskCache::new(dir.path())
+            .save(RESULTS, &format!("{key:?}"), &stale)
+            .unwrap();
+        let fresh = Discovery::new(discovery.settings().clone());
+        for _ in 0..3 {
+            let t = Instant::now();
+            let set = fresh.workers_now(&spec(&url), wait).await.unwrap();
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "{:?}",
+                t.elapsed()
+            );
+            assert_eq!(set.workers[0].name, "cached");
+            assert!(set.warnings.iter().any(|w| w.contains("refresh runs")));
+        }
+        let entry = fresh.entry(&key).await;
+        assert!(entry.refresh.try_lock().is_err(), "a refresh is running");
+        assert!(fresh.peek(&spec(&url)).await.is_some());
     }
 }

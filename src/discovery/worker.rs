@@ -2,14 +2,14 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::document::{Registration, SkillFilter};
 use crate::crd::{DiscoverySpec, StaticWorker};
 
 /// Where a worker was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Source {
     /// The 8004scan index.
     #[serde(rename = "8004scan")]
@@ -38,7 +38,7 @@ impl Source {
 }
 
 /// A GPU worker that can run experiments.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Worker {
     /// ERC-8004 agent (token) id.
     pub agent_id: Option<u64>,

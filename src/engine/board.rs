@@ -7,14 +7,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::payment::PaymentRequired;
 use crate::usdc::Usdc;
 
 /// How long a failed worker is skipped, doubling per consecutive failure up to [`MAX_COOLDOWN`].
 pub const BASE_COOLDOWN: Duration = Duration::from_secs(30);
 /// Longest cooldown.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(15 * 60);
-/// How long a price seen in a 402 is trusted.
+/// How long a price seen in a 402 is trusted for ordering workers.
 pub const PRICE_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a worker's whole 402 is reused instead of asking again before each payment. A
+/// stale one costs nothing: the gate refuses the voucher before running (nothing settles) and
+/// the next attempt asks afresh.
+pub const QUOTE_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct WorkerState {
@@ -22,16 +27,31 @@ struct WorkerState {
     failures: u32,
     cool_until: Option<Instant>,
     price: Option<(Usdc, Instant)>,
+    quote: Option<(PaymentRequired, Instant)>,
 }
 
 /// Shared, in-memory worker state. Lost on restart on purpose: after a restart the ledgers in
 /// campaign status say which workers are busy, and cooldowns start afresh.
-#[derive(Default)]
 pub struct WorkerBoard {
     workers: Mutex<HashMap<String, WorkerState>>,
+    base_cooldown: Duration,
+}
+
+impl Default for WorkerBoard {
+    fn default() -> Self {
+        Self::with_cooldown(BASE_COOLDOWN)
+    }
 }
 
 impl WorkerBoard {
+    /// A board whose first cooldown lasts `base` (it doubles per consecutive failure).
+    pub fn with_cooldown(base: Duration) -> Self {
+        Self {
+            workers: Mutex::default(),
+            base_cooldown: base,
+        }
+    }
+
     /// Marks `endpoint` busy with `experiment_id` unless it is busy or cooling down.
     pub fn try_claim(&self, endpoint: &str, experiment_id: &str) -> bool {
         let mut map = self.workers.lock().expect("board lock");
@@ -62,9 +82,11 @@ impl WorkerBoard {
             w.busy_with = None;
         }
         if failed {
+            // The worker may have changed its terms: ask again next time.
+            w.quote = None;
             w.failures = w.failures.saturating_add(1);
             let factor = 2u32.saturating_pow(w.failures.saturating_sub(1).min(10));
-            w.cool_until = Some(Instant::now() + (BASE_COOLDOWN * factor).min(MAX_COOLDOWN));
+            w.cool_until = Some(Instant::now() + (self.base_cooldown * factor).min(MAX_COOLDOWN));
         } else {
             w.failures = 0;
             w.cool_until = None;
@@ -82,6 +104,19 @@ impl WorkerBoard {
         let map = self.workers.lock().expect("board lock");
         let (price, at) = map.get(endpoint)?.price?;
         (at.elapsed() < PRICE_TTL).then_some(price)
+    }
+
+    /// Remembers a worker's 402.
+    pub fn note_quote(&self, endpoint: &str, quote: PaymentRequired) {
+        let mut map = self.workers.lock().expect("board lock");
+        map.entry(endpoint.to_string()).or_default().quote = Some((quote, Instant::now()));
+    }
+
+    /// The worker's last 402, if recent.
+    pub fn quote(&self, endpoint: &str) -> Option<PaymentRequired> {
+        let map = self.workers.lock().expect("board lock");
+        let (quote, at) = map.get(endpoint)?.quote.as_ref()?;
+        (at.elapsed() < QUOTE_TTL).then(|| quote.clone())
     }
 
     /// Whether `endpoint` is running an experiment.
@@ -122,6 +157,25 @@ mod tests {
         board.release("w", "x", false);
         assert!(!board.is_cooling("w"));
         assert!(board.try_claim("w", "b"));
+    }
+
+    #[test]
+    fn a_quote_is_reused_until_the_worker_fails() {
+        let board = WorkerBoard::default();
+        let quote = PaymentRequired {
+            version: crate::payment::X402Version::V2,
+            source: crate::payment::x402::Source::Header,
+            resource: None,
+            error: None,
+            accepts: Vec::new(),
+        };
+        assert_eq!(board.quote("w"), None);
+        board.note_quote("w", quote.clone());
+        assert_eq!(board.quote("w"), Some(quote));
+        board.release("w", "x", false);
+        assert!(board.quote("w").is_some(), "a success keeps it");
+        board.release("w", "x", true);
+        assert_eq!(board.quote("w"), None, "a failure forgets it");
     }
 
     #[test]

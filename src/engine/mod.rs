@@ -1,81 +1,52 @@
 //! The engine: one campaign step through THINK, CLAIM, RUN and PUBLISH, shared by the controller
 //! (status in the API server) and the `loop` command (status in memory).
 //!
-//! [`Engine::reconcile`] is fast and idempotent: it reads the campaign, resumes ledger entries
-//! that no task is running, asks the strategy for new experiments (THINK, persisted as `pending`),
-//! picks a worker for each (CLAIM) and spawns a task per experiment. The tasks (see [`run`]) do the
-//! slow part: price, sign, reserve in the ledger, send, and record the result (RUN, PUBLISH).
-//! Every status change goes through a pure transition of [`crate::ledger`].
+//! [`Engine::reconcile`] is fast and idempotent, and reads as the loop:
+//!
+//! | step | function | module |
+//! |---|---|---|
+//! | resume | ledger entries without a task get one | [`run::resume`] |
+//! | THINK | top up `pending` to the free slots | [`think`] |
+//! | CLAIM | workers, and one per pending experiment | [`claim`] |
+//! | PUBLISH | one status write: proposals, counts, phase, conditions | [`publish::decision`], [`status`] |
+//! | RUN | a task per assignment: price, sign, reserve, send | [`run::start`] |
+//!
+//! A RUN task ends in [`publish::complete`] (results.jsonl, then status, then metrics and an
+//! Event). Every status change goes through a pure transition of [`crate::ledger`].
 
 pub mod board;
+pub mod claim;
+pub mod memory;
+pub mod publish;
 pub mod run;
+pub mod status;
 pub mod store;
+#[cfg(test)]
+mod tests;
+pub mod think;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use serde_json::Value;
 
 use crate::crd::{
-    DiscoverySpec, ExperimentCampaign, ExperimentCampaignStatus, PendingExperiment, Phase,
-    WorkerCounts,
+    ExperimentCampaign, ExperimentCampaignStatus, PendingExperiment, Phase, WorkerCounts,
 };
-use crate::ledger::{self, Limits, Stop};
+use crate::ledger::{self, Limits};
 use crate::payment::RemoteSigner;
 use crate::results::{ResultRecord, ResultsLog};
-use crate::strategy::{self, History, Trial};
+use crate::strategy;
 use crate::telemetry::Metrics;
-use crate::usdc::Usdc;
 
 pub use board::WorkerBoard;
+pub use claim::{
+    Candidate, Discovered, SourceError, StaticWorkers, WorkerSource, static_candidates,
+};
+use memory::Memory;
+use status::Sighting;
 pub use store::{CampaignStore, MemoryStore, UpdateError};
-
-/// A worker the engine may use.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
-    /// Service URL.
-    pub endpoint: String,
-    /// ERC-8004 agent id, if known.
-    pub agent_id: Option<u64>,
-    /// Display name.
-    pub name: Option<String>,
-}
-
-/// Where workers come from (discovery, or a fixed list).
-pub trait WorkerSource: Send + Sync {
-    /// Workers for a campaign's discovery settings; the implementation caches across campaigns.
-    fn workers<'a>(
-        &'a self,
-        spec: &'a DiscoverySpec,
-    ) -> BoxFuture<'a, Result<Vec<Candidate>, String>>;
-}
-
-/// Only the campaign's static `discovery.workers`.
-pub struct StaticWorkers;
-
-impl WorkerSource for StaticWorkers {
-    fn workers<'a>(
-        &'a self,
-        spec: &'a DiscoverySpec,
-    ) -> BoxFuture<'a, Result<Vec<Candidate>, String>> {
-        Box::pin(async move { Ok(static_candidates(spec)) })
-    }
-}
-
-/// The campaign's static workers as candidates.
-pub fn static_candidates(spec: &DiscoverySpec) -> Vec<Candidate> {
-    spec.workers
-        .iter()
-        .map(|w| Candidate {
-            endpoint: w.endpoint.trim_end_matches('/').to_string(),
-            agent_id: w.agent_id,
-            name: w.name.clone(),
-        })
-        .collect()
-}
+use think::Thought;
 
 /// How bad a notice is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,17 +96,6 @@ pub struct CampaignHandle {
     pub train_py: Arc<str>,
 }
 
-/// Per-campaign memory of this process.
-#[derive(Default)]
-struct Runtime {
-    /// Experiments with a task in this process.
-    tasks: HashMap<String, tokio::task::JoinHandle<()>>,
-    /// Every experiment of the campaign recorded in results.jsonl, by id.
-    finished: HashMap<String, ResultRecord>,
-    /// Results in arrival order (ids), for the strategy's history.
-    order: Vec<String>,
-}
-
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -145,6 +105,8 @@ pub struct Settings {
     pub no_worker_requeue: Duration,
     /// Poll interval for async (202) jobs.
     pub job_poll: Duration,
+    /// How long a worker that failed is skipped first (doubling per consecutive failure).
+    pub worker_cooldown: Duration,
 }
 
 impl Default for Settings {
@@ -153,6 +115,7 @@ impl Default for Settings {
             idle_requeue: Duration::from_secs(300),
             no_worker_requeue: Duration::from_secs(30),
             job_poll: Duration::from_secs(10),
+            worker_cooldown: board::BASE_COOLDOWN,
         }
     }
 }
@@ -164,7 +127,8 @@ pub struct Engine {
     results: ResultsLog,
     metrics: Metrics,
     settings: Settings,
-    runtimes: Mutex<HashMap<String, Runtime>>,
+    memory: Memory,
+    scripts: crate::scripts::ScriptStore,
     /// Signalled whenever a task changes a campaign (for `loop`; the controller sees the write).
     pub changed: tokio::sync::Notify,
 }
@@ -174,25 +138,50 @@ pub struct Engine {
 pub struct Step {
     /// When to look at the campaign again if nothing else happens.
     pub requeue: Duration,
-    /// The campaign's phase after this step.
-    pub phase: Phase,
+    /// The campaign's phase after this step; `None` when the campaign is gone.
+    pub phase: Option<Phase>,
+}
+
+/// Whether a campaign may start experiments now, and how many.
+#[derive(Clone, Copy, Debug)]
+struct Capacity {
+    /// Neither stopped nor suspended.
+    active: bool,
+    /// Free slots (parallelism and maxExperiments).
+    slots: usize,
+}
+
+/// What CLAIM found: the workers, their counts, and an assignment per startable experiment.
+struct Claim {
+    candidates: Vec<Candidate>,
+    discovery_error: Option<String>,
+    /// Counts for status, when discovery ran (a stopped campaign keeps its last counts).
+    counts: Option<WorkerCounts>,
+    cheapest: Option<crate::usdc::Usdc>,
+    assignments: Vec<(PendingExperiment, Candidate)>,
 }
 
 impl Engine {
-    /// An engine appending results to `results`.
+    /// An engine appending results to `results`, keeping THINK's train.py sources in a
+    /// `scripts` folder beside it.
     pub fn new(
         workers: Arc<dyn WorkerSource>,
         results: ResultsLog,
         metrics: Metrics,
         settings: Settings,
     ) -> Arc<Self> {
+        let scripts_dir = results
+            .path()
+            .parent()
+            .map_or_else(|| "scripts".into(), |dir| dir.join("scripts"));
         Arc::new(Self {
+            scripts: crate::scripts::ScriptStore::new(scripts_dir),
             workers,
-            board: WorkerBoard::default(),
+            board: WorkerBoard::with_cooldown(settings.worker_cooldown),
             results,
             metrics,
             settings,
-            runtimes: Mutex::new(HashMap::new()),
+            memory: Memory::default(),
             changed: tokio::sync::Notify::new(),
         })
     }
@@ -209,193 +198,250 @@ impl Engine {
 
     /// Experiments with a task running in this process, for a campaign.
     pub fn running_tasks(&self, key: &str) -> usize {
-        let map = self.runtimes.lock().expect("runtimes lock");
-        map.get(key)
-            .map_or(0, |r| r.tasks.values().filter(|t| !t.is_finished()).count())
+        self.memory.running_tasks(key)
+    }
+
+    /// Campaigns this process remembers (for the memory benchmark and the deletion sweep).
+    pub fn remembered(&self) -> usize {
+        self.memory.len()
     }
 
     /// Stops every task of every campaign (leadership lost, shutdown). In-flight payments are in
     /// the ledgers; the next leader resumes them.
     pub fn abort_all(&self) {
-        let mut map = self.runtimes.lock().expect("runtimes lock");
-        for runtime in map.values_mut() {
-            for (_, task) in runtime.tasks.drain() {
-                task.abort();
-            }
-        }
-        map.clear();
+        self.memory.abort_all();
     }
 
     /// Forgets a deleted campaign. Its running experiments are already paid: they finish and
     /// their results are appended to results.jsonl; their status writes find the campaign gone.
     pub fn forget(&self, key: &str) {
-        self.runtimes.lock().expect("runtimes lock").remove(key);
+        self.memory.forget(key);
     }
 
-    /// One step of a campaign: resume, THINK, CLAIM, spawn RUN tasks, write status.
+    /// Forgets every campaign whose key `exists` says is gone.
+    pub fn forget_missing(&self, exists: impl Fn(&str) -> bool) {
+        self.memory.retain(exists);
+    }
+
+    /// One step of a campaign: resume, THINK, CLAIM, PUBLISH the decision, spawn RUN tasks.
     pub async fn reconcile(self: &Arc<Self>, handle: &CampaignHandle) -> Result<Step, UpdateError> {
         let Some(campaign) = handle.store.get().await? else {
             self.forget(&handle.key);
             return Ok(Step {
                 requeue: self.settings.idle_requeue,
-                phase: Phase::Succeeded,
+                phase: None,
             });
         };
-        let generation = campaign.metadata.generation;
-        let limits = match Limits::from_spec(&campaign.spec).and_then(|l| {
-            strategy::validate(&campaign.spec.search, campaign.spec.base_config.as_ref())
-                .map(|()| l)
-        }) {
+        let limits = match checked_limits(&campaign, &handle.train_py) {
             Ok(limits) => limits,
-            Err(e) => return self.refuse_spec(handle, generation, e.to_string()).await,
+            Err(message) => return self.refuse(handle, &campaign, message).await,
         };
-        self.load_history(handle);
         let status = campaign.status.clone().unwrap_or_default();
+        self.remember(handle, &status);
         self.resume_orphans(handle, &status);
+        let capacity = capacity(&campaign, &status, &limits);
+        let thought = self.think(handle, &campaign, &status, capacity);
+        let claim = self
+            .claim(handle, &campaign, &status, &limits, &thought, capacity)
+            .await;
+        let stored = self.publish(handle, &thought, &claim).await?;
+        let status = stored.status.clone().unwrap_or_default();
+        self.spawn_runs(handle, Arc::new(stored), &status, claim.assignments);
+        Ok(Step {
+            requeue: self.requeue(&status, claim.candidates.is_empty()),
+            phase: status.phase,
+        })
+    }
 
-        // THINK: top up `pending` to the free slots.
-        let stop = ledger::stop_reason(&status, &limits);
-        let active = stop.is_none() && !campaign.spec.suspend;
-        let slots = if active {
-            ledger::free_slots(&status, &limits) as usize
-        } else {
-            0
-        };
-        let (proposals, exhausted, state) = if slots > status.pending.len() {
-            self.think(handle, &campaign, &status, slots - status.pending.len())
-        } else {
-            (Vec::new(), false, status.strategy_state.clone())
-        };
+    async fn refuse(
+        &self,
+        handle: &CampaignHandle,
+        campaign: &ExperimentCampaign,
+        message: String,
+    ) -> Result<Step, UpdateError> {
+        publish::refuse_spec(handle, campaign.metadata.generation, message).await?;
+        Ok(Step {
+            requeue: self.settings.idle_requeue,
+            phase: Some(Phase::Failed),
+        })
+    }
 
-        // CLAIM: the workers, and one per pending experiment.
+    /// Reads the campaign's past results once per process.
+    fn remember(&self, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
+        let belongs = |r: &ResultRecord| belongs_to(r, handle);
+        self.memory
+            .load(&handle.key, belongs, &self.results, status);
+    }
+
+    /// THINK: proposals for the free slots not already pending.
+    fn think(
+        &self,
+        handle: &CampaignHandle,
+        campaign: &ExperimentCampaign,
+        status: &ExperimentCampaignStatus,
+        capacity: Capacity,
+    ) -> Thought {
+        let wanted = capacity.slots.saturating_sub(status.pending.len());
+        think::think(&self.memory, handle, campaign, status, wanted)
+    }
+
+    /// CLAIM: the workers, and one per pending experiment that no task is starting yet.
+    async fn claim(
+        &self,
+        handle: &CampaignHandle,
+        campaign: &ExperimentCampaign,
+        status: &ExperimentCampaignStatus,
+        limits: &Limits,
+        thought: &Thought,
+        capacity: Capacity,
+    ) -> Claim {
         // A stopped or suspended campaign needs no workers: it keeps its last counts, and a
         // thousand idle campaigns cost no discovery.
-        let discover = active || status.workers.is_none();
-        let (candidates, discovery_error) = if !discover {
-            (Vec::new(), None)
+        let discover = capacity.active || status.workers.is_none();
+        let spec = &campaign.spec.discovery;
+        let (found, discovery_error) = if discover {
+            self.discover(spec).await
         } else {
-            match self.workers.workers(&campaign.spec.discovery).await {
-                Ok(c) => (c, None),
-                Err(e) => {
-                    self.metrics
-                        .discovery_errors
-                        .with_label_values(&["any"])
-                        .inc();
-                    (static_candidates(&campaign.spec.discovery), Some(e))
-                }
-            }
+            (Vec::new(), None)
         };
-        let candidates = eligible(&campaign.spec.discovery, candidates);
-        // An experiment whose start task is still pricing or signing is not assigned again.
-        let mut pending: Vec<PendingExperiment> = status
-            .pending
-            .iter()
-            .filter(|p| !self.has_live_task(handle, &p.experiment_id))
-            .cloned()
-            .collect();
-        pending.extend(proposals.iter().cloned());
-        let slots = slots.saturating_sub(
-            self.running_tasks(&handle.key)
-                .saturating_sub(status.ledger.len()),
-        );
-        let assignments = if active {
-            self.assign(
-                &pending,
-                slots,
-                &candidates,
-                &limits,
-                &campaign.spec.discovery.prefer,
-            )
+        let candidates = claim::eligible(spec, found);
+        let (counts, cheapest) = claim::count(&self.board, &candidates, limits);
+        let assignments = if capacity.active {
+            let mut pending: Vec<PendingExperiment> = status
+                .pending
+                .iter()
+                .filter(|p| !self.memory.has_live_task(&handle.key, &p.experiment_id))
+                .cloned()
+                .collect();
+            pending.extend(thought.proposals.iter().cloned());
+            // Tasks still pricing or signing hold a slot without a ledger entry yet.
+            let starting = self
+                .running_tasks(&handle.key)
+                .saturating_sub(status.ledger.len());
+            let slots = capacity.slots.saturating_sub(starting);
+            // A worker known to cost more than what is left is not asked again.
+            let left = ledger::budget_left(status, limits).unwrap_or(crate::usdc::Usdc::ZERO);
+            let cap = limits.max_price.min(left);
+            claim::assign(&self.board, &pending, slots, &candidates, cap, &spec.prefer)
         } else {
             Vec::new()
         };
-        let cheapest = candidates
-            .iter()
-            .filter_map(|c| self.board.price(&c.endpoint))
-            .min();
-        let counts = WorkerCounts {
-            discovered: candidates.len() as u32,
-            eligible: candidates
-                .iter()
-                .filter(|c| {
-                    self.board
-                        .price(&c.endpoint)
-                        .is_none_or(|p| p <= limits.max_price)
-                })
-                .count() as u32,
-            busy: candidates
-                .iter()
-                .filter(|c| self.board.is_busy(&c.endpoint))
-                .count() as u32,
-            cooling_down: candidates
-                .iter()
-                .filter(|c| self.board.is_cooling(&c.endpoint))
-                .count() as u32,
-        };
+        Claim {
+            candidates,
+            discovery_error,
+            counts: discover.then_some(counts),
+            cheapest,
+            assignments,
+        }
+    }
 
-        // PUBLISH the decision: proposals, strategy state, phase and conditions, in one write.
-        let mut phase_out = Phase::Pending;
-        let stored = handle
-            .store
-            .update(&mut |c, s| {
-                let Ok(limits) = Limits::from_spec(&c.spec) else {
-                    return Ok(());
-                };
-                ledger::propose(s, proposals.clone());
-                s.strategy_state = state.clone();
-                if discover {
-                    s.workers = Some(counts.clone());
-                }
-                s.observed_generation = c.metadata.generation;
-                ledger::refresh_derived(s, &limits);
-                let verdict = verdict(
-                    c,
-                    s,
-                    &limits,
-                    exhausted,
-                    cheapest,
-                    &candidates,
-                    discovery_error.as_deref(),
-                );
-                phase_out = verdict.phase;
-                apply_verdict(s, verdict, c.metadata.generation, discover);
-                Ok(())
-            })
-            .await?;
-        let snapshot = Arc::new(stored.clone());
-        let status = stored.status.unwrap_or_default();
-        if let Some(best) = &status.best {
+    /// Workers from the source; on failure the static ones, and the error for the condition.
+    async fn discover(&self, spec: &crate::crd::DiscoverySpec) -> (Vec<Candidate>, Option<String>) {
+        match self.workers.workers(spec).await {
+            Ok(found) => (found, None),
+            Err(e) => {
+                self.metrics
+                    .discovery_errors
+                    .with_label_values(&["any"])
+                    .inc();
+                (static_candidates(spec), Some(e.to_string()))
+            }
+        }
+    }
+
+    /// PUBLISH the decision in one write, and the best val_bpb as a metric.
+    async fn publish(
+        &self,
+        handle: &CampaignHandle,
+        thought: &Thought,
+        claim: &Claim,
+    ) -> Result<ExperimentCampaign, UpdateError> {
+        let decided = publish::Decision {
+            proposals: &thought.proposals,
+            state: &thought.state,
+            exhausted: thought.exhausted,
+            counts: claim.counts.as_ref(),
+            seen: Sighting {
+                workers: claim.candidates.len(),
+                cheapest: claim.cheapest,
+                discovery_error: claim.discovery_error.as_deref(),
+                discovered: claim.counts.is_some(),
+            },
+        };
+        let stored = publish::decision(handle, &decided).await?;
+        if let Some(best) = stored.status.as_ref().and_then(|s| s.best.as_ref()) {
             self.metrics
                 .best_val_bpb
                 .with_label_values(&[handle.namespace.as_deref().unwrap_or(""), &handle.name])
                 .set(best.val_bpb);
         }
+        Ok(stored)
+    }
 
-        // RUN: a task per assignment (each one reserves its payment in the ledger first).
+    /// RUN: a task per assignment whose experiment is still pending and whose worker is free.
+    fn spawn_runs(
+        self: &Arc<Self>,
+        handle: &CampaignHandle,
+        stored: Arc<ExperimentCampaign>,
+        status: &ExperimentCampaignStatus,
+        assignments: Vec<(PendingExperiment, Candidate)>,
+    ) {
         for (experiment, worker) in assignments {
-            if status
-                .pending
-                .iter()
-                .any(|p| p.experiment_id == experiment.experiment_id)
-                && self
-                    .board
-                    .try_claim(&worker.endpoint, &experiment.experiment_id)
+            let id = experiment.experiment_id.clone();
+            if status.pending.iter().any(|p| p.experiment_id == id)
+                && self.board.try_claim(worker.endpoint.as_str(), &id)
             {
-                self.spawn(
-                    handle,
-                    experiment.experiment_id.clone(),
-                    run::start(
-                        self.clone(),
-                        handle.clone(),
-                        snapshot.clone(),
-                        experiment,
-                        worker,
-                    ),
+                let task = run::start(
+                    self.clone(),
+                    handle.clone(),
+                    stored.clone(),
+                    experiment,
+                    worker,
                 );
+                self.memory.add_task(&handle.key, id, tokio::spawn(task));
             }
         }
+    }
 
-        let requeue = if candidates.is_empty() {
+    /// RUN: ledger entries without a task in this process (after a restart) are resumed.
+    fn resume_orphans(
+        self: &Arc<Self>,
+        handle: &CampaignHandle,
+        status: &ExperimentCampaignStatus,
+    ) {
+        for entry in &status.ledger {
+            if !self.memory.has_live_task(&handle.key, &entry.experiment_id) {
+                self.board.hold(&entry.worker, &entry.experiment_id);
+                let id = entry.experiment_id.clone();
+                let task = run::resume(self.clone(), handle.clone(), entry.clone());
+                self.spawn(handle, id, task);
+            }
+        }
+    }
+
+    /// Runs an experiment's task. When it ends, it is forgotten *before* the next reconcile is
+    /// woken: a JoinHandle reads as finished only after its future returned, so a reconcile woken
+    /// from inside the task would still see the experiment as taken and wait for a requeue.
+    fn spawn(
+        self: &Arc<Self>,
+        handle: &CampaignHandle,
+        experiment_id: String,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let engine = Arc::downgrade(self);
+        let (key, id) = (handle.key.clone(), experiment_id.clone());
+        let join = tokio::spawn(async move {
+            task.await;
+            if let Some(engine) = engine.upgrade() {
+                engine.memory.remove_task(&key, &id);
+                engine.changed.notify_waiters();
+            }
+        });
+        self.memory.add_task(&handle.key, experiment_id, join);
+    }
+
+    fn requeue(&self, status: &ExperimentCampaignStatus, no_workers: bool) -> Duration {
+        if no_workers {
             self.settings.no_worker_requeue
         } else if status.running > 0 || !status.pending.is_empty() {
             // Tasks write status when they finish, which triggers the next step; this is a
@@ -403,584 +449,35 @@ impl Engine {
             Duration::from_secs(30).min(self.settings.idle_requeue)
         } else {
             self.settings.idle_requeue
-        };
-        Ok(Step {
-            requeue,
-            phase: phase_out,
-        })
-    }
-
-    async fn refuse_spec(
-        &self,
-        handle: &CampaignHandle,
-        generation: Option<i64>,
-        message: String,
-    ) -> Result<Step, UpdateError> {
-        let mut changed = false;
-        handle
-            .store
-            .update(&mut |_, s| {
-                let before = s.clone();
-                s.phase = Some(Phase::Failed);
-                s.observed_generation = generation;
-                set_condition(
-                    &mut s.conditions,
-                    condition("SpecValid", false, "InvalidSpec", &message, generation),
-                );
-                changed = *s != before;
-                Ok(())
-            })
-            .await?;
-        if changed {
-            handle
-                .notify
-                .notify(Notice {
-                    severity: Severity::Warning,
-                    reason: "InvalidSpec",
-                    action: "Validate",
-                    message,
-                })
-                .await;
-        }
-        Ok(Step {
-            requeue: self.settings.idle_requeue,
-            phase: Phase::Failed,
-        })
-    }
-
-    /// Reads this campaign's past results from results.jsonl once per process.
-    fn load_history(&self, handle: &CampaignHandle) {
-        let mut map = self.runtimes.lock().expect("runtimes lock");
-        if map.contains_key(&handle.key) {
-            return;
-        }
-        let mut runtime = Runtime::default();
-        match self.results.read_all() {
-            Ok(records) => {
-                for r in records.into_iter().filter(|r| belongs_to(r, handle)) {
-                    runtime.order.push(r.experiment_id.clone());
-                    runtime.finished.insert(r.experiment_id.clone(), r);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, path = %self.results.path().display(), "cannot read results history")
-            }
-        }
-        map.insert(handle.key.clone(), runtime);
-    }
-
-    /// The strategy's view: finished experiments, then everything in flight or pending.
-    fn history(&self, handle: &CampaignHandle, status: &ExperimentCampaignStatus) -> History {
-        let map = self.runtimes.lock().expect("runtimes lock");
-        let mut history = History::new();
-        if let Some(rt) = map.get(&handle.key) {
-            for id in &rt.order {
-                let r = &rt.finished[id];
-                let outcome = match r.val_bpb {
-                    Some(v) if ledger::is_valid_val_bpb(v) => strategy::Outcome::Succeeded(v),
-                    _ => strategy::Outcome::Failed,
-                };
-                history.record(Trial {
-                    experiment_id: id.clone(),
-                    config: r.config.clone().unwrap_or(Value::Null),
-                    outcome,
-                });
-            }
-        }
-        let in_flight = status
-            .ledger
-            .iter()
-            .map(|e| (&e.experiment_id, &e.config))
-            .chain(status.pending.iter().map(|p| (&p.experiment_id, &p.config)));
-        for (id, config) in in_flight {
-            history.record(Trial {
-                experiment_id: id.clone(),
-                config: config.clone().unwrap_or(Value::Null),
-                outcome: strategy::Outcome::InFlight,
-            });
-        }
-        history
-    }
-
-    fn think(
-        &self,
-        handle: &CampaignHandle,
-        campaign: &ExperimentCampaign,
-        status: &ExperimentCampaignStatus,
-        n: usize,
-    ) -> (Vec<PendingExperiment>, bool, BTreeMap<String, String>) {
-        let history = self.history(handle, status);
-        let mut state = status.strategy_state.clone();
-        let spec = &campaign.spec;
-        match strategy::propose(
-            &spec.search,
-            &spec.objective,
-            spec.base_config.as_ref(),
-            &handle.train_py,
-            &history,
-            &mut state,
-            n,
-        ) {
-            Ok(batch) => {
-                let proposals = batch
-                    .proposals
-                    .into_iter()
-                    .map(|p| PendingExperiment {
-                        experiment_id: p.experiment_id,
-                        config: Some(p.config),
-                        attempts: 0,
-                        avoid: Vec::new(),
-                    })
-                    .collect();
-                (proposals, batch.exhausted, state)
-            }
-            Err(e) => {
-                tracing::warn!(campaign = %handle.key, error = %e, "strategy refused");
-                (Vec::new(), false, status.strategy_state.clone())
-            }
         }
     }
+}
 
-    /// Pairs pending experiments with free workers: preferred workers first, then by the last
-    /// price seen (cheapest first; unknown prices after known ones), skipping busy, cooling and
-    /// too-expensive workers and those an experiment must avoid.
-    fn assign(
-        &self,
-        pending: &[PendingExperiment],
-        slots: usize,
-        candidates: &[Candidate],
-        limits: &Limits,
-        prefer: &[String],
-    ) -> Vec<(PendingExperiment, Candidate)> {
-        let mut free: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| !self.board.is_busy(&c.endpoint) && !self.board.is_cooling(&c.endpoint))
-            .filter(|c| {
-                self.board
-                    .price(&c.endpoint)
-                    .is_none_or(|p| p <= limits.max_price)
-            })
-            .collect();
-        free.sort_by_key(|c| {
-            (
-                !matches_any(prefer, c),
-                self.board
-                    .price(&c.endpoint)
-                    .map_or(u128::MAX, Usdc::atomic),
-                c.endpoint.clone(),
-            )
-        });
-        let mut out = Vec::new();
-        for experiment in pending.iter().take(slots) {
-            if let Some(i) = free
-                .iter()
-                .position(|c| !experiment.avoid.contains(&c.endpoint))
-            {
-                out.push((experiment.clone(), free.remove(i).clone()));
-            }
-        }
-        out
-    }
+/// The spec's limits, once the strategy has accepted the search too; the message says what to fix.
+fn checked_limits(campaign: &ExperimentCampaign, _train_py: &str) -> Result<Limits, String> {
+    let spec = &campaign.spec;
+    let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
+    strategy::validate(&spec.search, spec.base_config.as_ref()).map_err(|e| e.to_string())?;
+    Ok(limits)
+}
 
-    fn has_live_task(&self, handle: &CampaignHandle, experiment_id: &str) -> bool {
-        let map = self.runtimes.lock().expect("runtimes lock");
-        map.get(&handle.key)
-            .and_then(|r| r.tasks.get(experiment_id))
-            .is_some_and(|t| !t.is_finished())
-    }
-
-    fn resume_orphans(
-        self: &Arc<Self>,
-        handle: &CampaignHandle,
-        status: &ExperimentCampaignStatus,
-    ) {
-        for entry in &status.ledger {
-            if !self.has_live_task(handle, &entry.experiment_id) {
-                self.board.hold(&entry.worker, &entry.experiment_id);
-                self.spawn(
-                    handle,
-                    entry.experiment_id.clone(),
-                    run::resume(self.clone(), handle.clone(), entry.clone()),
-                );
-            }
-        }
-    }
-
-    fn spawn(
-        &self,
-        handle: &CampaignHandle,
-        experiment_id: String,
-        task: impl Future<Output = ()> + Send + 'static,
-    ) {
-        let join = tokio::spawn(task);
-        let mut map = self.runtimes.lock().expect("runtimes lock");
-        map.entry(handle.key.clone())
-            .or_default()
-            .tasks
-            .insert(experiment_id, join);
-    }
-
-    /// The recorded result of an experiment, if results.jsonl has it.
-    fn recorded(&self, handle: &CampaignHandle, experiment_id: &str) -> Option<ResultRecord> {
-        let map = self.runtimes.lock().expect("runtimes lock");
-        map.get(&handle.key)?.finished.get(experiment_id).cloned()
-    }
-
-    /// Appends a result to results.jsonl once: a replayed completion finds it recorded.
-    async fn record(&self, handle: &CampaignHandle, record: ResultRecord) -> std::io::Result<()> {
-        if self.recorded(handle, &record.experiment_id).is_some() {
-            return Ok(());
-        }
-        self.results.append(&record).await?;
-        let mut map = self.runtimes.lock().expect("runtimes lock");
-        let rt = map.entry(handle.key.clone()).or_default();
-        rt.order.push(record.experiment_id.clone());
-        rt.finished.insert(record.experiment_id.clone(), record);
-        Ok(())
+fn capacity(
+    campaign: &ExperimentCampaign,
+    status: &ExperimentCampaignStatus,
+    limits: &Limits,
+) -> Capacity {
+    let active = ledger::stop_reason(status, limits).is_none() && !campaign.spec.suspend;
+    Capacity {
+        active,
+        slots: if active {
+            ledger::free_slots(status, limits) as usize
+        } else {
+            0
+        },
     }
 }
 
 fn belongs_to(record: &ResultRecord, handle: &CampaignHandle) -> bool {
     record.campaign_name.as_deref() == Some(handle.name.as_str())
         && record.campaign_namespace == handle.namespace
-}
-
-/// Whether a worker matches a `prefer` / `exclude` entry: an endpoint (or its prefix) or an
-/// agent id.
-fn matches_any(list: &[String], c: &Candidate) -> bool {
-    list.iter().any(|p| {
-        c.endpoint.starts_with(p.trim_end_matches('/'))
-            || c.agent_id.is_some_and(|id| id.to_string() == *p)
-    })
-}
-
-/// Drops excluded workers and duplicates; puts preferred ones first.
-fn eligible(spec: &DiscoverySpec, candidates: Vec<Candidate>) -> Vec<Candidate> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out: Vec<Candidate> = candidates
-        .into_iter()
-        .filter(|c| !matches_any(&spec.exclude, c))
-        .filter(|c| seen.insert(c.endpoint.clone()))
-        .collect();
-    out.sort_by_key(|c| !matches_any(&spec.prefer, c));
-    out
-}
-
-/// The phase and conditions a campaign's status should show.
-struct Verdict {
-    phase: Phase,
-    conditions: Vec<(&'static str, bool, &'static str, String)>,
-}
-
-fn verdict(
-    campaign: &ExperimentCampaign,
-    status: &ExperimentCampaignStatus,
-    limits: &Limits,
-    exhausted: bool,
-    cheapest: Option<Usdc>,
-    candidates: &[Candidate],
-    discovery_error: Option<&str>,
-) -> Verdict {
-    let idle = status.ledger.is_empty();
-    let mut stop = ledger::stop_reason(status, limits);
-    if stop.is_none() && idle && ledger::budget_stop(status, limits, cheapest) {
-        stop = Some(Stop::BudgetExhausted);
-    }
-    let search_done = stop.is_none() && exhausted && idle && status.pending.is_empty();
-    let workers = if candidates.is_empty() {
-        let why = discovery_error
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
-        (
-            false,
-            "NoWorkers",
-            format!("no worker found by discovery or in discovery.workers{why}; retrying"),
-        )
-    } else {
-        (
-            true,
-            "WorkersFound",
-            format!("{} workers", candidates.len()),
-        )
-    };
-    let (phase, progressing) = match (stop, search_done, campaign.spec.suspend) {
-        (Some(stop), _, _) if idle => (
-            stop.phase(),
-            (false, stop.reason(), stop_message(stop, status, limits)),
-        ),
-        (Some(stop), _, _) => (
-            Phase::Running,
-            (
-                true,
-                "Draining",
-                format!(
-                    "{}; waiting for {} experiments in flight",
-                    stop_message(stop, status, limits),
-                    status.ledger.len()
-                ),
-            ),
-        ),
-        (None, true, _) => (
-            Phase::Succeeded,
-            (
-                false,
-                "SearchExhausted",
-                "the strategy has no experiment left to propose".to_string(),
-            ),
-        ),
-        (None, false, true) if idle => (
-            Phase::Suspended,
-            (false, "Suspended", "spec.suspend is set".to_string()),
-        ),
-        (None, false, true) => (
-            Phase::Running,
-            (
-                true,
-                "Suspending",
-                "spec.suspend is set; experiments in flight finish".to_string(),
-            ),
-        ),
-        (None, false, false) if status.submitted == 0 && candidates.is_empty() => {
-            (Phase::Pending, (false, "NoWorkers", workers.2.clone()))
-        }
-        (None, false, false) => (
-            Phase::Running,
-            (true, "Running", format!("{} running", status.ledger.len())),
-        ),
-    };
-    let done = matches!(
-        phase,
-        Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted
-    );
-    Verdict {
-        phase,
-        conditions: vec![
-            ("SpecValid", true, "Valid", "the spec is valid".to_string()),
-            ("WorkersAvailable", workers.0, workers.1, workers.2),
-            (
-                "Progressing",
-                progressing.0,
-                progressing.1,
-                progressing.2.clone(),
-            ),
-            (
-                "Complete",
-                done,
-                if done { progressing.1 } else { "InProgress" },
-                if done {
-                    progressing.2
-                } else {
-                    "not finished".to_string()
-                },
-            ),
-        ],
-    }
-}
-
-fn stop_message(stop: Stop, status: &ExperimentCampaignStatus, limits: &Limits) -> String {
-    match stop {
-        Stop::GoalReached => format!(
-            "val_bpb {} reached the goal {}",
-            status.best.as_ref().map_or(f64::NAN, |b| b.val_bpb),
-            limits.goal.unwrap_or_default()
-        ),
-        Stop::MaxExperimentsReached => format!(
-            "{} experiments finished (maxExperiments)",
-            ledger::finished(status)
-        ),
-        Stop::TooManyFailures => format!(
-            "{} experiments failed (maxFailedExperiments {})",
-            status.failed, limits.max_failed
-        ),
-        Stop::BudgetExhausted => format!(
-            "{} of {} USDC spent; what is left pays no acceptable worker",
-            status.spent.as_deref().unwrap_or("0"),
-            limits.total
-        ),
-    }
-}
-
-fn apply_verdict(
-    status: &mut ExperimentCampaignStatus,
-    verdict: Verdict,
-    generation: Option<i64>,
-    discovered: bool,
-) {
-    status.phase = Some(verdict.phase);
-    for (type_, ok, reason, message) in verdict.conditions {
-        if type_ == "WorkersAvailable" && !discovered {
-            continue;
-        }
-        set_condition(
-            &mut status.conditions,
-            condition(type_, ok, reason, &message, generation),
-        );
-    }
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> Condition {
-    Condition {
-        type_: type_.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-    }
-}
-
-/// Replaces the condition of the same type, keeping its transition time when its status did not
-/// change (so that an unchanged condition does not cause a write).
-pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
-    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
-        Some(old) => {
-            let time = if old.status == new.status {
-                old.last_transition_time.clone()
-            } else {
-                new.last_transition_time.clone()
-            };
-            *old = Condition {
-                last_transition_time: time,
-                ..new
-            };
-        }
-        None => conditions.push(new),
-    }
-}
-
-/// Discovery (8004scan, the chain, static lists) as the engine's worker source. A cold index scan
-/// is slow (the public index allows about 10 requests a minute), so a reconcile waits for it only
-/// briefly: the scan goes on in a task, static workers serve meanwhile, and the next reconcile
-/// finds the cache warm.
-pub struct Discovered {
-    discovery: crate::discovery::Discovery,
-    wait: Duration,
-}
-
-impl Discovered {
-    /// Wraps a discovery service; `wait` bounds how long a reconcile waits for a refresh.
-    pub fn new(discovery: crate::discovery::Discovery, wait: Duration) -> Self {
-        Self { discovery, wait }
-    }
-}
-
-impl WorkerSource for Discovered {
-    fn workers<'a>(
-        &'a self,
-        spec: &'a DiscoverySpec,
-    ) -> BoxFuture<'a, Result<Vec<Candidate>, String>> {
-        Box::pin(async move {
-            let discovery = self.discovery.clone();
-            let owned = spec.clone();
-            let refresh = tokio::spawn(async move { discovery.workers(&owned).await });
-            let set = match tokio::time::timeout(self.wait, refresh).await {
-                Ok(Ok(Ok(set))) => set,
-                Ok(Ok(Err(e))) => return Err(e.to_string()),
-                Ok(Err(e)) => return Err(format!("discovery task failed: {e}")),
-                Err(_) => match self.discovery.peek(spec).await {
-                    Some(set) => set,
-                    None => return Ok(static_candidates(spec)),
-                },
-            };
-            Ok(set
-                .workers
-                .into_iter()
-                .map(|w| Candidate {
-                    endpoint: w.endpoint,
-                    agent_id: w.agent_id,
-                    name: Some(w.name),
-                })
-                .collect())
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn candidate(endpoint: &str, agent_id: Option<u64>) -> Candidate {
-        Candidate {
-            endpoint: endpoint.into(),
-            agent_id,
-            name: None,
-        }
-    }
-
-    fn pending(id: &str, avoid: &[&str]) -> PendingExperiment {
-        PendingExperiment {
-            experiment_id: id.into(),
-            config: None,
-            attempts: 0,
-            avoid: avoid.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn claim_prefers_then_picks_the_cheapest_free_worker_and_skips_excluded_busy_and_avoided() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(
-            Arc::new(StaticWorkers),
-            ResultsLog::new(dir.path().join("r.jsonl")),
-            Metrics::new(),
-            Settings::default(),
-        );
-        let spec = DiscoverySpec {
-            prefer: vec!["http://pricey.invalid".into()],
-            exclude: vec!["7".into()],
-            ..DiscoverySpec::default()
-        };
-        let all = vec![
-            candidate("http://cheap.invalid/w", None),
-            candidate("http://pricey.invalid/w", None),
-            candidate("http://mid.invalid/w", None),
-            candidate("http://excluded.invalid/w", Some(7)),
-            candidate("http://busy.invalid/w", None),
-            candidate("http://cheap.invalid/w", None),
-        ];
-        engine
-            .board
-            .note_price("http://cheap.invalid/w", Usdc::from_atomic(1));
-        engine
-            .board
-            .note_price("http://mid.invalid/w", Usdc::from_atomic(3));
-        engine
-            .board
-            .note_price("http://pricey.invalid/w", Usdc::from_atomic(5));
-        assert!(engine.board.try_claim("http://busy.invalid/w", "other"));
-        let candidates = eligible(&spec, all);
-        assert_eq!(candidates.len(), 4, "excluded by agent id and deduplicated");
-        let limits = Limits {
-            total: Usdc::from_atomic(100),
-            max_price: Usdc::from_atomic(10),
-            max_experiments: 10,
-            parallelism: 3,
-            max_failed: 3,
-            goal: None,
-        };
-        let work = [
-            pending("a", &[]),
-            pending("b", &[]),
-            pending("c", &["http://mid.invalid/w"]),
-        ];
-        let picked: Vec<_> = engine
-            .assign(&work, 3, &candidates, &limits, &spec.prefer)
-            .into_iter()
-            .map(|(p, c)| (p.experiment_id, c.endpoint))
-            .collect();
-        assert_eq!(
-            picked,
-            [
-                ("a".to_string(), "http://pricey.invalid/w".to_string()),
-                ("b".to_string(), "http://cheap.invalid/w".to_string()),
-            ],
-            "c avoids the only worker left"
-        );
-    }
 }

@@ -1,7 +1,7 @@
-//! RUN and PUBLISH for one experiment, as a task: price, sign, reserve in the ledger (persisted
-//! before anything is sent), send, then record the result in results.jsonl and status.
+//! RUN for one experiment, as a task: price, sign, reserve in the ledger (persisted before
+//! anything is sent), send, and hand the outcome to PUBLISH ([`super::publish::complete`]).
 //!
-//! Money rules, each enforced here or in `ledger`:
+//! Money rules, each enforced here or in `ledger` (docs/design.md, invariants 1 and 2):
 //! - the voucher is signed before the ledger entry is written, and is sent only after the write
 //!   succeeded; a refused write drops the unsent voucher;
 //! - after a restart a ledger entry is finished by reading the worker's stored result, or by
@@ -13,16 +13,69 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 
-use super::{CampaignHandle, Candidate, Engine, Notice, Severity};
-use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, ResultSummary};
-use crate::experiment;
-use crate::ledger::{self, Limits, Outcome, Recorded, Refusal};
+use super::claim::{self, Candidate};
+use super::publish::{self, ResultLabel};
+use super::store::UpdateError;
+use super::{CampaignHandle, Engine, Notice, Severity};
+use crate::crd::{
+    ExperimentCampaign, ExperimentCampaignSpec, LedgerEntry, PendingExperiment, ResultSummary,
+};
+use crate::endpoint::Endpoint;
+use crate::ledger::{self, Ending, Limits, Refusal};
 use crate::payment::{
-    ExperimentRequest, Policy, Quote, Voucher, VoucherTerms, WorkerClient, WorkerError, new_nonce,
-    sign_voucher, unix_now, x402,
+    ExperimentRequest, Offer, Policy, Quote, SignerError, Voucher, VoucherTerms, WorkerClient,
+    WorkerError, new_nonce, sign_voucher, unix_now, x402,
 };
 use crate::results::ResultRecord;
+use crate::scripts::ScriptError;
 use crate::usdc::Usdc;
+
+/// Why an experiment could not be started on a worker. Nothing was sent: the experiment stays
+/// pending.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spec changed under the task and cannot be read.
+    #[error(transparent)]
+    Spec(#[from] crate::crd::SpecError),
+    /// `discovery.allowPrivate` does not parse.
+    #[error("spec.discovery.allowPrivate: {0}")]
+    AllowPrivate(#[from] crate::discovery::policy::AllowEntryError),
+    /// The worker cannot be reached, or did not quote a usable price.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The worker answered without asking for payment.
+    #[error("answered without asking for payment; refusing an unpaid, unaccountable worker")]
+    Free,
+    /// No payment requirement fits the campaign's policy (price, network, asset).
+    #[error(transparent)]
+    Offer(#[from] x402::NoAcceptableOffer),
+    /// The campaign's books cannot be read.
+    #[error(transparent)]
+    Books(#[from] Refusal),
+    /// The experiment's train.py is not in the script store: nothing is signed for it.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    /// The remote signer refused or failed: the campaign's problem, not the worker's.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+}
+
+impl StartError {
+    /// Whether the worker is to blame (it cools down and the failure is counted).
+    fn blames_worker(&self) -> bool {
+        matches!(
+            self,
+            StartError::Worker(_) | StartError::Free | StartError::Offer(_)
+        )
+    }
+}
+
+/// A voucher reserved in the ledger, ready to send.
+struct Reserved {
+    entry: LedgerEntry,
+    voucher: Voucher,
+    client: WorkerClient,
+}
 
 /// Starts a pending experiment on `worker`. Every early return leaves the experiment pending.
 /// `campaign` is the state the reconcile just stored; the reservation re-checks everything
@@ -35,59 +88,109 @@ pub async fn start(
     worker: Candidate,
 ) {
     let id = pending.experiment_id.clone();
-    match prepare_and_reserve(&engine, &handle, &campaign, &pending, &worker).await {
-        Ok(Some((entry, voucher, client))) => {
-            finish(&engine, &handle, entry, voucher, client, false).await
+    let endpoint = worker.endpoint.to_string();
+    match prepare(&engine, &handle, &campaign, &pending, &worker).await {
+        Ok(Ok(reserved)) => send(&engine, &handle, reserved, false).await,
+        Ok(Err(not_now)) => {
+            tracing::info!(campaign = %handle.key, experiment = %id, reason = %not_now, "not started; the signed voucher, if any, is dropped unsent");
+            engine.board.release(&endpoint, &id, false);
         }
-        Ok(None) => engine.board.release(&worker.endpoint, &id, false),
-        Err(failure) => {
-            engine.board.release(&worker.endpoint, &id, true);
-            engine
-                .metrics
-                .experiments
-                .with_label_values(&["worker_failure"])
-                .inc();
-            handle
-                .notify
-                .notify(Notice {
-                    severity: Severity::Warning,
-                    reason: "WorkerSkipped",
-                    action: "Claim",
-                    message: format!(
-                        "experiment {id}: worker {} skipped: {failure}",
-                        worker.endpoint
-                    ),
-                })
-                .await;
-        }
+        Err(e) => skipped(&engine, &handle, &endpoint, &id, e).await,
     }
-    engine.changed.notify_waiters();
 }
 
-/// Price, sign and reserve. `Ok(None)`: the campaign refused the reservation (budget, limits,
-/// suspended), nothing was sent. `Err`: the worker is unusable for now.
-async fn prepare_and_reserve(
+/// Reports a start that failed before anything was sent.
+async fn skipped(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    endpoint: &str,
+    id: &str,
+    e: StartError,
+) {
+    let blame = e.blames_worker();
+    engine.board.release(endpoint, id, blame);
+    let (reason, message) = if blame {
+        engine
+            .metrics
+            .experiments
+            .with_label_values(&[ResultLabel::WorkerFailure.as_str()])
+            .inc();
+        (
+            "WorkerSkipped",
+            format!("experiment {id}: worker {endpoint} skipped: {e}"),
+        )
+    } else if matches!(e, StartError::Signer(_)) {
+        ("SignerFailed", e.to_string())
+    } else {
+        ("NotStarted", format!("experiment {id}: {e}"))
+    };
+    handle
+        .notify
+        .notify(Notice {
+            severity: Severity::Warning,
+            reason,
+            action: "Claim",
+            message,
+        })
+        .await;
+}
+
+/// Price, sign and reserve. `Ok(Err(_))`: the campaign refused the reservation (budget, limits,
+/// suspended, deleted); nothing was sent. `Err`: nothing was sent and the experiment waits.
+async fn prepare(
     engine: &Engine,
     handle: &CampaignHandle,
     campaign: &ExperimentCampaign,
     pending: &PendingExperiment,
     worker: &Candidate,
-) -> Result<Option<(LedgerEntry, Voucher, WorkerClient)>, String> {
+) -> Result<Result<Reserved, UpdateError>, StartError> {
     let spec = &campaign.spec;
-    let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
+    let limits = Limits::from_spec(spec)?;
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
     let client = worker_client(spec, &worker.endpoint, timeout, engine.settings.job_poll)?;
-
+    source_of(engine, handle, pending.train_hash.as_deref()).await?;
     let t0 = Instant::now();
-    // 1. Price.
-    let required = match client.quote().await.map_err(|e| e.to_string())? {
-        Quote::Priced(required) => required,
-        Quote::Free => {
-            return Err(
-                "answered without asking for payment; refusing an unpaid, unaccountable worker"
-                    .into(),
-            );
-        }
+    let offer = price(engine, &client, spec, &limits).await?;
+    let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)?;
+    if offer.amount > left {
+        let refusal = Refusal::OverBudget {
+            asked: offer.amount,
+            left,
+        };
+        return Ok(Err(UpdateError::Refused(refusal)));
+    }
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "priced");
+    let voucher = sign(handle, spec, &offer, pending, timeout).await?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "signed");
+    let entry = ledger_entry(pending, worker, &voucher);
+    if let Err(e) = reserve(handle, &entry).await {
+        return Ok(Err(e));
+    }
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "reserved");
+    announce(handle, &entry, &voucher);
+    Ok(Ok(Reserved {
+        entry,
+        voucher,
+        client,
+    }))
+}
+
+/// Reads the worker's 402 and chooses the requirement the campaign accepts.
+async fn price(
+    engine: &Engine,
+    client: &WorkerClient,
+    spec: &ExperimentCampaignSpec,
+    limits: &Limits,
+) -> Result<Offer, StartError> {
+    let required = match engine.board.quote(client.endpoint()) {
+        Some(cached) => cached,
+        None => match client.quote().await? {
+            Quote::Priced(required) => {
+                engine.board.note_quote(client.endpoint(), required.clone());
+                required
+            }
+            Quote::Free => return Err(StartError::Free),
+        },
     };
     let policy = Policy {
         networks: vec![spec.payment.network],
@@ -99,21 +202,23 @@ async fn prepare_and_reserve(
             .filter_map(|a| a.parse().ok())
             .collect(),
     };
-    let offer = x402::choose(&required, &policy).map_err(|e| {
+    let offer = x402::choose(&required, &policy).inspect_err(|_| {
         if let Some(asked) = cheapest_asked(&required) {
-            engine.board.note_price(&worker.endpoint, asked);
+            engine.board.note_price(client.endpoint(), asked);
         }
-        e.to_string()
     })?;
-    engine.board.note_price(&worker.endpoint, offer.amount);
-    let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)
-        .map_err(|e| e.to_string())?;
-    if offer.amount > left {
-        return Ok(None);
-    }
+    engine.board.note_price(client.endpoint(), offer.amount);
+    Ok(offer)
+}
 
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "priced");
-    // 2. Sign (nothing leaves this process yet).
+/// Signs the voucher through the remote signer; nothing leaves this process yet.
+async fn sign(
+    handle: &CampaignHandle,
+    spec: &ExperimentCampaignSpec,
+    offer: &Offer,
+    pending: &PendingExperiment,
+    timeout: Duration,
+) -> Result<Voucher, SignerError> {
     let from: Option<Address> = spec
         .payment
         .signer_address
@@ -125,47 +230,38 @@ async fn prepare_and_reserve(
         from,
         run_timeout: timeout,
     };
-    let voucher = match sign_voucher(&handle.signer, &offer, &terms, unix_now()).await {
-        Ok(v) => v,
-        Err(e) => {
-            // The signer is the campaign's problem, not the worker's: no cooldown for the worker.
-            handle
-                .notify
-                .notify(Notice {
-                    severity: Severity::Warning,
-                    reason: "SignerFailed",
-                    action: "Sign",
-                    message: e.to_string(),
-                })
-                .await;
-            return Ok(None);
-        }
-    };
+    sign_voucher(&handle.signer, offer, &terms, unix_now()).await
+}
 
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "signed");
-    // 3. Reserve: the ledger entry, with the voucher, is stored before the voucher is sent.
-    let entry = LedgerEntry {
+fn ledger_entry(pending: &PendingExperiment, worker: &Candidate, voucher: &Voucher) -> LedgerEntry {
+    LedgerEntry {
         experiment_id: pending.experiment_id.clone(),
-        worker: worker.endpoint.clone(),
+        worker: worker.endpoint.to_string(),
         agent_id: worker.agent_id,
         amount: voucher.amount.atomic().to_string(),
         nonce: voucher.nonce.to_string(),
-        payment: serde_json::to_string(&voucher).expect("a voucher serialises"),
+        payment: serde_json::to_string(voucher).expect("a voucher serialises"),
         valid_before: voucher.valid_before,
         config: pending.config.clone(),
+        train_hash: pending.train_hash.clone(),
+        description: pending.description.clone(),
         attempt: pending.attempts + 1,
-        started_at: now_rfc3339(),
-    };
-    let reserved = handle
+        started_at: publish::now_rfc3339(),
+    }
+}
+
+/// Stores the ledger entry, with the voucher, before the voucher is sent. Re-checks suspend,
+/// stop reasons and that the experiment is still pending, on the latest status.
+async fn reserve(handle: &CampaignHandle, entry: &LedgerEntry) -> Result<(), UpdateError> {
+    handle
         .store
         .update(&mut |c, s| {
             if c.spec.suspend {
-                return Err(Refusal::NoSlot(0));
+                return Err(Refusal::Suspended);
             }
-            let limits =
-                Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+            let limits = Limits::from_spec(&c.spec)?;
             if let Some(stop) = ledger::stop_reason(s, &limits) {
-                return Err(Refusal::Unreadable(stop.reason().into()));
+                return Err(Refusal::Stopped(stop));
             }
             if !s
                 .pending
@@ -176,16 +272,12 @@ async fn prepare_and_reserve(
             }
             ledger::reserve(s, &limits, entry.clone())
         })
-        .await;
-    match reserved {
-        Ok(_) => {}
-        Err(e) => {
-            tracing::info!(campaign = %handle.key, experiment = %entry.experiment_id, reason = %e, "not started; the signed voucher is dropped unsent");
-            return Ok(None);
-        }
-    }
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "reserved");
-    // The event is published beside the send, not before it: it is not on the critical path.
+        .await
+        .map(|_| ())
+}
+
+/// The ExperimentStarted event, published beside the send: it is not on the critical path.
+fn announce(handle: &CampaignHandle, entry: &LedgerEntry, voucher: &Voucher) {
     let notify = handle.notify.clone();
     let started = Notice {
         severity: Severity::Normal,
@@ -197,35 +289,43 @@ async fn prepare_and_reserve(
         ),
     };
     tokio::spawn(async move { notify.notify(started).await });
+}
 
-    Ok(Some((entry, voucher, client)))
+/// The train.py an experiment runs: the campaign's, or the one THINK stored under its hash.
+pub async fn source_of(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    train_hash: Option<&str>,
+) -> Result<Arc<str>, ScriptError> {
+    match train_hash {
+        None => Ok(handle.train_py.clone()),
+        Some(hash) if hash == crate::experiment::train_hash(&handle.train_py) => {
+            Ok(handle.train_py.clone())
+        }
+        Some(hash) => engine
+            .scripts
+            .get(hash)
+            .await?
+            .map(Arc::from)
+            .ok_or_else(|| ScriptError::Missing(hash.to_string())),
+    }
 }
 
 /// A client for a worker. A worker the campaign names in `discovery.workers` is the user's
 /// choice and is used as given; any other endpoint was discovered, and is reached only at
 /// addresses `discovery.allowPrivate` permits, checked at connect time.
 fn worker_client(
-    spec: &crate::crd::ExperimentCampaignSpec,
-    endpoint: &str,
+    spec: &ExperimentCampaignSpec,
+    endpoint: &Endpoint,
     timeout: Duration,
     poll: Duration,
-) -> Result<WorkerClient, String> {
-    let client = WorkerClient::new(endpoint, timeout)
-        .map_err(|e| e.to_string())?
-        .with_poll_interval(poll);
-    let named = spec
-        .discovery
-        .workers
-        .iter()
-        .any(|w| w.endpoint.trim_end_matches('/') == endpoint.trim_end_matches('/'));
-    if named {
+) -> Result<WorkerClient, StartError> {
+    let client = WorkerClient::new(endpoint.as_str(), timeout)?.with_poll_interval(poll);
+    if claim::is_named(&spec.discovery, endpoint) {
         return Ok(client);
     }
-    let policy = crate::discovery::AddressPolicy::with_allowlist(&spec.discovery.allow_private)
-        .map_err(|e| format!("spec.discovery.allowPrivate: {e}"))?;
-    client
-        .with_address_policy(&policy)
-        .map_err(|e| e.to_string())
+    let policy = crate::discovery::AddressPolicy::with_allowlist(&spec.discovery.allow_private)?;
+    Ok(client.with_address_policy(&policy)?)
 }
 
 fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
@@ -244,81 +344,93 @@ fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
 
 /// Resumes a ledger entry found without a task (after a restart or a lost leadership).
 pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEntry) {
-    let id = entry.experiment_id.clone();
-    // Already in results.jsonl: the crash came between the two writes; finish the second.
-    if let Some(record) = engine.recorded(&handle, &id) {
-        let outcome = outcome_from_record(&record, &entry);
-        complete(&engine, &handle, &entry, outcome, None).await;
-        engine.changed.notify_waiters();
-        return;
-    }
-    let voucher: Voucher = match serde_json::from_str(&entry.payment) {
-        Ok(v) => v,
-        Err(e) => {
-            // Cannot re-send and must not sign again: count the reserved amount as spent.
-            let amount = Usdc::parse_atomic(&entry.amount).unwrap_or_default();
-            let outcome = Outcome::WorkerFailed {
-                paid: amount,
-                reason: format!("stored voucher unreadable: {e}"),
+    match resumable(&engine, &handle, &entry).await {
+        Ok((voucher, client)) => {
+            handle
+                .notify
+                .notify(Notice {
+                    severity: Severity::Normal,
+                    reason: "ExperimentResumed",
+                    action: "Resume",
+                    message: format!(
+                        "experiment {} on {}: recovering its result or re-sending the same voucher",
+                        entry.experiment_id, entry.worker
+                    ),
+                })
+                .await;
+            let reserved = Reserved {
+                entry,
+                voucher,
+                client,
             };
-            complete(&engine, &handle, &entry, outcome, None).await;
-            engine.changed.notify_waiters();
-            return;
+            send(&engine, &handle, reserved, true).await;
         }
+        Err(outcome) => publish::complete(&engine, &handle, &entry, outcome, None).await,
+    }
+}
+
+/// What a resumed entry needs to be sent again, or the outcome that finishes it now: its result
+/// is already in results.jsonl (the crash came between the two writes), or it cannot be sent
+/// again (the amount then counts as spent: it must never be signed a second time).
+async fn resumable(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+) -> Result<(Voucher, WorkerClient), Ending> {
+    if let Some(record) = engine.memory.unconfirmed(&handle.key, &entry.experiment_id) {
+        return Err(outcome_from_record(&record, entry));
+    }
+    let voucher: Voucher =
+        serde_json::from_str(&entry.payment).map_err(|e| Ending::WorkerFailed {
+            paid: Usdc::parse_atomic(&entry.amount).unwrap_or_default(),
+            reason: format!("stored voucher unreadable: {e}"),
+        })?;
+    let gone = |reason: String| Ending::WorkerFailed {
+        paid: voucher.amount,
+        reason,
     };
-    let spec = handle.store.get().await.ok().flatten().map(|c| c.spec);
-    let client = match spec
-        .as_ref()
-        .ok_or_else(|| "the campaign is gone".to_string())
-        .and_then(|spec| {
-            let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
-            worker_client(spec, &entry.worker, timeout, engine.settings.job_poll)
-        }) {
-        Ok(c) => c,
+    let spec = match handle.store.get().await {
+        Ok(Some(c)) => c.spec,
+        Ok(None) => return Err(gone("the campaign is gone".into())),
+        Err(e) => return Err(gone(e.to_string())),
+    };
+    let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
+    let endpoint = Endpoint::new(&entry.worker);
+    match worker_client(&spec, &endpoint, timeout, engine.settings.job_poll) {
+        Ok(client) => Ok((voucher, client)),
+        Err(e) => Err(gone(e.to_string())),
+    }
+}
+
+/// Sends (or re-sends) the voucher, classifies the answer, and hands it to PUBLISH.
+async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resumed: bool) {
+    let Reserved {
+        entry,
+        voucher,
+        client,
+    } = reserved;
+    let train_py = match source_of(engine, handle, entry.train_hash.as_deref()).await {
+        Ok(source) => source,
         Err(e) => {
-            let outcome = Outcome::WorkerFailed {
+            // Signed and reserved, but the code it pays for is gone: it must not be sent with
+            // other code, nor signed again. The amount counts as spent.
+            let ending = Ending::WorkerFailed {
                 paid: voucher.amount,
                 reason: e.to_string(),
             };
-            complete(&engine, &handle, &entry, outcome, None).await;
-            return;
+            return publish::complete(engine, handle, &entry, ending, None).await;
         }
     };
-    handle
-        .notify
-        .notify(Notice {
-            severity: Severity::Normal,
-            reason: "ExperimentResumed",
-            action: "Resume",
-            message: format!(
-                "experiment {id} on {}: recovering its result or re-sending the same voucher",
-                entry.worker
-            ),
-        })
-        .await;
-    finish(&engine, &handle, entry, voucher, client, true).await;
-    engine.changed.notify_waiters();
-}
-
-/// Sends (or re-sends) the voucher, classifies the answer, and records it.
-async fn finish(
-    engine: &Engine,
-    handle: &CampaignHandle,
-    entry: LedgerEntry,
-    voucher: Voucher,
-    client: WorkerClient,
-    resumed: bool,
-) {
     let request = ExperimentRequest {
         experiment_id: entry.experiment_id.clone(),
-        train_py: handle.train_py.to_string(),
+        train_py: train_py.to_string(),
         config: entry
             .config
             .clone()
             .unwrap_or_else(|| serde_json::json!({})),
     };
     let started = Instant::now();
-    let (outcome, tx) = attempt(
+    let (outcome, tx) = exchange(
         &client,
         &voucher,
         &request,
@@ -327,30 +439,23 @@ async fn finish(
     )
     .await;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "answered");
-    let label = match &outcome {
-        Outcome::Finished {
-            result: Some(_), ..
-        } => "succeeded",
-        Outcome::Finished { .. } => "failed",
-        Outcome::WorkerFailed { .. } => "worker_failure",
-    };
     engine
         .metrics
         .experiment_duration
-        .with_label_values(&[label])
+        .with_label_values(&[ResultLabel::of(&outcome).as_str()])
         .observe(started.elapsed().as_secs_f64());
-    complete(engine, handle, &entry, outcome, tx).await;
+    publish::complete(engine, handle, &entry, outcome, tx).await;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "recorded");
 }
 
 /// One send, with recovery when the answer was lost. Returns the outcome and the settlement tx.
-async fn attempt(
+async fn exchange(
     client: &WorkerClient,
     voucher: &Voucher,
     request: &ExperimentRequest,
     resumed: bool,
     poll: Duration,
-) -> (Outcome, Option<String>) {
+) -> (Ending, Option<String>) {
     let paid = voucher.amount;
     if resumed {
         return (
@@ -361,11 +466,11 @@ async fn attempt(
     match client.run(Some(voucher), request).await {
         Ok(run) => {
             let tx = run.transaction().map(str::to_string);
-            (finished(run.result, paid, client.endpoint()), tx)
+            (outcome_of(run.result, paid, client.endpoint()), tx)
         }
         // A refused connection sent nothing; a 409 is the worker declining before it runs.
         Err(e @ (WorkerError::Unreachable { .. } | WorkerError::Busy)) => (
-            Outcome::WorkerFailed {
+            Ending::WorkerFailed {
                 paid: Usdc::ZERO,
                 reason: e.to_string(),
             },
@@ -377,16 +482,16 @@ async fn attempt(
         // to another worker. If the worker cannot say, the amount counts as spent.
         Err(e @ (WorkerError::Http { .. } | WorkerError::PaymentRejected { .. })) => {
             match client.recover(request).await {
-                Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
+                Ok(Some(result)) => (outcome_of(result, paid, client.endpoint()), None),
                 Ok(None) => (
-                    Outcome::WorkerFailed {
+                    Ending::WorkerFailed {
                         paid: Usdc::ZERO,
                         reason: e.to_string(),
                     },
                     None,
                 ),
                 Err(_) => (
-                    Outcome::WorkerFailed {
+                    Ending::WorkerFailed {
                         paid,
                         reason: e.to_string(),
                     },
@@ -403,9 +508,9 @@ async fn attempt(
         // A 200 that is not a valid result (a lying worker): the gate settled, the answer is not
         // recorded as a result, and the experiment is not paid for again.
         Err(e) => match client.recover(request).await {
-            Ok(Some(result)) => (finished(result, paid, client.endpoint()), None),
+            Ok(Some(result)) => (outcome_of(result, paid, client.endpoint()), None),
             _ => (
-                Outcome::WorkerFailed {
+                Ending::WorkerFailed {
                     paid,
                     reason: e.to_string(),
                 },
@@ -424,24 +529,24 @@ async fn settle_uncertain(
     request: &ExperimentRequest,
     poll: Duration,
     first_error: Option<String>,
-) -> Outcome {
+) -> Ending {
     let paid = voucher.amount;
     let mut last = first_error.unwrap_or_else(|| "resumed after a restart".into());
     loop {
         match client.recover(request).await {
-            Ok(Some(result)) => return finished(result, paid, client.endpoint()),
-            Err(WorkerError::InvalidAnswer(e)) => return Outcome::WorkerFailed { paid, reason: e },
+            Ok(Some(result)) => return outcome_of(result, paid, client.endpoint()),
+            Err(WorkerError::InvalidAnswer(e)) => return Ending::WorkerFailed { paid, reason: e },
             _ => {}
         }
         if !voucher.is_live(unix_now()) {
-            return Outcome::WorkerFailed {
+            return Ending::WorkerFailed {
                 paid,
                 reason: format!("{last}; the voucher expired with no result from the worker"),
             };
         }
         match client.run(Some(voucher), request).await {
-            Ok(run) => return finished(run.result, paid, client.endpoint()),
-            Err(WorkerError::InvalidAnswer(e)) => return Outcome::WorkerFailed { paid, reason: e },
+            Ok(run) => return outcome_of(run.result, paid, client.endpoint()),
+            Err(WorkerError::InvalidAnswer(e)) => return Ending::WorkerFailed { paid, reason: e },
             // Busy (probably with this very experiment), refused (the nonce may be in use by the
             // first send), unreachable or cut: the stored result may still come.
             Err(e) => last = e.to_string(),
@@ -450,7 +555,7 @@ async fn settle_uncertain(
     }
 }
 
-fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Outcome {
+fn outcome_of(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Ending {
     let summary = match (result.status.as_str(), result.val_bpb) {
         ("completed", Some(v)) if ledger::is_valid_val_bpb(v) => Some(ResultSummary {
             experiment_id: result.experiment_id.clone(),
@@ -461,13 +566,13 @@ fn finished(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str
         }),
         _ => None,
     };
-    Outcome::Finished {
+    Ending::Finished {
         result: summary,
         paid,
     }
 }
 
-fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
+fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Ending {
     let paid = record
         .amount
         .as_deref()
@@ -483,205 +588,13 @@ fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Outcome {
         }),
         _ => None,
     };
-    Outcome::Finished { result, paid }
-}
-
-/// PUBLISH: results.jsonl first (flushed), then status (which removes the ledger entry), then
-/// events and metrics.
-async fn complete(
-    engine: &Engine,
-    handle: &CampaignHandle,
-    entry: &LedgerEntry,
-    outcome: Outcome,
-    tx: Option<String>,
-) {
-    let counted = !matches!(&outcome, Outcome::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
-    if counted {
-        let record = result_record(handle, entry, &outcome, tx.clone());
-        if let Err(e) = engine.record(handle, record).await {
-            // Without the durable line the status must not count it: leave the ledger entry so
-            // the next resume tries again.
-            tracing::error!(error = %e, experiment = %entry.experiment_id, "cannot append to results.jsonl; will retry");
-            engine
-                .board
-                .release(&entry.worker, &entry.experiment_id, false);
-            return;
-        }
-    }
-    let mut recorded = None;
-    let network = serde_json::from_str::<Voucher>(&entry.payment)
-        .map(|v| v.network.to_string())
-        .unwrap_or_default();
-    let result = handle
-        .store
-        .update(&mut |c, s| {
-            let limits =
-                Limits::from_spec(&c.spec).map_err(|e| Refusal::Unreadable(e.to_string()))?;
-            recorded = Some(ledger::complete(
-                s,
-                &limits,
-                &entry.experiment_id,
-                outcome.clone(),
-            )?);
-            Ok(())
-        })
-        .await;
-    let worker_failed = matches!(outcome, Outcome::WorkerFailed { .. });
-    engine
-        .board
-        .release(&entry.worker, &entry.experiment_id, worker_failed);
-    let ns = handle.namespace.clone().unwrap_or_default();
-    let running = match result {
-        Ok(stored) => stored.status.map_or(0, |s| s.running),
-        Err(e) => {
-            tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
-            return;
-        }
-    };
-    let paid = match &outcome {
-        Outcome::Finished { paid, .. } | Outcome::WorkerFailed { paid, .. } => *paid,
-    };
-    if paid > Usdc::ZERO && recorded != Some(Recorded::AlreadyCounted) {
-        engine.metrics.paid(&network, paid);
-    }
-    engine
-        .metrics
-        .in_flight
-        .with_label_values(&[&ns, &handle.name])
-        .set(running.into());
-    let Some(recorded) = recorded.filter(|r| *r != Recorded::AlreadyCounted) else {
-        return;
-    };
-    let (results, notice) = describe(&outcome, &recorded, entry, paid, &tx);
-    for result in results {
-        engine
-            .metrics
-            .experiments
-            .with_label_values(&[result])
-            .inc();
-    }
-    handle.notify.notify(notice).await;
-}
-
-/// The metric results to count and the event to publish for a recorded outcome.
-fn describe(
-    outcome: &Outcome,
-    recorded: &Recorded,
-    entry: &LedgerEntry,
-    paid: Usdc,
-    tx: &Option<String>,
-) -> (&'static [&'static str], Notice) {
-    let (id, worker) = (&entry.experiment_id, &entry.worker);
-    let notice = |severity, reason, action, message| Notice {
-        severity,
-        reason,
-        action,
-        message,
-    };
-    match (outcome, recorded) {
-        (
-            Outcome::Finished {
-                result: Some(r), ..
-            },
-            Recorded::Counted { new_best, .. },
-        ) => (
-            &["succeeded"],
-            notice(
-                Severity::Normal,
-                if *new_best {
-                    "NewBest"
-                } else {
-                    "ExperimentSucceeded"
-                },
-                "Record",
-                format!(
-                    "experiment {id} on {worker}: val_bpb {} (paid {paid} USDC{})",
-                    r.val_bpb,
-                    tx_note(tx)
-                ),
-            ),
-        ),
-        (Outcome::Finished { .. }, _) => (
-            &["failed"],
-            notice(
-                Severity::Warning,
-                "ExperimentFailed",
-                "Record",
-                format!(
-                    "experiment {id} on {worker}: the run failed (paid {paid} USDC{})",
-                    tx_note(tx)
-                ),
-            ),
-        ),
-        (Outcome::WorkerFailed { reason, .. }, Recorded::Retry) => (
-            &["worker_failure"],
-            notice(
-                Severity::Warning,
-                "WorkerFailed",
-                "Retry",
-                format!(
-                    "experiment {id} on {worker}: {reason}; nothing was paid, trying another worker"
-                ),
-            ),
-        ),
-        (Outcome::WorkerFailed { reason, .. }, _) => (
-            &["worker_failure", "failed"],
-            notice(
-                Severity::Warning,
-                "ExperimentFailed",
-                "Record",
-                format!("experiment {id} on {worker}: {reason}; {paid} USDC counted as spent"),
-            ),
-        ),
-    }
-}
-
-fn tx_note(tx: &Option<String>) -> String {
-    tx.as_ref().map(|t| format!(", tx {t}")).unwrap_or_default()
-}
-
-fn result_record(
-    handle: &CampaignHandle,
-    entry: &LedgerEntry,
-    outcome: &Outcome,
-    tx: Option<String>,
-) -> ResultRecord {
-    let (val_bpb, status, paid) = match outcome {
-        Outcome::Finished {
-            result: Some(r),
-            paid,
-        } => (Some(r.val_bpb), "completed", *paid),
-        Outcome::Finished { result: None, paid } => (None, "failed", *paid),
-        Outcome::WorkerFailed { paid, .. } => (None, "worker_failure", *paid),
-    };
-    let network = serde_json::from_str::<Voucher>(&entry.payment)
-        .ok()
-        .map(|v| v.network.to_string());
-    ResultRecord {
-        experiment_id: entry.experiment_id.clone(),
-        train_hash: experiment::train_hash(&handle.train_py),
-        val_bpb,
-        worker_endpoint: entry.worker.clone(),
-        worker_agent_id: entry.agent_id,
-        timestamp: now_rfc3339(),
-        payment_tx: tx,
-        network,
-        amount: Some(paid.atomic().to_string()),
-        status: Some(status.to_string()),
-        config: entry.config.clone(),
-        campaign_namespace: handle.namespace.clone(),
-        campaign_name: Some(handle.name.clone()),
-    }
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    Ending::Finished { result, paid }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ExperimentCampaignSpec, StaticWorker};
+    use crate::crd::StaticWorker;
 
     fn spec(allow: &[&str], named: &[&str]) -> ExperimentCampaignSpec {
         let mut spec: ExperimentCampaignSpec = serde_json::from_value(serde_json::json!({
@@ -706,10 +619,11 @@ mod tests {
     fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, String> {
         worker_client(
             spec,
-            endpoint,
+            &Endpoint::new(endpoint),
             Duration::from_secs(5),
             Duration::from_secs(1),
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]

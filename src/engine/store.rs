@@ -66,6 +66,11 @@ impl MemoryStore {
         self.campaign.lock().expect("store lock").clone()
     }
 
+    /// Deletes the campaign (as `kubectl delete` would).
+    pub fn delete(&self) {
+        *self.campaign.lock().expect("store lock") = None;
+    }
+
     /// Replaces the spec (as `kubectl apply` would).
     pub fn set_spec(&self, spec: crate::crd::ExperimentCampaignSpec) {
         if let Some(c) = self.campaign.lock().expect("store lock").as_mut() {

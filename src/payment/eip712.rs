@@ -1,5 +1,5 @@
 //! EIP-712 typed data for ERC-3009 `TransferWithAuthorization`, the voucher an x402 `exact`
-//! payment on EVM carries (protocols.md §4).
+//! payment on EVM carries (docs/protocols.md §4).
 //!
 //! Two representations of the same message are built here and must agree:
 //! - the 32-byte signing hash, computed locally with alloy, used to recover and check the
@@ -41,7 +41,7 @@ pub struct KnownUsdc {
     pub version: &'static str,
 }
 
-/// Circle's USDC on the chains the coordinator knows (protocols.md §4).
+/// Circle's USDC on the chains the coordinator knows (docs/protocols.md §4).
 pub const KNOWN_USDC: [KnownUsdc; 3] = [
     KnownUsdc {
         chain_id: 8453,
@@ -140,7 +140,7 @@ impl Authorization {
         self.to_sol().eip712_signing_hash(&domain.to_alloy())
     }
 
-    /// The standard EIP-712 JSON object for a remote signer (protocols.md §5).
+    /// The standard EIP-712 JSON object for a remote signer (docs/protocols.md §5).
     ///
     /// `EIP712Domain` is listed in `types` because some signers hash an empty domain without it.
     /// Integers are decimal strings: JSON numbers lose precision above 2^53, and every common
@@ -190,7 +190,7 @@ mod tests {
     use alloy::signers::SignerSync;
     use alloy::signers::local::PrivateKeySigner;
 
-    // Anvil's second well-known test key (protocols.md golden vectors).
+    // Anvil's second well-known test key (docs/protocols.md §4, golden vectors).
     const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 
     fn golden(chain_id: u64) -> (TokenDomain, Authorization) {

@@ -1,4 +1,4 @@
-//! The remote signer (obol-stack, protocols.md §5): the coordinator never holds a key; it asks the
+//! The remote signer (obol-stack, docs/protocols.md §5): the coordinator never holds a key; it asks the
 //! signer to sign EIP-712 typed data and checks what comes back before it spends anything.
 
 use std::fmt;

@@ -1,7 +1,7 @@
 //! The signed voucher: an ERC-3009 authorization wrapped in an x402 payment payload, base64-encoded
 //! once and then kept as is.
 //!
-//! Exactly-once payment (design invariant 1) rests on this value: the caller chooses the nonce,
+//! Exactly-once payment (docs/design.md, invariant 1) rests on this value: the caller chooses the nonce,
 //! persists the [`Voucher`] before sending it, and after a crash sends the *same* voucher again.
 //! The token contract settles a nonce at most once, so a resend can never pay twice, and the
 //! coordinator never needs to sign a second voucher for the same experiment.

@@ -1,4 +1,4 @@
-//! HTTP to one worker's x402 gate (protocols.md §3): the unpaid probe, the paid run, the async job
+//! HTTP to one worker's x402 gate (docs/protocols.md §3): the unpaid probe, the paid run, the async job
 //! broker, and the free reads. Every answer is size-capped and validated: an answer that is not a
 //! plausible result for *this* experiment is an error, never a result.
 

@@ -462,7 +462,7 @@ fn judge_amount(fields: &Map<String, Value>, policy: &Policy) -> Verdict<Usdc> {
 /// The domain to sign in.
 ///
 /// Name and version come from `extra.eip712Domain`, else the known-USDC table, else `extra.name`
-/// / `extra.version` (protocols.md §4). Chain id and verifying contract are never taken from the
+/// / `extra.version` (docs/protocols.md §4). Chain id and verifying contract are never taken from the
 /// gate: they are the network's and the asset's. A gate that names another contract there is
 /// refused, since a voucher signed for another token contract would move that token.
 fn domain_for(

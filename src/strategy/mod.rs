@@ -14,7 +14,7 @@
 //!   ([`train_script`]). Floats are rounded to 6 significant digits, ints are integers, choices
 //!   are one of `values`, and everything lies within `min..=max`.
 //! - No proposal has an experiment id that is in `history`, and a batch has no duplicates, so the
-//!   same (train.py, config) is never proposed twice (design invariant 4). Put every experiment in
+//!   same (train.py, config) is never proposed twice (docs/design.md, invariant 4). Put every experiment in
 //!   `history` as soon as it is started, and keep it there (in flight, succeeded or failed).
 //! - `propose` is idempotent: called again with the same history it proposes the same experiments.
 //!   Proposals the controller did not start (no worker, budget) are therefore not lost; they come

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // Starts the payment testbed on loopback and prints one line of JSON (the manifest) to stdout.
 // See README.md next to this file for the configuration, the manifest and the fault modes.
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { keccak256, toHex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { startAnvil, deployUsdc, KEYS, CHAIN_ID } from "./lib/chain.mjs";
@@ -26,7 +29,9 @@ const DEFAULT_CONFIG = {
   signer: { token: "testbed-token", mode: "normal" },
   extraSigners: [],
 };
-const FAULT_KEYS = ["failBeforePayment", "failAfterPayment", "lostAnswer", "busy", "hang", "lie", "async", "runFails"];
+const FAULT_KEYS = ["failBeforePayment", "failAfterPayment", "lostAnswer", "busy", "hang", "lie", "async", "runFails", "liar", "noise"];
+// The repo every worker copies into each run's work directory (AUTORESEARCH_REPO).
+const DEFAULT_REPO = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker-repo");
 
 function parseArgs(argv) {
   const out = { config: null, manifest: null, watchStdin: true };
@@ -58,14 +63,16 @@ function loadConfig(arg) {
 }
 
 function normalize(raw) {
-  const known = ["payerFunds", "workers", "signer", "extraSigners"];
+  const known = ["payerFunds", "workers", "signer", "extraSigners", "dataDir"];
   for (const k of Object.keys(raw)) if (!known.includes(k)) throw new Error(`unknown config key ${k}`);
   const cfg = {
     payerFunds: String(raw.payerFunds ?? DEFAULT_CONFIG.payerFunds),
     signer: { ...DEFAULT_CONFIG.signer, ...(raw.signer || {}) },
     extraSigners: raw.extraSigners ?? DEFAULT_CONFIG.extraSigners,
     workers: raw.workers ?? DEFAULT_CONFIG.workers,
+    dataDir: raw.dataDir ?? null,
   };
+  if (cfg.dataDir !== null && typeof cfg.dataDir !== "string") throw new Error("dataDir must be a path");
   if (!/^\d+$/.test(cfg.payerFunds)) throw new Error("payerFunds must be atomic USDC digits");
   if (!Array.isArray(cfg.workers)) throw new Error("workers must be an array");
   const names = new Set();
@@ -78,7 +85,7 @@ function normalize(raw) {
     if (!GATE_KINDS.includes(gate)) throw new Error(`worker ${name}: gate must be one of ${GATE_KINDS}`);
     const price = String(w.price ?? "10000");
     if (!/^[1-9]\d*$/.test(price)) throw new Error(`worker ${name}: price must be positive atomic USDC digits`);
-    const durationMs = Number(w.durationMs ?? 200);
+    const durationMs = Number(w.durationMs ?? 0);
     if (!Number.isFinite(durationMs) || durationMs < 0) throw new Error(`worker ${name}: bad durationMs`);
     const faults = { ...(w.faults || {}) };
     for (const k of Object.keys(faults)) {
@@ -97,11 +104,20 @@ function normalize(raw) {
       }
     }
     if (faults.lostAnswer !== undefined) faults.lostAnswer = String(faults.lostAnswer);
+    checkTrustFaults(name, faults);
     const maxTimeoutSeconds = Number(w.maxTimeoutSeconds ?? Math.max(300, Math.ceil(durationMs / 1000) + 120));
-    const timeoutSeconds = Number(w.timeoutSeconds ?? 600);
+    const timeoutSeconds = Number(w.timeoutSeconds ?? 300);
+    if (!(timeoutSeconds > 0)) throw new Error(`worker ${name}: timeoutSeconds must be a positive number`);
+    const trainCommand = w.trainCommand ?? "python3 train.py";
+    const isWords = Array.isArray(trainCommand) && trainCommand.length > 0 && trainCommand.every((x) => typeof x === "string");
+    if (!isWords && !(typeof trainCommand === "string" && trainCommand.trim())) {
+      throw new Error(`worker ${name}: trainCommand must be a command line or an array of words`);
+    }
+    const repo = w.repo === undefined ? DEFAULT_REPO : w.repo;
+    if (repo !== null && typeof repo !== "string") throw new Error(`worker ${name}: repo must be a path or null`);
     // A fresh payee per worker name: nothing else ever holds funds there.
     const payTo = w.payTo ?? privateKeyToAccount(keccak256(toHex(`autoresearch-testbed-payee:${name}`))).address;
-    return { name, gate, price, durationMs, faults, maxTimeoutSeconds, timeoutSeconds, payTo };
+    return { name, gate, price, durationMs, faults, maxTimeoutSeconds, timeoutSeconds, payTo, trainCommand, repo };
   });
   const signers = [{ name: "default", ...cfg.signer }, ...cfg.extraSigners.map((s, i) => ({ name: s.name ?? `signer${i + 2}`, ...s }))];
   for (const s of signers) {
@@ -109,6 +125,19 @@ function normalize(raw) {
   }
   cfg.signers = signers;
   return cfg;
+}
+
+// liar: a positive amount subtracted from what was measured; noise: {spread, seed?}.
+function checkTrustFaults(name, faults) {
+  if (faults.liar !== undefined && !(typeof faults.liar === "number" && faults.liar > 0)) {
+    throw new Error(`worker ${name}: liar must be a positive number (how much lower it reports)`);
+  }
+  if (faults.noise !== undefined) {
+    const n = faults.noise;
+    const ok = n && typeof n === "object" && typeof n.spread === "number" && n.spread > 0
+      && Object.keys(n).every((k) => ["spread", "seed"].includes(k));
+    if (!ok) throw new Error(`worker ${name}: noise must be {"spread": positive number, "seed": optional}`);
+  }
 }
 
 async function waitReady(url, init, okStatus) {
@@ -140,6 +169,9 @@ async function main() {
   }
   const t0 = Date.now();
   const closers = [];
+  // Each worker keeps its runs under <dataDir>/<name>/autoresearch-worker/ (its DATA_DIR).
+  const ownData = cfg.dataDir === null;
+  const dataDir = ownData ? mkdtempSync(path.join(os.tmpdir(), "autoresearch-testbed-")) : path.resolve(cfg.dataDir);
   let anvil = null;
   let stopping = false;
 
@@ -151,6 +183,7 @@ async function main() {
     force.unref();
     await Promise.allSettled(closers.map((c) => c()));
     await anvil?.stop();
+    if (ownData) rmSync(dataDir, { recursive: true, force: true });
     process.exit(code);
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
@@ -182,7 +215,7 @@ async function main() {
 
     const workers = [];
     for (const spec of cfg.workers) {
-      const w = await startWorker({ spec, facilitatorUrl: fac.url, usdc, log });
+      const w = await startWorker({ spec: { ...spec, dataDir: path.join(dataDir, spec.name) }, facilitatorUrl: fac.url, usdc, log });
       closers.push(w.close);
       workers.push({
         name: spec.name,
@@ -194,6 +227,9 @@ async function main() {
         asset: usdc,
         maxTimeoutSeconds: spec.maxTimeoutSeconds,
         durationMs: spec.durationMs,
+        timeoutSeconds: spec.timeoutSeconds,
+        trainCommand: spec.trainCommand,
+        dataDir: w.settings.base,
         faults: spec.faults,
       });
     }

@@ -135,3 +135,23 @@ export function demoAgents(origin, workers) {
   });
   return list;
 }
+
+// `n` generated workers at `<origin>/services/gen-<i>`: a share `embedded` of them carry their
+// document in the list row (every third of those as a data: URI, the others as content); the
+// rest only in the detail record, as most rows of the real index.
+export function generatedAgents(origin, n, embedded) {
+  const list = [];
+  for (let i = 0; i < n; i += 1) {
+    const token = 1000 + i;
+    const name = `Gen ${i}`;
+    const d = doc(origin, token, name, { endpoint: `${origin}/services/gen-${i}`, bpb: (0.95 + i / 10000).toFixed(4) });
+    const inRow = Math.floor((i + 1) * embedded) > Math.floor(i * embedded);
+    const how = !inRow
+      ? { contentString: JSON.stringify(d) }
+      : i % 3 === 0
+        ? { rowUri: `data:application/json;base64,${b64(d)}` }
+        : { rowContent: d };
+    list.push({ token, name, how, worker: true });
+  }
+  return list;
+}

@@ -88,7 +88,8 @@ pub struct ScanServer {
 }
 
 impl ScanServer {
-    /// Starts the stand-in with extra flags (`--fail-every`, `--rate-limit`, `--rate-window-ms`).
+    /// Starts the stand-in with extra flags (`--fail-every`, `--real-limits`, `--rate-limit`,
+    /// `--rate-window-ms`, `--day-limit`, `--agents`...: see testbed/scan/server.mjs).
     pub fn start(args: &[&str]) -> Self {
         let mut all = vec!["scan/server.mjs", "--port", "0"];
         all.extend_from_slice(args);
@@ -114,11 +115,26 @@ impl ScanServer {
     pub async fn stats(&self) -> serde_json::Value {
         reqwest_get_json(&format!("{}/__stats", self.origin())).await
     }
+
+    /// Gives agent `token` a new `updated_at`, as a changed registration would.
+    pub async fn touch(&self, token: u64) {
+        let r = client()
+            .post(format!("{}/__touch/{token}", self.origin()))
+            .send()
+            .await
+            .expect("touch request");
+        assert!(r.status().is_success(), "touch {token}: {}", r.status());
+    }
+}
+
+/// A plain HTTP client (the crate's TLS provider installed).
+pub fn client() -> reqwest::Client {
+    autoresearch_coordinator::discovery::http::ensure_crypto_provider();
+    reqwest::Client::new()
 }
 
 async fn reqwest_get_json(url: &str) -> serde_json::Value {
-    autoresearch_coordinator::discovery::http::ensure_crypto_provider();
-    reqwest::Client::new()
+    client()
         .get(url)
         .send()
         .await

@@ -150,7 +150,7 @@ pub fn campaign(name: &str, tb: &Testbed, spec: Value) -> ExperimentCampaign {
         "kind": "ExperimentCampaign",
         "metadata": {"name": name},
         "spec": {
-            "trainScript": {"inline": "print('val_bpb: 1.0')\n"},
+            "trainScript": {"inline": super::TRAIN_LANDSCAPE},
             "baseConfig": {"depth": 8},
             "search": {
                 "strategy": "random",

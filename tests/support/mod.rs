@@ -20,6 +20,24 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+/// The train.py tests send when they search `config`: the workers run it, and it prints the
+/// `val_bpb` of `strategy::landscape` for the config the worker hands it (see the script).
+pub const TRAIN_LANDSCAPE: &str = include_str!("../../examples/train_landscape.py");
+
+/// Asserts that every results.jsonl line records what [`TRAIN_LANDSCAPE`] prints for the line's
+/// config: the worker ran the script and handed it that config.
+pub fn assert_measured_by_landscape(lines: &[serde_json::Value]) {
+    for l in lines {
+        assert_eq!(
+            l["val_bpb"].as_f64(),
+            Some(autoresearch_coordinator::strategy::landscape::val_bpb(
+                &l["config"]
+            )),
+            "not what train.py prints for this config: {l}"
+        );
+    }
+}
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,8 +9,9 @@ export class Num {
   }
 }
 
-// Minimal JSON parser that keeps numbers as Num. Throws SyntaxError on bad input.
-export function parseJsonKeepNumbers(text) {
+// Minimal JSON parser that keeps numbers as Num. Throws SyntaxError on bad input. With
+// `nonFinite`, it also takes Python's NaN, Infinity and -Infinity tokens (as Num).
+export function parseJsonKeepNumbers(text, { nonFinite = false } = {}) {
   let i = 0;
   const ws = () => { while (i < text.length && " \t\n\r".includes(text[i])) i++; };
   const err = (m) => { throw new SyntaxError(`${m} at ${i}`); };
@@ -43,6 +44,11 @@ export function parseJsonKeepNumbers(text) {
     if (text.startsWith("true", i)) { i += 4; return true; }
     if (text.startsWith("false", i)) { i += 5; return false; }
     if (text.startsWith("null", i)) { i += 4; return null; }
+    if (nonFinite) {
+      for (const t of ["NaN", "Infinity", "-Infinity"]) {
+        if (text.startsWith(t, i)) { i += t.length; return new Num(t); }
+      }
+    }
     const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i, i + 400));
     if (!m || m[0] === "" || m[0] === "-") err("unexpected token");
     i += m[0].length;

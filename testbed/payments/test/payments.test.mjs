@@ -2,6 +2,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { recoverTypedDataAddress } from "viem";
 import { startTestbed, remoteSigner, payingClient, payExperiment, chainReader } from "../lib/testclient.mjs";
 import { valBpb, parseJsonKeepNumbers } from "../lib/landscape.mjs";
@@ -17,6 +18,7 @@ const CONFIG = {
     { name: "obol-async", gate: "obol", price: "10000", durationMs: 300, faults: { async: true } },
     { name: "v1-busy", gate: "v1", price: "10000", faults: { busy: true } },
     { name: "v2-nan", gate: "v2", price: "10000", durationMs: 10, faults: { lie: "nan" } },
+    { name: "v1-crash", gate: "v1", price: "10000", timeoutSeconds: 2 },
   ],
   signer: { token: "t0k", mode: "normal" },
   extraSigners: [
@@ -31,7 +33,8 @@ let m;
 let chain;
 let client;
 const worker = (name) => m.workers.find((w) => w.name === name);
-const TRAIN_PY = "print('val_bpb: 0.997900')\n";
+// The worker runs what it is sent: this script scores its config on testbed/LANDSCAPE.md.
+const TRAIN_PY = readFileSync(new URL("../../../examples/train_landscape.py", import.meta.url), "utf8");
 const body = (id, config = { lr: 0.004, depth: 8 }) => ({ train_py: TRAIN_PY, config, experiment_id: id });
 
 before(async () => {
@@ -174,7 +177,24 @@ test("lie nan: the body carries a bare NaN as Python would", async () => {
   const w = worker("v2-nan");
   const r = await payExperiment(client, w, body("exp-nan"));
   assert.equal(r.response.status, 200);
-  assert.match(r.text, /"val_bpb":NaN/);
+  assert.match(r.text, /"val_bpb": NaN/);
+});
+
+test("a crashed and a timed-out run are answered 200, so the gate settles and the run is paid", async () => {
+  const w = worker("v1-crash");
+  const cases = [
+    ["exp-crash", "raise SystemExit(2)\n", "failed", 2],
+    ["exp-timeout", "import time\ntime.sleep(20)\n", "timeout", -1],
+  ];
+  for (const [id, src, status, code] of cases) {
+    const before = await chain.balance(w.payTo);
+    const r = await payExperiment(client, w, { train_py: src, config: {}, experiment_id: id });
+    assert.equal(r.response.status, 200, r.text);
+    const result = JSON.parse(r.text);
+    assert.deepEqual([result.status, result.return_code, result.val_bpb], [status, code, null]);
+    assert.ok(r.settlement?.success, "settled");
+    assert.equal(await chain.balance(w.payTo), before + BigInt(w.price));
+  }
 });
 
 test("signer modes", async () => {

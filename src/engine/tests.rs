@@ -1,0 +1,623 @@
+//! The engine's unit layer: whole reconciles against a [`MemoryStore`], the campaign's static
+//! workers, and in-process fakes of the remote signer and x402 workers (`crate::testkit`). No
+//! cluster, no chain: each test runs in well under a second, and asserts per experiment what
+//! each fake worker settled.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::{ExperimentCampaignSpec, LedgerEntry};
+use crate::payment::{
+    ExperimentRequest, Policy, Quote, Voucher, VoucherTerms, WorkerClient, new_nonce, sign_voucher,
+    unix_now, x402,
+};
+use crate::testkit::{FakeSigner, FakeWorker};
+use crate::usdc::Usdc;
+
+/// Collects notices.
+#[derive(Default)]
+struct Notices(Mutex<Vec<Notice>>);
+
+impl Notify for Notices {
+    fn notify(&self, notice: Notice) -> BoxFuture<'_, ()> {
+        self.0.lock().unwrap().push(notice);
+        Box::pin(async {})
+    }
+}
+
+impl Notices {
+    fn reasons(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().iter().map(|n| n.reason).collect()
+    }
+}
+
+/// An engine with one campaign in memory, a fake signer and fake workers.
+struct Harness {
+    engine: Arc<Engine>,
+    store: Arc<MemoryStore>,
+    handle: CampaignHandle,
+    notices: Arc<Notices>,
+    signer: FakeSigner,
+    workers: Vec<FakeWorker>,
+    dir: tempfile::TempDir,
+}
+
+const TRAIN_PY: &str = "print('val_bpb: 1.0')\n";
+
+fn spec(endpoints: &[String], extra: Value) -> ExperimentCampaignSpec {
+    let mut spec = json!({
+        "trainScript": {"inline": TRAIN_PY},
+        "search": {"strategy": "list", "experiments": [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}, {"lr": 0.4}]},
+        "maxExperiments": 4,
+        "parallelism": 2,
+        "budget": {"total": "1", "maxPricePerExperiment": "0.05"},
+        "payment": {"network": "base-sepolia"},
+        "discovery": {"workers": endpoints.iter().map(|e| json!({"endpoint": e})).collect::<Vec<_>>()},
+    });
+    merge(&mut spec, extra);
+    serde_json::from_value(spec).expect("a valid spec")
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+impl Harness {
+    async fn new(workers: usize, extra: Value) -> Self {
+        let signer = FakeSigner::start().await;
+        let mut fakes = Vec::new();
+        for _ in 0..workers {
+            fakes.push(FakeWorker::start().await);
+        }
+        let endpoints: Vec<String> = fakes.iter().map(FakeWorker::endpoint).collect();
+        let dir = tempfile::tempdir().unwrap();
+        Self::with(signer, fakes, dir, spec(&endpoints, extra), None)
+    }
+
+    /// A harness over an existing campaign (a restart: a fresh engine, same results file).
+    fn with(
+        signer: FakeSigner,
+        workers: Vec<FakeWorker>,
+        dir: tempfile::TempDir,
+        spec: ExperimentCampaignSpec,
+        status: Option<crate::crd::ExperimentCampaignStatus>,
+    ) -> Self {
+        let mut campaign = ExperimentCampaign::new("c", spec);
+        campaign.metadata.namespace = Some("ns".into());
+        campaign.metadata.generation = Some(1);
+        campaign.status = status;
+        let store = Arc::new(MemoryStore::new(campaign));
+        let notices = Arc::new(Notices::default());
+        let engine = Engine::new(
+            Arc::new(StaticWorkers),
+            ResultsLog::new(dir.path().join("results.jsonl")),
+            Metrics::new(),
+            Settings {
+                job_poll: Duration::from_millis(50),
+                worker_cooldown: Duration::from_millis(100),
+                ..Settings::default()
+            },
+        );
+        let handle = CampaignHandle {
+            key: "ns/c".into(),
+            namespace: Some("ns".into()),
+            name: "c".into(),
+            store: store.clone(),
+            notify: notices.clone(),
+            signer: Arc::new(signer.client()),
+            train_py: TRAIN_PY.into(),
+        };
+        Self {
+            engine,
+            store,
+            handle,
+            notices,
+            signer,
+            workers,
+            dir,
+        }
+    }
+
+    fn status(&self) -> crate::crd::ExperimentCampaignStatus {
+        self.store.snapshot().unwrap().status.unwrap_or_default()
+    }
+
+    /// Reconciles until the campaign is final or `limit` passes; returns the last step.
+    async fn run(&self, limit: Duration) -> Step {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let step = self
+                .engine
+                .reconcile(&self.handle)
+                .await
+                .expect("reconcile");
+            let finished = matches!(
+                step.phase,
+                None | Some(Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted)
+            ) && self.engine.running_tasks(&self.handle.key) == 0;
+            if finished || tokio::time::Instant::now() > deadline {
+                return step;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), self.engine.changed.notified())
+                    .await;
+        }
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("results.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Settlements of every worker, by experiment id.
+    fn payments(&self, experiment_id: &str) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.payments_for(experiment_id))
+            .sum()
+    }
+
+    fn condition(&self, kind: &str) -> (String, String) {
+        let status = self.status();
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap_or_else(|| panic!("no {kind} condition in {:?}", status.conditions));
+        (c.status.clone(), c.reason.clone())
+    }
+
+    /// A voucher for `experiment_id` on worker `w`, signed as the engine signs it.
+    async fn voucher(&self, w: usize, experiment_id: &str) -> (Voucher, WorkerClient) {
+        let client =
+            WorkerClient::new(&self.workers[w].endpoint(), Duration::from_secs(30)).unwrap();
+        let Quote::Priced(required) = client.quote().await.unwrap() else {
+            panic!("the fake worker asks for payment");
+        };
+        let policy = Policy {
+            networks: vec![crate::crd::Network::BaseSepolia],
+            max_price: Usdc::from_atomic(50_000),
+            extra_assets: Vec::new(),
+        };
+        let offer = x402::choose(&required, &policy).unwrap();
+        let terms = VoucherTerms {
+            experiment_id: experiment_id.into(),
+            nonce: new_nonce(),
+            from: None,
+            run_timeout: Duration::from_secs(900),
+        };
+        let voucher = sign_voucher(&self.signer.client(), &offer, &terms, unix_now())
+            .await
+            .unwrap();
+        (voucher, client)
+    }
+}
+
+fn entry(experiment_id: &str, worker: &str, voucher: &Voucher, config: Value) -> LedgerEntry {
+    LedgerEntry {
+        experiment_id: experiment_id.into(),
+        worker: worker.into(),
+        agent_id: None,
+        amount: voucher.amount.atomic().to_string(),
+        nonce: voucher.nonce.to_string(),
+        payment: serde_json::to_string(voucher).unwrap(),
+        valid_before: voucher.valid_before,
+        config: Some(config),
+        attempt: 1,
+        started_at: "2026-12-01T00:00:00Z".into(),
+        ..LedgerEntry::default()
+    }
+}
+
+#[tokio::test]
+async fn a_campaign_runs_to_success_and_pays_each_experiment_exactly_once() {
+    let h = Harness::new(2, json!({})).await;
+    let step = h.run(Duration::from_secs(20)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded));
+    let status = h.status();
+    assert_eq!((status.succeeded, status.failed, status.running), (4, 0, 0));
+    assert_eq!(status.spent.as_deref(), Some("0.04"));
+    assert_eq!(status.budget_left.as_deref(), Some("0.96"));
+    let lines = h.lines();
+    assert_eq!(lines.len(), 4);
+    for line in &lines {
+        let id = line["experiment_id"].as_str().unwrap();
+        assert_eq!(h.payments(id), 1, "{id} paid once");
+        assert_eq!(line["status"], "completed");
+    }
+    assert_eq!(
+        h.condition("Succeeded"),
+        ("True".into(), "MaxExperimentsReached".into())
+    );
+    assert_eq!(h.condition("Complete").0, "True");
+    assert!(h.notices.reasons().contains(&"NewBest"));
+}
+
+#[tokio::test]
+async fn a_worker_failing_before_payment_is_retried_elsewhere_and_paid_once() {
+    let h = Harness::new(2, json!({"parallelism": 1, "maxExperiments": 2})).await;
+    // The failing worker is preferred, so every experiment is tried there first.
+    let failing = h.workers[0].endpoint();
+    let mut spec = h.store.snapshot().unwrap().spec;
+    spec.discovery.prefer = vec![failing.clone()];
+    h.store.set_spec(spec);
+    h.workers[0].set(|k| k.fail_before_payment = u32::MAX);
+    h.run(Duration::from_secs(20)).await;
+    let status = h.status();
+    assert!(status.worker_failures >= 1, "{status:?}");
+    assert_eq!(status.succeeded, 2, "{status:?}");
+    let lines = h.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["status"], "completed");
+        assert_ne!(line["worker_endpoint"], failing.as_str());
+        assert_eq!(h.payments(line["experiment_id"].as_str().unwrap()), 1);
+    }
+    assert_eq!(
+        h.workers[0].total_paid(),
+        Usdc::ZERO,
+        "the failing worker was never paid"
+    );
+    assert!(h.notices.reasons().contains(&"WorkerFailed"));
+}
+
+#[tokio::test]
+async fn a_lost_answer_after_payment_is_recovered_not_paid_again() {
+    let h = Harness::new(1, json!({"parallelism": 1, "maxExperiments": 2})).await;
+    h.workers[0].set(|k| k.fail_after_payment = 1);
+    h.run(Duration::from_secs(20)).await;
+    let status = h.status();
+    assert_eq!(status.succeeded, 2, "{status:?}");
+    for line in h.lines() {
+        assert_eq!(h.payments(line["experiment_id"].as_str().unwrap()), 1);
+    }
+    assert_eq!(h.workers[0].runs().len(), 2, "nothing ran twice");
+}
+
+#[tokio::test]
+async fn a_paid_failed_run_is_a_failed_experiment_never_retried() {
+    let h = Harness::new(2, json!({"parallelism": 1, "maxExperiments": 1})).await;
+    h.workers[0].set(|k| k.run_fails = u32::MAX);
+    h.workers[1].set(|k| k.run_fails = u32::MAX);
+    h.run(Duration::from_secs(20)).await;
+    let status = h.status();
+    assert_eq!((status.succeeded, status.failed), (0, 1));
+    let lines = h.lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["status"], "failed");
+    assert_eq!(h.payments(lines[0]["experiment_id"].as_str().unwrap()), 1);
+    assert_eq!(
+        status.spent.as_deref(),
+        Some("0.01"),
+        "a crashed run is paid"
+    );
+}
+
+#[tokio::test]
+async fn the_budget_stops_the_campaign_and_succeeded_stays_false() {
+    let h = Harness::new(
+        2,
+        json!({"budget": {"total": "0.025", "maxPricePerExperiment": "0.01"}}),
+    )
+    .await;
+    let step = h.run(Duration::from_secs(20)).await;
+    assert_eq!(step.phase, Some(Phase::BudgetExhausted));
+    let status = h.status();
+    assert_eq!(status.succeeded, 2);
+    assert_eq!(h.lines().len(), 2);
+    assert_eq!(
+        h.condition("Complete"),
+        ("True".into(), "BudgetExhausted".into())
+    );
+    assert_eq!(
+        h.condition("Succeeded"),
+        ("False".into(), "BudgetExhausted".into())
+    );
+}
+
+#[tokio::test]
+async fn suspend_starts_nothing_and_unsuspending_resumes() {
+    let h = Harness::new(1, json!({"suspend": true})).await;
+    let step = h.run(Duration::from_millis(400)).await;
+    assert_eq!(step.phase, Some(Phase::Suspended));
+    assert_eq!(h.workers[0].total_paid(), Usdc::ZERO);
+    assert_eq!(
+        h.condition("Progressing"),
+        ("False".into(), "Suspended".into())
+    );
+    let mut spec = h.store.snapshot().unwrap().spec;
+    spec.suspend = false;
+    h.store.set_spec(spec);
+    assert_eq!(
+        h.run(Duration::from_secs(20)).await.phase,
+        Some(Phase::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_refused_once_with_the_field_named_and_pays_nothing() {
+    let h = Harness::new(
+        1,
+        json!({"search": {"strategy": "grid", "parameters": [{"name": "opt", "type": "choice"}]}}),
+    )
+    .await;
+    for _ in 0..2 {
+        let step = h.engine.reconcile(&h.handle).await.unwrap();
+        assert_eq!(step.phase, Some(Phase::Failed));
+    }
+    let (ok, reason) = h.condition("SpecValid");
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    let message = &h.status().conditions[0].message;
+    assert!(message.contains("opt"), "{message}");
+    assert_eq!(
+        h.notices.reasons(),
+        ["InvalidSpec"],
+        "one event, not one per reconcile"
+    );
+    assert_eq!(h.workers[0].total_paid(), Usdc::ZERO);
+}
+
+#[tokio::test]
+async fn a_deleted_campaign_reports_no_phase_and_is_forgotten() {
+    let h = Harness::new(1, json!({})).await;
+    h.engine.reconcile(&h.handle).await.unwrap();
+    assert_eq!(h.engine.remembered(), 1);
+    h.store.delete();
+    let step = h.engine.reconcile(&h.handle).await.unwrap();
+    assert_eq!(step.phase, None);
+    assert_eq!(h.engine.remembered(), 0);
+}
+
+/// After a restart a ledger entry is finished from what exists: a result already in
+/// results.jsonl, a result stored at the worker, or the same voucher sent again; never a second
+/// voucher.
+#[tokio::test]
+async fn each_ledger_state_is_resumed_without_paying_twice() {
+    let h = Harness::new(1, json!({"parallelism": 3, "maxExperiments": 3})).await;
+    let w = h.workers[0].endpoint();
+    let config = |lr: f64| json!({"lr": lr});
+    // (a) Recorded in results.jsonl before the crash, status not yet written.
+    let (va, _) = h.voucher(0, "exp-a").await;
+    let record = ResultRecord {
+        experiment_id: "exp-a".into(),
+        train_hash: crate::experiment::train_hash(TRAIN_PY),
+        val_bpb: Some(0.9),
+        worker_endpoint: w.clone(),
+        status: Some("completed".into()),
+        amount: Some("10000".into()),
+        campaign_name: Some("c".into()),
+        campaign_namespace: Some("ns".into()),
+        ..ResultRecord::default()
+    };
+    h.engine.results().append(&record).await.unwrap();
+    // (b) Sent, run and settled at the worker; the answer was lost with the crash.
+    let (vb, client) = h.voucher(0, "exp-b").await;
+    let request = ExperimentRequest {
+        experiment_id: "exp-b".into(),
+        train_py: TRAIN_PY.into(),
+        config: config(0.2),
+    };
+    client.run(Some(&vb), &request).await.unwrap();
+    // (c) Written to the ledger, never sent.
+    let (vc, _) = h.voucher(0, "exp-c").await;
+    let ledger = vec![
+        entry("exp-a", &w, &va, config(0.1)),
+        entry("exp-b", &w, &vb, config(0.2)),
+        entry("exp-c", &w, &vc, config(0.3)),
+    ];
+    let status = crate::crd::ExperimentCampaignStatus {
+        ledger,
+        submitted: 3,
+        ..Default::default()
+    };
+    let Harness {
+        signer,
+        workers,
+        dir,
+        ..
+    } = h;
+    let spec = spec(
+        &[workers[0].endpoint()],
+        json!({"parallelism": 3, "maxExperiments": 3}),
+    );
+    let h = Harness::with(signer, workers, dir, spec, Some(status));
+    h.run(Duration::from_secs(20)).await;
+    let status = h.status();
+    assert!(status.ledger.is_empty(), "{status:?}");
+    assert_eq!(status.succeeded, 3, "{status:?}");
+    assert_eq!(
+        h.workers[0].payments_for("exp-a"),
+        0,
+        "(a) was never sent again"
+    );
+    assert_eq!(
+        h.workers[0].payments_for("exp-b"),
+        1,
+        "(b) recovered, not paid again"
+    );
+    assert_eq!(
+        h.workers[0].payments_for("exp-c"),
+        1,
+        "(c) sent once, with its voucher"
+    );
+    let settled_c: Vec<_> = h.workers[0]
+        .settled()
+        .into_iter()
+        .filter(|s| s.2 == "exp-c")
+        .collect();
+    assert_eq!(
+        settled_c[0].0, vc.nonce,
+        "the stored voucher, not a new one"
+    );
+    let ids: Vec<String> = h
+        .lines()
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|i| *i == "exp-a").count(),
+        1,
+        "(a) not appended twice: {ids:?}"
+    );
+    assert_eq!(ids.len(), 3);
+    assert_eq!(status.spent.as_deref(), Some("0.03"));
+    assert!(h.notices.reasons().contains(&"ExperimentResumed"));
+}
+
+#[tokio::test]
+async fn an_unreadable_stored_voucher_counts_as_spent_and_is_never_signed_again() {
+    let h = Harness::new(1, json!({"parallelism": 1, "maxExperiments": 1})).await;
+    let w = h.workers[0].endpoint();
+    let (v, _) = h.voucher(0, "exp-x").await;
+    let mut broken = entry("exp-x", &w, &v, json!({"lr": 0.1}));
+    broken.payment = "not a voucher".into();
+    let status = crate::crd::ExperimentCampaignStatus {
+        ledger: vec![broken],
+        submitted: 1,
+        ..Default::default()
+    };
+    let Harness {
+        signer,
+        workers,
+        dir,
+        ..
+    } = h;
+    let spec = spec(
+        &[workers[0].endpoint()],
+        json!({"parallelism": 1, "maxExperiments": 1}),
+    );
+    let h = Harness::with(signer, workers, dir, spec, Some(status));
+    let sign_calls = h.signer.sign_calls();
+    h.run(Duration::from_secs(10)).await;
+    let status = h.status();
+    assert_eq!((status.failed, status.succeeded), (1, 0));
+    assert_eq!(
+        status.spent.as_deref(),
+        Some("0.01"),
+        "the reserved amount counts as spent"
+    );
+    assert_eq!(
+        h.signer.sign_calls(),
+        sign_calls,
+        "nothing was signed again"
+    );
+    assert_eq!(h.workers[0].total_paid(), Usdc::ZERO);
+}
+
+/// An experiment whose code THINK changed is sent with that code (read from the script store by
+/// its hash) and recorded under its hash, with the campaign's train.py as its parent.
+#[tokio::test]
+async fn an_experiment_runs_the_train_py_stored_under_its_hash() {
+    let signer = FakeSigner::start().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let worker = FakeWorker::config()
+        .run(move |s| {
+            log.lock().unwrap().push(s.train_py.clone());
+            crate::testkit::completed(s, 0.95)
+        })
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let changed = "print('val_bpb: 0.95')  # DEPTH = 6\n";
+    let hash = crate::scripts::ScriptStore::new(dir.path().join("scripts"))
+        .put(changed)
+        .await
+        .unwrap();
+    let pending = PendingExperiment {
+        experiment_id: "exp-code".into(),
+        config: Some(json!({})),
+        train_hash: Some(hash.clone()),
+        description: Some("DEPTH=6".into()),
+        ..PendingExperiment::default()
+    };
+    let status = crate::crd::ExperimentCampaignStatus {
+        pending: vec![pending],
+        ..Default::default()
+    };
+    let spec = spec(
+        &[worker.endpoint()],
+        json!({"parallelism": 1, "maxExperiments": 1}),
+    );
+    let h = Harness::with(signer, vec![worker], dir, spec, Some(status));
+    h.run(Duration::from_secs(10)).await;
+    assert_eq!(seen.lock().unwrap().as_slice(), [changed.to_string()]);
+    let lines = h.lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["train_hash"], hash.as_str());
+    assert_eq!(
+        lines[0]["parent_train_hash"],
+        crate::experiment::train_hash(TRAIN_PY).as_str()
+    );
+    assert_eq!(lines[0]["description"], "DEPTH=6");
+    assert_eq!(h.workers[0].payments_for("exp-code"), 1);
+}
+
+#[tokio::test]
+async fn an_experiment_whose_code_is_missing_is_never_signed_or_paid() {
+    let h = Harness::new(1, json!({"parallelism": 1, "maxExperiments": 1})).await;
+    let pending = PendingExperiment {
+        experiment_id: "exp-lost".into(),
+        train_hash: Some(crate::experiment::train_hash("never stored")),
+        ..PendingExperiment::default()
+    };
+    h.store
+        .update(&mut |_, s| {
+            s.pending = vec![pending.clone()];
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let signed = h.signer.sign_calls();
+    h.run(Duration::from_millis(500)).await;
+    assert_eq!(h.signer.sign_calls(), signed);
+    assert_eq!(h.workers[0].total_paid(), Usdc::ZERO);
+    assert!(
+        h.notices.reasons().contains(&"NotStarted"),
+        "{:?}",
+        h.notices.reasons()
+    );
+}
+
+/// The 402 is reused for a short time; when the worker's terms change meanwhile, the stale
+/// voucher is refused before the run (nothing settles) and the next attempt asks afresh.
+#[tokio::test]
+async fn a_stale_cached_price_costs_a_refusal_not_a_payment() {
+    let h = Harness::new(1, json!({"parallelism": 1, "maxExperiments": 2})).await;
+    // One experiment at the old price fills the cache.
+    let mut spec = h.store.snapshot().unwrap().spec;
+    spec.max_experiments = 1;
+    h.store.set_spec(spec.clone());
+    h.run(Duration::from_secs(10)).await;
+    assert_eq!(h.workers[0].total_paid(), Usdc::from_atomic(10_000));
+    h.workers[0].set(|k| k.price = Usdc::from_atomic(20_000));
+    spec.max_experiments = 2;
+    h.store.set_spec(spec);
+    h.run(Duration::from_secs(10)).await;
+    let status = h.status();
+    assert_eq!(status.succeeded, 2, "{status:?}");
+    assert_eq!(
+        status.worker_failures, 1,
+        "the stale voucher was refused once: {status:?}"
+    );
+    assert_eq!(
+        h.workers[0].total_paid(),
+        Usdc::from_atomic(30_000),
+        "paid once, at the new price"
+    );
+    assert_eq!(status.spent.as_deref(), Some("0.03"));
+}
