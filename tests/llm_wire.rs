@@ -475,28 +475,6 @@ async fn tried_train_py_are_refused_and_re_asked() {
     assert_ne!(outcome.proposal.unwrap().train_py, first.train_py);
 }
 
-/// A real, tiny training run: gradient descent on a noisy line, in pure Python. Too large a
-/// learning rate diverges (a crash or a worse val_bpb), too few steps underfit.
-const TINY: &str = "\
-import random
-
-LEARNING_RATE = 0.05  # step size
-STEPS = 20  # optimisation steps
-L2 = 0.1  # weight decay
-
-random.seed(42)
-xs = [random.uniform(-1, 1) for _ in range(200)]
-ys = [3.0 * x + 0.5 + random.gauss(0, 0.1) for x in xs]
-w = b = 0.0
-for _ in range(STEPS):
-    gw = sum((w * x + b - y) * x for x, y in zip(xs, ys)) / len(xs) + L2 * w
-    gb = sum((w * x + b - y) for x, y in zip(xs, ys)) / len(xs)
-    w -= LEARNING_RATE * gw
-    b -= LEARNING_RATE * gb
-mse = sum((w * x + b - y) ** 2 for x, y in zip(xs, ys)) / len(xs)
-print(f\"val_bpb: {1.0 + mse:.6f}\")
-";
-
 /// Runs a train.py with python3 as a worker would, and reads `val_bpb: N` from its output.
 fn run_train_py(source: &str) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
@@ -523,9 +501,11 @@ async fn an_llm_lineage_improves_val_bpb_and_runs_only_usable_proposals() {
         Some(MASTER_KEY),
         quick(),
     );
-    let start = run_train_py(TINY).expect("the starting train.py runs");
-    let (mut base, mut best) = (TINY.to_string(), start);
-    let mut tried: HashSet<String> = HashSet::from([train_hash(TINY)]);
+    // examples/train_tiny.py trains a real character-level model in about a second.
+    let tiny = std::fs::read_to_string(repo().join("examples/train_tiny.py")).unwrap();
+    let start = run_train_py(&tiny).expect("the starting train.py runs");
+    let (mut base, mut best) = (tiny.clone(), start);
+    let mut tried: HashSet<String> = HashSet::from([train_hash(&tiny)]);
     let mut recent: Vec<RecentResult> = Vec::new();
     let (mut calls, mut refusals, mut kept) = (0, 0, 0);
     for _ in 0..12 {
