@@ -79,6 +79,7 @@ async fn main() {
         signer: Arc::new(signer.client()),
         train_py: "print('val_bpb: 1.0')\n".into(),
         best: None,
+        proposer: None,
     };
     println!(
         "memory: {total} experiments, 8 workers; RSS at start {:.1} MiB",

@@ -14,3 +14,6 @@ bash scripts/testbed-install.sh
 # Debian packages for the report tests: Prometheus (dashboard queries), Chromium (the live page).
 bash scripts/install-prometheus.sh
 bash scripts/install-chromium.sh
+
+# The LiteLLM proxy (PyPI, pinned) for the llm wire tests, in a venv under .cache/litellm.
+bash scripts/install-llm.sh >/dev/null

@@ -27,6 +27,10 @@ pub const ADDRESS_PATTERN: &str = r"^0x[0-9a-fA-F]{40}$";
 pub const DEFAULT_NOISE_FLOOR: f64 = 0.002;
 /// Default remote signer inside obol-stack: one per agent namespace.
 pub const DEFAULT_REMOTE_SIGNER_URL: &str = "http://remote-signer:9000";
+/// Default LLM endpoint: obol-stack's in-cluster LiteLLM (OpenAI-compatible).
+pub const DEFAULT_LLM_ENDPOINT: &str = "http://litellm.llm.svc.cluster.local:4000/v1";
+/// Default cap on model calls per campaign.
+pub const DEFAULT_LLM_MAX_CALLS: u32 = 200;
 /// Default 8004scan public API.
 pub const DEFAULT_SCAN_API_URL: &str = "https://www.8004scan.io/api/v1/public";
 /// Default eRPC endpoint inside obol-stack.
@@ -208,26 +212,128 @@ pub struct ConfigMapKeyRef {
     {"rule": "self.strategy != 'list' || (has(self.experiments) && size(self.experiments) > 0)",
      "message": "strategy list needs at least one entry in search.experiments",
      "fieldPath": ".experiments"},
-    {"rule": "self.strategy == 'list' || (has(self.parameters) && size(self.parameters) > 0)",
+    {"rule": "self.strategy in ['list', 'llm'] || (has(self.parameters) && size(self.parameters) > 0)",
      "message": "strategies grid, random and hillClimb need at least one entry in search.parameters",
+     "fieldPath": ".parameters"},
+    {"rule": "self.strategy != 'llm' || has(self.llm)",
+     "message": "strategy llm needs search.llm (at least search.llm.model)",
+     "fieldPath": ".llm"},
+    {"rule": "self.strategy != 'llm' || ((!has(self.parameters) || size(self.parameters) == 0) && (!has(self.experiments) || size(self.experiments) == 0))",
+     "message": "strategy llm takes no search.parameters or search.experiments: the model edits train.py itself",
      "fieldPath": ".parameters"}
 ]))]
 pub struct SearchSpec {
     /// `list` runs `experiments` in order; `grid` walks every combination of `parameters`;
-    /// `random` samples them (seeded, reproducible); `hillClimb` keeps the best config and tries
-    /// shrinking steps around it, as autoresearch itself does.
+    /// `random` samples them (seeded, reproducible); `hillClimb` keeps the best point and tries
+    /// shrinking steps around it; `llm` asks a language model to edit train.py and keeps an edit
+    /// only if it beats the best by more than the noise floor, as autoresearch itself does.
     pub strategy: Strategy,
-    /// The parameters to vary, each layered onto `baseConfig` under its name.
+    /// Where parameter values go. `config` (default): into the JSON `config` sent with each
+    /// experiment. The real worker only stores `config` in a file (its path is in
+    /// `AUTORESEARCH_EXPERIMENT_CONFIG`) and autoresearch's own train.py never reads it, so with
+    /// that train.py every experiment would run the same code. `trainScript`: each parameter's
+    /// name is a top-level assignment in train.py (`MATRIX_LR = 0.04  # comment`), and its value
+    /// replaces the right-hand side, keeping comments and layout; every experiment then sends a
+    /// different train.py. A name that is not a top-level assignment makes the spec invalid.
+    /// Ignored by `llm`, which edits train.py itself.
+    #[serde(default, skip_serializing_if = "ApplyTo::is_config")]
+    pub apply_to: ApplyTo,
+    /// The parameters to vary: with `applyTo: config` keys of `config`, layered onto
+    /// `baseConfig`; with `applyTo: trainScript` top-level constants of train.py.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub parameters: Vec<Parameter>,
-    /// Explicit configs for the `list` strategy, each layered onto `baseConfig`.
+    /// Explicit points for the `list` strategy, each a JSON object: layered onto `baseConfig`, or
+    /// with `applyTo: trainScript` written into train.py's constants of those names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "object_list")]
     pub experiments: Vec<Value>,
     /// Seed for `random` and `hillClimb`: the same seed proposes the same experiments.
     #[serde(default)]
     pub seed: u64,
+    /// The language model of strategy `llm`: endpoint, model, key, instructions and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmSpec>,
+}
+
+/// Where a search's parameter values go.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ApplyTo {
+    /// Into the JSON `config` sent with each experiment (train.py unchanged).
+    #[default]
+    Config,
+    /// Into train.py: each parameter rewrites the top-level assignment of its name.
+    TrainScript,
+}
+
+impl ApplyTo {
+    fn is_config(&self) -> bool {
+        *self == ApplyTo::Config
+    }
+}
+
+/// The language model that proposes edits of train.py (strategy `llm`), spoken to over the
+/// OpenAI chat-completions API (`POST {endpoint}/chat/completions`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.program) && has(self.programConfigMapKeyRef))",
+     "message": "set at most one of search.llm.program and search.llm.programConfigMapKeyRef",
+     "fieldPath": ".program"}
+]))]
+pub struct LlmSpec {
+    /// OpenAI-compatible base URL (the part before `/chat/completions`). Default: obol-stack's
+    /// in-cluster LiteLLM, `http://litellm.llm.svc.cluster.local:4000/v1`.
+    #[serde(default = "default_llm_endpoint")]
+    #[schemars(pattern(r"^https?://"), length(max = 2048))]
+    pub endpoint: String,
+    /// Model name as the endpoint knows it, e.g. `qwen3.5:9b` for a local Ollama model behind
+    /// LiteLLM, or a cloud model id. Models under `paid/` are paid per call through x402 by
+    /// obol-stack's buyer sidecar, so `maxCalls` bounds that spending too.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Secret key holding the API key, sent as `Authorization: Bearer <key>` (obol-stack's
+    /// LiteLLM: Secret `litellm-secrets`, its master key). The CLI reads the key from
+    /// `LLM_API_KEY` instead. Neither set: no Authorization header is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<KeyRef>,
+    /// Instructions for the model, in the style of autoresearch's program.md: what to try, what
+    /// must not change, how to judge. Sent as the system message. Default: built-in
+    /// instructions for an autoresearch train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 262144))]
+    pub program: Option<String>,
+    /// A ConfigMap key in the campaign's namespace holding the instructions (instead of
+    /// `program`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_config_map_key_ref: Option<KeyRef>,
+    /// Sampling temperature; omitted: the model's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub temperature: Option<f64>,
+    /// Most tokens per reply (`max_tokens`); omitted: the model's default. A whole-file reply
+    /// needs room for all of train.py.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 1000000))]
+    pub max_tokens: Option<u32>,
+    /// Most model calls for the whole campaign, re-asks after a refused proposal and retries
+    /// included. Reaching it stops the campaign with reason `ProposerExhausted`.
+    #[serde(default = "default_llm_max_calls")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_calls: u32,
+}
+
+/// A key of a Secret or ConfigMap in the campaign's namespace; both fields are required.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// Secret or ConfigMap name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within it.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// A search strategy.
@@ -242,6 +348,8 @@ pub enum Strategy {
     Random,
     /// Greedy keep/discard around the best result with shrinking steps.
     HillClimb,
+    /// A language model edits train.py; keep/discard against the best (needs `search.llm`).
+    Llm,
 }
 
 /// One search dimension.
@@ -257,7 +365,8 @@ pub enum Strategy {
      "message": "a log-scale parameter needs min > 0", "fieldPath": ".min"}
 ]))]
 pub struct Parameter {
-    /// Key in `config` (dots are not special: the key is used as is).
+    /// Key in `config` (dots are not special: the key is used as is), or with
+    /// `applyTo: trainScript` the name of a top-level assignment in train.py.
     #[schemars(length(min = 1, max = 128))]
     pub name: String,
     /// `float`, `int` (a range from min to max) or `choice` (one of `values`).
@@ -657,6 +766,10 @@ pub struct LedgerEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// The searched parameters and their values (what varies; small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub params: Option<Value>,
     /// `sha256:<hex>` of the train.py being run, when THINK changed the code (the source is in
     /// the data volume's script store); absent means the campaign's train.py.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -683,6 +796,10 @@ pub struct PendingExperiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
+    /// The searched parameters and their values (what varies; small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub params: Option<Value>,
     /// `sha256:<hex>` of the train.py to run, when THINK changed the code; absent means the
     /// campaign's train.py.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -770,6 +887,12 @@ fn default_grid_points() -> u32 {
 }
 fn default_noise_floor() -> f64 {
     DEFAULT_NOISE_FLOOR
+}
+fn default_llm_endpoint() -> String {
+    DEFAULT_LLM_ENDPOINT.into()
+}
+fn default_llm_max_calls() -> u32 {
+    DEFAULT_LLM_MAX_CALLS
 }
 fn default_train_key() -> String {
     "train.py".into()
@@ -880,9 +1003,11 @@ impl SearchSpec {
         Ok(())
     }
 
-    /// `list` needs experiments; the other strategies need parameters.
+    /// `list` needs experiments; `llm` needs `llm` and no parameters; the other strategies need
+    /// parameters.
     pub(crate) fn check_strategy_inputs(&self) -> Result<(), SpecError> {
         match self.strategy {
+            Strategy::Llm => return self.check_llm(),
             Strategy::List if self.experiments.is_empty() => {
                 return Err(spec_error(
                     "search.experiments",
@@ -898,6 +1023,42 @@ impl SearchSpec {
                 ));
             }
             _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl SearchSpec {
+    fn check_llm(&self) -> Result<(), SpecError> {
+        let Some(llm) = &self.llm else {
+            return Err(spec_error(
+                "search.llm",
+                "strategy llm needs search.llm (at least search.llm.model)",
+            ));
+        };
+        if !self.parameters.is_empty() || !self.experiments.is_empty() {
+            return Err(spec_error(
+                "search.parameters",
+                "strategy llm takes no search.parameters or search.experiments: the model edits train.py itself",
+            ));
+        }
+        if llm.model.trim().is_empty() {
+            return Err(spec_error("search.llm.model", "must not be empty"));
+        }
+        if !(llm.endpoint.starts_with("http://") || llm.endpoint.starts_with("https://")) {
+            return Err(spec_error(
+                "search.llm.endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if llm.program.is_some() && llm.program_config_map_key_ref.is_some() {
+            return Err(spec_error(
+                "search.llm.program",
+                "set at most one of search.llm.program and search.llm.programConfigMapKeyRef",
+            ));
+        }
+        if llm.max_calls == 0 {
+            return Err(spec_error("search.llm.maxCalls", "must be at least 1"));
         }
         Ok(())
     }
@@ -1016,6 +1177,53 @@ mod tests {
             grid_points: 3,
         }];
         assert_eq!(spec.validate().unwrap_err().field, "search.parameters[0]");
+    }
+
+    #[test]
+    fn llm_specs_are_checked_in_rust_too() {
+        let llm = |v: serde_json::Value| {
+            let mut spec = minimal();
+            spec.search = serde_json::from_value(v).unwrap();
+            spec.validate().map(|_| ()).map_err(|e| e.field)
+        };
+        let ok = llm(serde_json::json!({"strategy": "llm", "llm": {"model": "m"}}));
+        assert_eq!(ok, Ok(()));
+        let cases = [
+            (serde_json::json!({"strategy": "llm"}), "search.llm"),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": " "}}),
+                "search.llm.model",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m"}, "experiments": [{}]}),
+                "search.parameters",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m", "endpoint": "litellm:4000"}}),
+                "search.llm.endpoint",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m", "program": "p",
+                    "programConfigMapKeyRef": {"name": "cm", "key": "program.md"}}}),
+                "search.llm.program",
+            ),
+            (
+                serde_json::json!({"strategy": "llm", "llm": {"model": "m", "maxCalls": 0}}),
+                "search.llm.maxCalls",
+            ),
+        ];
+        for (search, field) in cases {
+            assert_eq!(llm(search.clone()), Err(field.to_string()), "{search}");
+        }
+        let spec: SearchSpec =
+            serde_json::from_value(serde_json::json!({"strategy": "llm", "llm": {"model": "m"}}))
+                .unwrap();
+        let llm = spec.llm.unwrap();
+        assert_eq!(
+            (llm.endpoint.as_str(), llm.max_calls),
+            (DEFAULT_LLM_ENDPOINT, DEFAULT_LLM_MAX_CALLS)
+        );
+        assert_eq!(spec.apply_to, ApplyTo::Config);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_failed: u32,
     /// `objective.goal`.
     pub goal: Option<f64>,
+    /// `search.llm.maxCalls`, for an llm campaign.
+    pub max_model_calls: Option<u32>,
 }
 
 impl Limits {
@@ -45,6 +47,12 @@ impl Limits {
             parallelism: spec.parallelism,
             max_failed: spec.max_failed_experiments,
             goal: spec.objective.goal,
+            max_model_calls: spec
+                .search
+                .llm
+                .as_ref()
+                .filter(|_| spec.search.strategy == crate::crd::Strategy::Llm)
+                .map(|llm| llm.max_calls),
         })
     }
 }
@@ -90,6 +98,18 @@ pub enum Refusal {
     /// The status carries an amount this version cannot read; spending stops rather than guess.
     #[error("status amount {0:?} is unreadable; refusing to spend")]
     Unreadable(String),
+}
+
+/// `status.strategyState` key of an llm campaign: model calls made so far.
+pub const STATE_MODEL_CALLS: &str = "llmCalls";
+
+/// Model calls an llm campaign has made.
+pub fn model_calls(status: &ExperimentCampaignStatus) -> u32 {
+    status
+        .strategy_state
+        .get(STATE_MODEL_CALLS)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// USDC spent so far (settled or possibly settled).
@@ -316,6 +336,7 @@ fn retry_of(entry: LedgerEntry) -> PendingExperiment {
     PendingExperiment {
         experiment_id: entry.experiment_id,
         config: entry.config,
+        params: entry.params,
         train_hash: entry.train_hash,
         description: entry.description,
         attempts: entry.attempt,
@@ -370,13 +391,17 @@ pub enum Stop {
     TooManyFailures,
     /// Nothing affordable is left in the budget.
     BudgetExhausted,
+    /// An llm campaign used `search.llm.maxCalls` model calls and ran what they proposed.
+    ProposerExhausted,
 }
 
 impl Stop {
     /// The phase the campaign ends in once nothing is in flight.
     pub fn phase(self) -> Phase {
         match self {
-            Stop::GoalReached | Stop::MaxExperimentsReached => Phase::Succeeded,
+            Stop::GoalReached | Stop::MaxExperimentsReached | Stop::ProposerExhausted => {
+                Phase::Succeeded
+            }
             Stop::TooManyFailures => Phase::Failed,
             Stop::BudgetExhausted => Phase::BudgetExhausted,
         }
@@ -389,6 +414,7 @@ impl Stop {
             Stop::MaxExperimentsReached => "MaxExperimentsReached",
             Stop::TooManyFailures => "TooManyFailures",
             Stop::BudgetExhausted => "BudgetExhausted",
+            Stop::ProposerExhausted => "ProposerExhausted",
         }
     }
 }
@@ -412,6 +438,13 @@ pub fn stop_reason(status: &ExperimentCampaignStatus, limits: &Limits) -> Option
     }
     if finished(status) >= limits.max_experiments {
         return Some(Stop::MaxExperimentsReached);
+    }
+    // What the last calls proposed still runs.
+    if limits
+        .max_model_calls
+        .is_some_and(|max| model_calls(status) >= max && status.pending.is_empty())
+    {
+        return Some(Stop::ProposerExhausted);
     }
     None
 }
@@ -442,6 +475,7 @@ mod tests {
             parallelism: 2,
             max_failed: 2,
             goal: Some(0.97),
+            max_model_calls: None,
         }
     }
 
@@ -537,6 +571,7 @@ mod tests {
             parallelism: 3,
             max_failed: 1000,
             goal: None,
+            max_model_calls: None,
         };
         let mut s = ExperimentCampaignStatus::default();
         for i in 0..200u128 {

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub discovery_errors: IntCounterVec,
     /// Reconciles by outcome (`ok`, `error`).
     pub reconciles: IntCounterVec,
+    /// Model proposals refused before anything was paid, by reason.
+    pub proposals_refused: IntCounterVec,
     /// USDC spent per campaign and network (from status, set at scrape time).
     pub campaign_spent_usdc: GaugeVec,
     /// `budget.total` per campaign and network (set at scrape time).
@@ -111,6 +113,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let proposals_refused = IntCounterVec::new(
+            Opts::new(
+                "autoresearch_proposals_refused_total",
+                "Model proposals refused before anything was paid, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let campaign_spent_usdc = GaugeVec::new(
             Opts::new(
                 "autoresearch_campaign_spent_usdc",
@@ -138,6 +148,7 @@ impl Metrics {
             Box::new(reconciles.clone()),
             Box::new(campaign_spent_usdc.clone()),
             Box::new(campaign_budget_usdc.clone()),
+            Box::new(proposals_refused.clone()),
         ] {
             registry
                 .register(collector)
@@ -153,6 +164,7 @@ impl Metrics {
             best_val_bpb,
             discovery_errors,
             reconciles,
+            proposals_refused,
             campaign_spent_usdc,
             campaign_budget_usdc,
         }

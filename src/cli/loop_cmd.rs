@@ -1,9 +1,14 @@
 //! `autoresearch-coordinator loop <train.py>`: the controller's engine without Kubernetes. The
 //! campaign lives in memory; results go to `$DATA_DIR/autoresearch/results.jsonl` as with the
 //! controller, and a line per event shows progress.
+//!
+//! `--campaign FILE` runs a manifest's spec. The file is read as strictly as the API server's
+//! strict field validation reads it (`kubectl apply --validate=strict`): a field the types do
+//! not know is an error naming its path, because a misspelt or newer field silently ignored
+//! would make the loop pay for something else than the user wrote.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::probe::parse_network;
 use crate::crd::{
-    BudgetSpec, DiscoverySpec, ExperimentCampaign, ExperimentCampaignSpec, Network, ObjectiveSpec,
-    PaymentSpec, Phase, SearchSpec, StaticWorker, Strategy, TrainScript,
+    ApplyTo, BudgetSpec, DiscoverySpec, ExperimentCampaign, ExperimentCampaignSpec, Network,
+    ObjectiveSpec, PaymentSpec, Phase, SearchSpec, StaticWorker, Strategy, TrainScript,
 };
 use crate::engine::{
     CampaignHandle, Engine, MemoryStore, Notice, Notify, Settings, Severity, WorkerSource,
@@ -28,8 +33,9 @@ use crate::usdc::Usdc;
 /// Arguments of `loop`.
 #[derive(Args, Debug)]
 pub struct LoopArgs {
-    /// Path of the train.py to run.
-    pub train_py: PathBuf,
+    /// Path of the train.py to run; optional with --campaign when the manifest has
+    /// trainScript.inline (giving both with different contents is an error).
+    pub train_py: Option<PathBuf>,
     /// Worker endpoints to use first (repeatable); with no discovery, the only ones used.
     #[arg(long)]
     pub prefer: Vec<String>,
@@ -45,8 +51,8 @@ pub struct LoopArgs {
     /// Experiments at once, each on its own worker.
     #[arg(long, default_value_t = 1)]
     pub parallelism: u32,
-    /// A campaign manifest (ExperimentCampaign YAML) whose spec to run; train.py from the
-    /// command line replaces its trainScript, and --rounds its maxExperiments.
+    /// A campaign manifest (ExperimentCampaign YAML) whose spec to run, read strictly (unknown
+    /// fields are errors); --rounds replaces its maxExperiments.
     #[arg(long)]
     pub campaign: Option<PathBuf>,
     /// Base config (JSON object).
@@ -91,10 +97,12 @@ impl Notify for Printer {
 }
 
 pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyhow::Result<()> {
-    let train_py = std::fs::read_to_string(&args.train_py)
-        .with_context(|| format!("reading train.py from {}", args.train_py.display()))?;
-    let spec = build_spec(&args, &train_py)?;
+    let campaign = args.campaign.as_deref().map(read_campaign).transpose()?;
+    let train_py = resolve_train_py(&args, campaign.as_ref())?;
+    let spec = build_spec(&args, campaign, &train_py)?;
     let (total, max_price) = spec.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::strategy::validate(&spec.search, spec.base_config.as_ref(), &train_py)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "loop: {} experiments, at most {max_price} USDC each{}, {total} USDC in total, paying on {}",
         spec.max_experiments,
@@ -105,6 +113,7 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         },
         spec.payment.network
     );
+    let proposer = loop_proposer(&spec)?;
     let campaign = ExperimentCampaign::new("local", spec);
     let store = Arc::new(MemoryStore::new(campaign));
     let signer = RemoteSigner::new(&args.signer_url, std::env::var("REMOTE_SIGNER_TOKEN").ok())
@@ -129,6 +138,7 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
             &args.data_dir,
             "local",
         ))),
+        proposer,
     };
 
     let interrupted = tokio::signal::ctrl_c();
@@ -167,20 +177,145 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     Ok(())
 }
 
-fn build_spec(args: &LoopArgs, train_py: &str) -> anyhow::Result<ExperimentCampaignSpec> {
+/// The model proposer of an `llm` campaign: its key from `LLM_API_KEY`, its program inline or
+/// the built-in default (a ConfigMap cannot be read without a cluster).
+fn loop_proposer(
+    spec: &ExperimentCampaignSpec,
+) -> anyhow::Result<Option<Arc<crate::strategy::llm::LlmProposer>>> {
+    let (Strategy::Llm, Some(llm)) = (spec.search.strategy, spec.search.llm.as_ref()) else {
+        return Ok(None);
+    };
+    if llm.program_config_map_key_ref.is_some() {
+        bail!(
+            "search.llm.programConfigMapKeyRef needs a cluster; give search.llm.program inline for loop"
+        );
+    }
+    let program = crate::strategy::llm::program_or_default(llm.program.as_deref());
+    let proposer = crate::strategy::llm::LlmProposer::new(
+        llm,
+        crate::strategy::llm::api_key_from_env(),
+        program,
+    )
+    .map_err(|e| anyhow::anyhow!("search.llm: {e}"))?;
+    Ok(Some(Arc::new(proposer)))
+}
+
+/// Reads a campaign manifest, refusing every field the types do not know (all of them named).
+pub fn read_campaign(path: &Path) -> anyhow::Result<ExperimentCampaign> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_campaign(&text)
+        .with_context(|| format!("{} is not a valid ExperimentCampaign", path.display()))
+}
+
+/// [`read_campaign`] of a text. serde_ignored reports each key that deserialisation skipped,
+/// with its path, so no mirror of the types is needed and `metadata` is checked too.
+pub fn parse_campaign(text: &str) -> anyhow::Result<ExperimentCampaign> {
+    let mut unknown = Vec::new();
+    let manifest: Manifest =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+            unknown.push(dotted(&path));
+        })?;
+    if !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|p| format!("unknown field \"{p}\""))
+            .collect();
+        bail!("strict decoding error: {}", fields.join(", "));
+    }
+    let expected = kube::core::ApiResource::erase::<ExperimentCampaign>(&());
+    if manifest.kind != expected.kind || manifest.api_version != expected.api_version {
+        bail!(
+            "expected kind {} of apiVersion {}, found kind {:?} of apiVersion {:?}",
+            expected.kind,
+            expected.api_version,
+            manifest.kind,
+            manifest.api_version
+        );
+    }
+    let mut campaign = ExperimentCampaign::new("local", manifest.spec);
+    campaign.metadata = manifest.metadata;
+    Ok(campaign)
+}
+
+/// `spec.search.parameters.0.step`: serde_ignored's path without its `?` steps for optional
+/// fields, which a user never writes.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    let join = |parent: &Path<'_>, leaf: String| match dotted(parent) {
+        p if p.is_empty() => leaf,
+        p => format!("{p}.{leaf}"),
+    };
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(parent, index.to_string()),
+        Path::Map { parent, key } => join(parent, key.clone()),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// A manifest as written: the derived resource type has no `apiVersion` and `kind` fields, so
+/// they would count as unknown; `status` is accepted and dropped, as the API server does.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: kube::core::ObjectMeta,
+    spec: ExperimentCampaignSpec,
+    /// Accepted so that it is not an unknown field; never read.
+    #[serde(default, rename = "status")]
+    _status: Option<Value>,
+}
+
+/// The train.py to run: the positional file, or the manifest's `trainScript.inline`; both must
+/// agree when both are given.
+fn resolve_train_py(
+    args: &LoopArgs,
+    campaign: Option<&ExperimentCampaign>,
+) -> anyhow::Result<String> {
+    let from_file = args
+        .train_py
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading train.py from {}", path.display()))
+                .map(|text| (path, text))
+        })
+        .transpose()?;
+    let script = campaign.map(|c| &c.spec.train_script);
+    let inline = script.and_then(|s| s.inline.as_deref());
+    match (from_file, inline) {
+        (Some((path, text)), Some(inline)) if text != inline => bail!(
+            "{} differs from trainScript.inline of the campaign file; give only one of them",
+            path.display()
+        ),
+        (Some((_, text)), _) => Ok(text),
+        (None, Some(inline)) => Ok(inline.to_string()),
+        (None, None) if script.is_some_and(|s| s.config_map_key_ref.is_some()) => bail!(
+            "the campaign's trainScript.configMapKeyRef cannot be read by loop; pass the train.py file"
+        ),
+        (None, None) => {
+            bail!("give the train.py to run (or --campaign FILE with trainScript.inline)")
+        }
+    }
+}
+
+fn build_spec(
+    args: &LoopArgs,
+    campaign: Option<ExperimentCampaign>,
+    train_py: &str,
+) -> anyhow::Result<ExperimentCampaignSpec> {
     let max_price = args.max_price.unwrap_or(payment::DEFAULT_MAX_PRICE);
     let base: Value = serde_json::from_str(&args.config).context("--config is not JSON")?;
     if !base.is_object() {
         bail!("--config must be a JSON object");
     }
-    let mut spec = match &args.campaign {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let campaign: ExperimentCampaign = serde_yaml::from_str(&text)
-                .with_context(|| format!("{} is not an ExperimentCampaign", path.display()))?;
-            campaign.spec
-        }
+    let mut spec = match campaign {
+        Some(campaign) => campaign.spec,
         None => {
             let rounds = args.rounds.unwrap_or(5);
             ExperimentCampaignSpec {
@@ -192,6 +327,8 @@ fn build_spec(args: &LoopArgs, train_py: &str) -> anyhow::Result<ExperimentCampa
                     parameters: Vec::new(),
                     experiments: (1..=rounds).map(|i| json!({ "round": i })).collect(),
                     seed: 0,
+                    apply_to: ApplyTo::Config,
+                    llm: None,
                 },
                 objective: ObjectiveSpec::default(),
                 max_experiments: rounds,
@@ -275,4 +412,98 @@ fn print_summary(store: &MemoryStore, results: &std::path::Path) {
         );
     }
     println!("results: {}", results.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoopArgs,
+    }
+
+    /// A list campaign in flow style (the binary's tests use block style).
+    const MANIFEST: &str = r#"{apiVersion: autoresearch.obol.org/v1alpha1, kind: ExperimentCampaign,
+  metadata: {name: tiny},
+  spec: {
+    trainScript: {inline: "LR = 0.01  # learning rate\nprint('val_bpb: 1.0')\n"},
+    search: {strategy: list, applyTo: trainScript,
+      experiments: [{LR: 0.02}], parameters: [{name: LR, type: float, min: 0.001, max: 0.1, logScale: true}]},
+    maxExperiments: 3,
+    budget: {total: "1", maxPricePerExperiment: "0.1"}}}"#;
+
+    #[test]
+    fn a_valid_manifest_is_read() {
+        let c = parse_campaign(MANIFEST).unwrap();
+        assert_eq!(c.metadata.name.as_deref(), Some("tiny"));
+        assert_eq!(c.spec.search.apply_to, ApplyTo::TrainScript);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_path() {
+        let typo = MANIFEST.replace("applyTo:", "applyto:");
+        let e = format!("{:#}", parse_campaign(&typo).unwrap_err());
+        assert!(e.contains("unknown field \"spec.search.applyto\""), "{e}");
+        let two = MANIFEST
+            .replace("{name: tiny}", "{name: tiny, labelz: {}}")
+            .replace(
+                "maxExperiments: 3,",
+                "maxExperiments: 3, maxExperimentz: 4,",
+            );
+        let e = format!("{:#}", parse_campaign(&two).unwrap_err());
+        assert!(
+            e.contains("\"metadata.labelz\"") && e.contains("\"spec.maxExperimentz\""),
+            "{e}"
+        );
+        let nested = MANIFEST.replace("logScale: true", "logScale: true, step: 2");
+        let e = format!("{:#}", parse_campaign(&nested).unwrap_err());
+        assert!(e.contains("spec.search.parameters.0.step"), "{e}");
+        let kind = MANIFEST.replace("kind: ExperimentCampaign", "kind: Campaign");
+        assert!(parse_campaign(&kind).is_err());
+    }
+
+    #[test]
+    fn every_example_passes_strict_reading() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut read = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                read_campaign(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                read += 1;
+            }
+        }
+        assert!(read >= 5, "examples read: {read}");
+        let draft = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/llm.example.yaml");
+        let llm = read_campaign(&draft).unwrap_or_else(|e| panic!("{e:#}"));
+        llm.spec.validate().unwrap();
+    }
+
+    fn args(argv: &[&str]) -> LoopArgs {
+        Cli::parse_from(std::iter::once("loop").chain(argv.iter().copied())).args
+    }
+
+    #[test]
+    fn train_py_comes_from_the_file_or_the_manifest_and_they_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let campaign = parse_campaign(MANIFEST).unwrap();
+        let inline = campaign.spec.train_script.inline.clone().unwrap();
+        let same = dir.path().join("same.py");
+        std::fs::write(&same, &inline).unwrap();
+        let other = dir.path().join("other.py");
+        std::fs::write(&other, "print('val_bpb: 2.0')\n").unwrap();
+
+        let from_manifest = resolve_train_py(&args(&["--campaign", "x.yaml"]), Some(&campaign));
+        assert_eq!(from_manifest.unwrap(), inline);
+        let both = resolve_train_py(&args(&[same.to_str().unwrap()]), Some(&campaign));
+        assert_eq!(both.unwrap(), inline);
+        let differ = resolve_train_py(&args(&[other.to_str().unwrap()]), Some(&campaign));
+        assert!(format!("{:#}", differ.unwrap_err()).contains("differs from trainScript.inline"));
+        assert!(resolve_train_py(&args(&[]), None).is_err());
+        let plain = resolve_train_py(&args(&[other.to_str().unwrap()]), None).unwrap();
+        assert_eq!(plain, "print('val_bpb: 2.0')\n");
+    }
 }

@@ -31,6 +31,7 @@ use crate::crd::ExperimentCampaign;
 use crate::engine::{CampaignHandle, Engine, Settings, WorkerSource};
 use crate::payment::RemoteSigner;
 use crate::results::{ResultsLog, default_path};
+use crate::strategy::llm::LlmProposer;
 use crate::telemetry::Metrics;
 
 /// Controller settings (flags and environment of the `controller` command).
@@ -85,6 +86,8 @@ struct CampaignParts {
     store: Arc<store::StatusStore>,
     notify: Arc<events::EventSink>,
     best: Arc<best::BestConfigMap>,
+    /// The llm proposer and the fingerprint of what it was built from.
+    proposer: Mutex<Option<(String, Arc<LlmProposer>)>>,
 }
 
 /// A signer URL and its token.
@@ -134,6 +137,7 @@ impl Context {
                 campaign,
             )),
             best: Arc::new(best::BestConfigMap::new(self.client.clone(), campaign)),
+            proposer: Mutex::new(None),
         });
         map.insert(key.to_string(), parts.clone());
         parts
@@ -379,6 +383,9 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// `spec.search.llm` cannot make a model client (the endpoint is not a URL).
+    #[error("spec.search.llm: {0}")]
+    Proposer(#[source] crate::strategy::llm::LlmError),
     /// `spec.payment.remoteSignerUrl` is not a usable URL.
     #[error("spec.payment.remoteSignerUrl: {0}")]
     SignerUrl(#[source] crate::payment::SignerError),
@@ -448,19 +455,16 @@ async fn handle_for(
         (None, None) => String::new(),
     };
     let token = match &spec.payment.token_secret_ref {
-        Some(r) => {
-            let data = named::<Secret>(ctx, namespace, &r.name, "spec.payment.tokenSecretRef")
-                .await?
-                .data;
-            let bytes = data
-                .and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| missing_key("Secret", &r.name, &r.key))?;
-            let text = String::from_utf8(bytes.0).map_err(|_| ReconcileError::NotText {
-                name: r.name.clone(),
-                key: r.key.clone(),
-            })?;
-            Some(text.trim().to_string())
-        }
+        Some(r) => Some(
+            secret_text(
+                ctx,
+                namespace,
+                &r.name,
+                &r.key,
+                "spec.payment.tokenSecretRef",
+            )
+            .await?,
+        ),
         None => ctx.default_token.clone(),
     };
     // A campaign that keeps the default signer URL uses the cluster's signer (REMOTE_SIGNER_URL).
@@ -471,6 +475,7 @@ async fn handle_for(
     let signer = ctx.signer(url, token)?;
     let key = campaign_key(namespace, name);
     let parts = ctx.parts(&key, campaign, namespace, name);
+    let proposer = proposer_for(ctx, &parts, campaign, namespace).await?;
     Ok(CampaignHandle {
         key,
         namespace: Some(namespace.to_string()),
@@ -480,7 +485,84 @@ async fn handle_for(
         signer,
         train_py: train_py.into(),
         best: Some(parts.best.clone()),
+        proposer,
     })
+}
+
+/// A Secret's value as text (trimmed).
+async fn secret_text(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    field: &'static str,
+) -> Result<String, ReconcileError> {
+    let data = named::<Secret>(ctx, namespace, name, field).await?.data;
+    let bytes = data
+        .and_then(|d| d.get(key).cloned())
+        .ok_or_else(|| missing_key("Secret", name, key))?;
+    let text = String::from_utf8(bytes.0).map_err(|_| ReconcileError::NotText {
+        name: name.to_string(),
+        key: key.to_string(),
+    })?;
+    Ok(text.trim().to_string())
+}
+
+/// The model proposer of an `llm` campaign, built once per (spec, key, program): its API key
+/// from `search.llm.apiKeySecretRef`, its program inline, from a ConfigMap, or the default.
+async fn proposer_for(
+    ctx: &Context,
+    parts: &CampaignParts,
+    campaign: &ExperimentCampaign,
+    namespace: &str,
+) -> Result<Option<Arc<LlmProposer>>, ReconcileError> {
+    let Some(llm) = campaign.spec.search.llm.as_ref() else {
+        return Ok(None);
+    };
+    if campaign.spec.search.strategy != crate::crd::Strategy::Llm {
+        return Ok(None);
+    }
+    let key = match &llm.api_key_secret_ref {
+        Some(r) => Some(
+            secret_text(
+                ctx,
+                namespace,
+                &r.name,
+                &r.key,
+                "spec.search.llm.apiKeySecretRef",
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let program = match &llm.program_config_map_key_ref {
+        Some(r) => {
+            let data = named::<ConfigMap>(
+                ctx,
+                namespace,
+                &r.name,
+                "spec.search.llm.programConfigMapKeyRef",
+            )
+            .await?
+            .data;
+            data.and_then(|d| d.get(&r.key).cloned())
+                .ok_or_else(|| missing_key("ConfigMap", &r.name, &r.key))?
+        }
+        None => crate::strategy::llm::program_or_default(llm.program.as_deref()),
+    };
+    let fingerprint = crate::experiment::train_hash(&format!(
+        "{}\n{key:?}\n{program}",
+        serde_json::to_string(llm).unwrap_or_default()
+    ));
+    let mut cached = parts.proposer.lock().expect("proposer lock");
+    if let Some((seen, proposer)) = cached.as_ref()
+        && *seen == fingerprint
+    {
+        return Ok(Some(proposer.clone()));
+    }
+    let proposer = Arc::new(LlmProposer::new(llm, key, program).map_err(ReconcileError::Proposer)?);
+    *cached = Some((fingerprint, proposer.clone()));
+    Ok(Some(proposer))
 }
 
 /// A ConfigMap or Secret a campaign names, in its namespace; `field` is the spec field naming it.

@@ -260,6 +260,7 @@ mod tests {
             parallelism: 3,
             max_failed: 3,
             goal: None,
+            max_model_calls: None,
         }
     }
 

@@ -17,7 +17,11 @@ use tokio::task::JoinHandle;
 use crate::crd::ExperimentCampaignStatus;
 use crate::ledger;
 use crate::results::{ResultRecord, ResultsLog};
-use crate::strategy::{History, Outcome, Trial};
+use crate::strategy::llm::RecentResult;
+use crate::strategy::{Decision, History, Outcome, Trial, decide};
+
+/// Results a model is shown, newest last.
+const RECENT: usize = 20;
 
 /// One campaign's memory.
 #[derive(Default)]
@@ -25,6 +29,50 @@ struct Campaign {
     tasks: HashMap<String, JoinHandle<()>>,
     finished: History,
     unconfirmed: HashMap<String, ResultRecord>,
+    lineage: Lineage,
+    proposing: bool,
+}
+
+/// Keep/discard as autoresearch does it: the best kept result is the base of what comes next.
+#[derive(Default)]
+struct Lineage {
+    /// val_bpb and train hash of the best kept result.
+    kept: Option<(f64, String)>,
+    /// The last results, for a model's prompt.
+    recent: std::collections::VecDeque<RecentResult>,
+    /// Every train.py hash started or proposed (so a model is not paid to repeat one).
+    tried: std::collections::HashSet<String>,
+    noise_floor: f64,
+}
+
+impl Lineage {
+    /// The decision for a result (the one recorded, for rows that have it) and its effect.
+    fn add(&mut self, record: &ResultRecord) -> Decision {
+        let val = record
+            .val_bpb
+            .filter(|v| ledger::is_valid_val_bpb(*v) && record.succeeded());
+        let decision = record
+            .decision
+            .as_deref()
+            .and_then(Decision::from_status)
+            .unwrap_or_else(|| decide(self.kept.as_ref().map(|k| k.0), val, self.noise_floor));
+        if let (Decision::Keep, Some(v)) = (decision, val) {
+            self.kept = Some((v, record.train_hash.clone()));
+        }
+        self.tried.insert(record.train_hash.clone());
+        self.recent.push_back(RecentResult {
+            description: record
+                .description
+                .clone()
+                .unwrap_or_else(|| "the campaign's train.py".into()),
+            val_bpb: val,
+            decision,
+        });
+        if self.recent.len() > RECENT {
+            self.recent.pop_front();
+        }
+        decision
+    }
 }
 
 /// Every campaign's memory, by campaign key.
@@ -42,6 +90,12 @@ pub fn trial_of(record: &ResultRecord) -> Trial {
     Trial {
         experiment_id: record.experiment_id.clone(),
         config: record.config.clone().unwrap_or(Value::Null),
+        // Rows without `params` (applyTo: config, or older files) vary the config itself.
+        params: record
+            .params
+            .clone()
+            .or_else(|| record.config.clone())
+            .unwrap_or(Value::Null),
         outcome,
     }
 }
@@ -60,6 +114,7 @@ impl Memory {
         belongs: impl Fn(&ResultRecord) -> bool,
         results: &ResultsLog,
         status: &ExperimentCampaignStatus,
+        noise_floor: f64,
     ) {
         if self
             .campaigns
@@ -70,10 +125,12 @@ impl Memory {
             return;
         }
         let mut campaign = Campaign::default();
+        campaign.lineage.noise_floor = noise_floor;
         let read = results.read_each(|record| {
             if !belongs(&record) {
                 return;
             }
+            campaign.lineage.add(&record);
             campaign.finished.record(trial_of(&record));
             if status
                 .ledger
@@ -116,9 +173,61 @@ impl Memory {
     /// Notes a record appended to results.jsonl; it stays whole until [`Memory::confirm`].
     pub fn recorded(&self, key: &str, record: ResultRecord) {
         self.with(key, |c| {
+            c.lineage.add(&record);
             c.finished.record(trial_of(&record));
             c.unconfirmed.insert(record.experiment_id.clone(), record);
         })
+    }
+
+    /// The keep/discard decision a new result would get now.
+    pub fn decide(&self, key: &str, record: &ResultRecord) -> Decision {
+        self.with(key, |c| {
+            let val = record
+                .val_bpb
+                .filter(|v| ledger::is_valid_val_bpb(*v) && record.succeeded());
+            decide(
+                c.lineage.kept.as_ref().map(|k| k.0),
+                val,
+                c.lineage.noise_floor,
+            )
+        })
+    }
+
+    /// The best kept train hash (none: the campaign's own) and the recent results.
+    pub fn lineage(&self, key: &str) -> (Option<String>, Vec<RecentResult>) {
+        self.with(key, |c| {
+            (
+                c.lineage.kept.as_ref().map(|k| k.1.clone()),
+                c.lineage.recent.iter().cloned().collect(),
+            )
+        })
+    }
+
+    /// The noise floor keep/discard decisions use (the spec may change it).
+    pub fn set_noise_floor(&self, key: &str, noise_floor: f64) {
+        self.with(key, |c| c.lineage.noise_floor = noise_floor)
+    }
+
+    /// Whether this train hash was already started or proposed in the campaign.
+    pub fn tried(&self, key: &str, train_hash: &str) -> bool {
+        self.with(key, |c| c.lineage.tried.contains(train_hash))
+    }
+
+    /// Notes a proposed train hash.
+    pub fn note_tried(&self, key: &str, train_hash: &str) {
+        self.with(key, |c| {
+            c.lineage.tried.insert(train_hash.to_string());
+        })
+    }
+
+    /// Marks the campaign's proposer as running; false when one already runs.
+    pub fn start_proposing(&self, key: &str) -> bool {
+        self.with(key, |c| !std::mem::replace(&mut c.proposing, true))
+    }
+
+    /// The campaign's proposer has ended.
+    pub fn stop_proposing(&self, key: &str) {
+        self.with(key, |c| c.proposing = false)
     }
 
     /// The status write for `experiment_id` succeeded: its full record is no longer needed.

@@ -17,6 +17,7 @@
 pub mod board;
 pub mod claim;
 pub mod memory;
+pub mod propose;
 pub mod publish;
 pub mod run;
 pub mod status;
@@ -103,6 +104,8 @@ pub struct CampaignHandle {
     pub train_py: Arc<str>,
     /// Where a kept train.py is published (none: nowhere).
     pub best: Option<Arc<dyn KeepBest>>,
+    /// The model that proposes edits, for `search.strategy: llm`.
+    pub proposer: Option<Arc<crate::strategy::llm::LlmProposer>>,
 }
 
 /// Engine settings.
@@ -249,10 +252,10 @@ impl Engine {
             Err(message) => return self.refuse(handle, &campaign, message).await,
         };
         let status = campaign.status.clone().unwrap_or_default();
-        self.remember(handle, &status);
+        self.remember(handle, &campaign, &status);
         self.resume_orphans(handle, &status);
         let capacity = capacity(&campaign, &status, &limits);
-        let thought = self.think(handle, &campaign, &status, capacity);
+        let thought = self.think(handle, &campaign, &status, capacity).await;
         let claim = self
             .claim(handle, &campaign, &status, &limits, &thought, capacity)
             .await;
@@ -279,22 +282,45 @@ impl Engine {
     }
 
     /// Reads the campaign's past results once per process.
-    fn remember(&self, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
+    fn remember(
+        &self,
+        handle: &CampaignHandle,
+        campaign: &ExperimentCampaign,
+        status: &ExperimentCampaignStatus,
+    ) {
         let belongs = |r: &ResultRecord| belongs_to(r, handle);
+        let noise_floor = campaign.spec.objective.noise_floor;
         self.memory
-            .load(&handle.key, belongs, &self.results, status);
+            .load(&handle.key, belongs, &self.results, status, noise_floor);
+        self.memory.set_noise_floor(&handle.key, noise_floor);
     }
 
-    /// THINK: proposals for the free slots not already pending.
-    fn think(
-        &self,
+    /// THINK: proposals for the free slots not already pending. Changed code is stored first:
+    /// a proposal whose source could not be stored is dropped (it comes back next time).
+    async fn think(
+        self: &Arc<Self>,
         handle: &CampaignHandle,
         campaign: &ExperimentCampaign,
         status: &ExperimentCampaignStatus,
         capacity: Capacity,
     ) -> Thought {
         let wanted = capacity.slots.saturating_sub(status.pending.len());
-        think::think(&self.memory, handle, campaign, status, wanted)
+        if campaign.spec.search.strategy == crate::crd::Strategy::Llm {
+            // A model call takes seconds: it runs in its own task, never in a reconcile.
+            propose::maybe_start(self, handle, campaign, status, wanted);
+            return Thought::none(status);
+        }
+        let mut thought = think::think(&self.memory, handle, campaign, status, wanted);
+        for source in std::mem::take(&mut thought.scripts) {
+            if let Err(e) = self.scripts.put(&source).await {
+                tracing::error!(campaign = %handle.key, error = %e, "cannot store a proposed train.py");
+                let hash = crate::experiment::train_hash(&source);
+                thought
+                    .proposals
+                    .retain(|p| p.train_hash.as_deref() != Some(hash.as_str()));
+            }
+        }
+        thought
     }
 
     /// CLAIM: the workers, and one per pending experiment that no task is starting yet.
@@ -470,10 +496,11 @@ impl Engine {
 }
 
 /// The spec's limits, once the strategy has accepted the search too; the message says what to fix.
-fn checked_limits(campaign: &ExperimentCampaign, _train_py: &str) -> Result<Limits, String> {
+fn checked_limits(campaign: &ExperimentCampaign, train_py: &str) -> Result<Limits, String> {
     let spec = &campaign.spec;
     let limits = Limits::from_spec(spec).map_err(|e| e.to_string())?;
-    strategy::validate(&spec.search, spec.base_config.as_ref()).map_err(|e| e.to_string())?;
+    strategy::validate(&spec.search, spec.base_config.as_ref(), train_py)
+        .map_err(|e| e.to_string())?;
     Ok(limits)
 }
 

@@ -141,6 +141,15 @@ pub async fn record(
     {
         return Ok(());
     }
+    // keep, discard or crash against the best kept so far, as autoresearch's results.tsv says.
+    let mut record = record;
+    record.decision = Some(
+        engine
+            .memory
+            .decide(&handle.key, &record)
+            .as_str()
+            .to_string(),
+    );
     engine.results.append(&record).await?;
     engine.memory.recorded(&handle.key, record);
     Ok(())
@@ -357,6 +366,7 @@ fn result_record(
         amount: Some(outcome.paid().atomic().to_string()),
         status: Some(status.as_str().to_string()),
         config: entry.config.clone(),
+        params: entry.params.clone(),
         campaign_namespace: handle.namespace.clone(),
         campaign_name: Some(handle.name.clone()),
         ..ResultRecord::default()

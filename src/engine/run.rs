@@ -243,6 +243,7 @@ fn ledger_entry(pending: &PendingExperiment, worker: &Candidate, voucher: &Vouch
         payment: serde_json::to_string(voucher).expect("a voucher serialises"),
         valid_before: voucher.valid_before,
         config: pending.config.clone(),
+        params: pending.params.clone(),
         train_hash: pending.train_hash.clone(),
         description: pending.description.clone(),
         attempt: pending.attempts + 1,

@@ -269,6 +269,10 @@ pub fn stop_message(stop: Stop, status: &ExperimentCampaignStatus, limits: &Limi
             "{} experiments failed (maxFailedExperiments {})",
             status.failed, limits.max_failed
         ),
+        Stop::ProposerExhausted => format!(
+            "the model was called {} times (search.llm.maxCalls); raise it to go on",
+            ledger::model_calls(status)
+        ),
         Stop::BudgetExhausted => format!(
             "{} of {} USDC spent; what is left pays no acceptable worker",
             status.spent.as_deref().unwrap_or("0"),

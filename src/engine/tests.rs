@@ -132,6 +132,7 @@ impl Harness {
             signer: Arc::new(signer.client()),
             train_py: TRAIN_PY.into(),
             best: None,
+            proposer: None,
         };
         Self {
             engine,

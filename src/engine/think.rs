@@ -4,6 +4,8 @@
 //! (finished experiments from [`super::memory`], in arrival order, then those in flight or
 //! pending in status) and turns its proposals into `pending` entries.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::CampaignHandle;
@@ -20,6 +22,9 @@ pub struct Thought {
     pub exhausted: bool,
     /// The strategy's state to store.
     pub state: State,
+    /// Sources of proposals whose code differs from the campaign's: stored in the script store
+    /// before the proposals are (status carries only their hash).
+    pub scripts: Vec<Arc<str>>,
 }
 
 impl Thought {
@@ -56,19 +61,28 @@ pub fn think(
         &mut state,
         n,
     ) {
-        Ok(batch) => Thought {
-            proposals: batch
-                .proposals
-                .into_iter()
-                .map(|p| PendingExperiment {
+        Ok(batch) => {
+            let mut thought = Thought {
+                exhausted: batch.exhausted,
+                state,
+                ..Thought::default()
+            };
+            for p in batch.proposals {
+                let changed = *p.train_py != *handle.train_py;
+                thought.proposals.push(PendingExperiment {
                     experiment_id: p.experiment_id,
                     config: Some(p.config),
+                    params: Some(p.params),
+                    train_hash: changed.then(|| crate::experiment::train_hash(&p.train_py)),
+                    description: Some(p.description),
                     ..PendingExperiment::default()
-                })
-                .collect(),
-            exhausted: batch.exhausted,
-            state,
-        },
+                });
+                if changed {
+                    thought.scripts.push(p.train_py);
+                }
+            }
+            thought
+        }
         Err(e) => {
             tracing::warn!(campaign = %handle.key, error = %e, "strategy refused");
             Thought::none(status)
@@ -82,14 +96,23 @@ fn history(memory: &Memory, handle: &CampaignHandle, status: &ExperimentCampaign
     let in_flight = status
         .ledger
         .iter()
-        .map(|e| (&e.experiment_id, &e.config))
-        .chain(status.pending.iter().map(|p| (&p.experiment_id, &p.config)));
-    for (id, config) in in_flight {
+        .map(|e| (&e.experiment_id, &e.config, &e.params))
+        .chain(
+            status
+                .pending
+                .iter()
+                .map(|p| (&p.experiment_id, &p.config, &p.params)),
+        );
+    for (id, config, params) in in_flight {
         // An entry whose result is already recorded (the crash window) stays finished.
         if !history.contains(id) {
             history.record(Trial {
                 experiment_id: id.clone(),
                 config: config.clone().unwrap_or(Value::Null),
+                params: params
+                    .clone()
+                    .or_else(|| config.clone())
+                    .unwrap_or(Value::Null),
                 outcome: Outcome::InFlight,
             });
         }

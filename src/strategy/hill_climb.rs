@@ -1,11 +1,13 @@
 //! `hillClimb`: greedy keep/discard around an incumbent, as autoresearch itself works.
 //!
-//! 1. Start from `baseConfig`, each parameter snapped into its range (absent ones take the middle
-//!    of their range; the geometric middle on a log scale).
+//! 1. Start from `baseConfig` (with `applyTo: trainScript`, from train.py's constants), each
+//!    parameter snapped into its range (absent ones take the middle of their range; the geometric
+//!    middle on a log scale).
 //! 2. Propose neighbours of the incumbent: one parameter (sometimes more) moved by about `step`
 //!    in unit coordinates, up or down, at least one whole number or one choice.
 //! 3. A result that beats the incumbent by more than `objective.noiseFloor` becomes the incumbent
-//!    (keep); anything else, including a failed experiment, is discarded and counts as a failure.
+//!    (keep, [`decide`]); anything else, including a failed experiment, is discarded and counts
+//!    as a failure.
 //! 4. After [`patience`] failures in a row the step halves; after the smallest step has failed
 //!    as often, it starts over at the first step (a restart: small steps cannot leave a local
 //!    minimum, and a fresh round of neighbours keeps a long campaign from running dry).
@@ -21,8 +23,8 @@ use std::collections::HashSet;
 
 use super::rng::{self, SplitMix64};
 use super::space::{Coord, Space};
-use super::{Batch, History, Outcome, Proposal, Setup, Trial};
-use crate::crd::ObjectiveSpec;
+use super::{Batch, Decision, History, Outcome, Proposal, Setup, Trial, decide};
+use crate::crd::{ObjectiveSpec, SpecError};
 
 /// First step: a quarter of each range.
 const INITIAL_STEP: f64 = 0.25;
@@ -59,24 +61,17 @@ struct Replay<'h> {
 }
 
 fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
-    let noise_floor = if noise_floor.is_finite() {
-        noise_floor.max(0.0)
-    } else {
-        0.0
-    };
     let mut incumbent: Option<(&Trial, f64)> = None;
     let mut round = 0;
     let mut failures = 0;
     for trial in history.trials() {
-        let kept = match (trial.outcome, incumbent) {
-            (Outcome::InFlight, _) => continue,
-            (Outcome::Succeeded(v), None) if v.is_finite() => Some(v),
-            (Outcome::Succeeded(v), Some((_, best))) if v.is_finite() && v < best - noise_floor => {
-                Some(v)
-            }
-            _ => None,
+        let val_bpb = match trial.outcome {
+            Outcome::InFlight => continue,
+            Outcome::Succeeded(v) => Some(v),
+            Outcome::Failed => None,
         };
-        if let Some(v) = kept {
+        let best = incumbent.map(|(_, b)| b);
+        if let (Decision::Keep, Some(v)) = (decide(best, val_bpb, noise_floor), val_bpb) {
             incumbent = Some((trial, v));
             failures = 0;
         } else {
@@ -96,15 +91,15 @@ pub(super) fn propose(
     objective: &ObjectiveSpec,
     history: &History,
     n: usize,
-) -> Climb {
+) -> Result<Climb, SpecError> {
     let space = &setup.space;
     let state = replay(history, objective.noise_floor, patience(space.dims.len()));
-    let center_config = state
+    let center_params = state
         .incumbent
-        .and_then(|(t, _)| t.config.as_object())
-        .unwrap_or(&setup.base);
-    let center = space.read(center_config);
-    let center_proposal = setup.proposal(space.layer(&setup.base, &center));
+        .and_then(|(t, _)| t.params.as_object())
+        .unwrap_or(&setup.origin);
+    let center = space.read(center_params);
+    let center_proposal = setup.proposal(space.params(&center))?;
 
     let mut proposals: Vec<Proposal> = Vec::new();
     let mut batch_ids = HashSet::new();
@@ -125,22 +120,19 @@ pub(super) fn propose(
         while proposals.len() < n && j < TRIES_PER_ROUND {
             let mut rng = SplitMix64::new(rng::key(&[seed, center_key, round, j as u64]));
             let coords = neighbour(space, &center, step_at(round), &mut rng);
-            offer(
-                setup.proposal(space.layer(&setup.base, &coords)),
-                &mut proposals,
-            );
+            offer(setup.proposal(space.params(&coords))?, &mut proposals);
             j += 1;
         }
     }
     let exhausted = n > 0 && proposals.is_empty() && !history.has_in_flight();
-    Climb {
+    Ok(Climb {
         batch: Batch {
             proposals,
             exhausted,
         },
         center: center_proposal.experiment_id,
         step: step_at(state.round),
-    }
+    })
 }
 
 /// Moves one random parameter, and each other one with probability 1/d, by 0.5 to 1.5 steps in a

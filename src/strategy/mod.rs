@@ -6,9 +6,13 @@
 //!
 //! # Contract
 //!
-//! - Every proposal is `baseConfig` with each search parameter set under its name (list entries
-//!   are merged onto `baseConfig` key by key). Floats are rounded to 6 significant digits, ints
-//!   are JSON integers, choices are one of `values`, and everything lies within `min..=max`.
+//! - A proposal carries what varies as `params` (each search parameter under its name, or a list
+//!   entry), and what is really sent: the `train_py` and the `config`. With `applyTo: config`
+//!   (the default) `config` is `baseConfig` with `params` layered on top key by key and
+//!   `train_py` is the campaign's; with `applyTo: trainScript` `config` is `baseConfig` and each
+//!   parameter rewrites the right-hand side of its top-level assignment in train.py
+//!   ([`train_script`]). Floats are rounded to 6 significant digits, ints are integers, choices
+//!   are one of `values`, and everything lies within `min..=max`.
 //! - No proposal has an experiment id that is in `history`, and a batch has no duplicates, so the
 //!   same (train.py, config) is never proposed twice (docs/design.md, invariant 4). Put every experiment in
 //!   `history` as soon as it is started, and keep it there (in flight, succeeded or failed).
@@ -31,22 +35,30 @@
 //! - `random`: independent uniform samples (log-uniform on a log scale), draw `k` derived from
 //!   `(seed, k)` alone.
 //! - `hillClimb`: see [`hill_climb`].
+//! - `llm`: a language model edits train.py; [`llm::LlmProposer`] does it asynchronously, driven
+//!   by the engine, and [`propose`] proposes nothing for it.
 
+mod decision;
 mod hill_climb;
 pub mod landscape;
+pub mod llm;
 mod rng;
 mod space;
 #[cfg(test)]
 mod tests;
+pub mod train_script;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::crd::{ObjectiveSpec, SearchSpec, SpecError, Strategy};
+use crate::crd::{ApplyTo, ObjectiveSpec, SearchSpec, SpecError, Strategy};
 use crate::experiment::experiment_id;
+pub use decision::{Decision, decide};
 use rng::SplitMix64;
 use space::{Coord, Space};
+use train_script::Template;
 
 /// Strategy state persisted by the controller in `status.strategyState` (a few dozen bytes).
 pub type State = BTreeMap<String, String>;
@@ -69,8 +81,15 @@ const MAX_TRIES: usize = 4096;
 /// A new experiment to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proposal {
-    /// The config to send to the worker: `baseConfig` with the parameters layered on top.
+    /// The exact train.py the worker gets.
+    pub train_py: Arc<str>,
+    /// The config to send to the worker (`baseConfig`, plus the parameters with `applyTo: config`).
     pub config: Value,
+    /// What varies: a JSON object of each searched parameter and its value, or the list entry.
+    /// Small (never the whole `baseConfig`): it goes into status, results.jsonl and reports.
+    pub params: Value,
+    /// One line for humans, e.g. `DEPTH=6 MATRIX_LR=0.03`.
+    pub description: String,
     /// `experiment_id(train_py, config)`.
     pub experiment_id: String,
 }
@@ -103,8 +122,11 @@ pub enum Outcome {
 pub struct Trial {
     /// Its experiment id.
     pub experiment_id: String,
-    /// The config it ran with (hillClimb moves around the incumbent's config).
+    /// The config it ran with.
     pub config: Value,
+    /// Its `params` (a JSON object; hillClimb moves around the incumbent's params, whichever
+    /// `applyTo` is).
+    pub params: Value,
     /// How it ended, if it has.
     pub outcome: Outcome,
 }
@@ -183,9 +205,15 @@ impl FromIterator<Trial> for History {
     }
 }
 
-/// Checks that a search can run; [`propose`] returns the same errors. The messages name the field.
-pub fn validate(search: &SearchSpec, base: Option<&Value>) -> Result<(), SpecError> {
-    Setup::new(search, base, "").map(|_| ())
+/// Checks that a search can run on this train.py; [`propose`] returns the same errors. The
+/// messages name the field (and, with `applyTo: trainScript`, the parameter that is not a
+/// top-level assignment of train.py).
+pub fn validate(
+    search: &SearchSpec,
+    base: Option<&Value>,
+    train_py: &str,
+) -> Result<(), SpecError> {
+    Setup::new(search, base, train_py).map(|_| ())
 }
 
 /// Proposes up to `n` new experiments (fewer, possibly none, when the space is exhausted or every
@@ -193,7 +221,8 @@ pub fn validate(search: &SearchSpec, base: Option<&Value>) -> Result<(), SpecErr
 ///
 /// - `search`, `objective`, `base`: the campaign's `spec.search`, `spec.objective` (hillClimb
 ///   uses `noiseFloor`) and `spec.baseConfig`.
-/// - `train_py`: the train.py source; it is part of every experiment id.
+/// - `train_py`: the campaign's train.py; what is sent (and so every experiment id) is derived
+///   from it.
 /// - `history`: every experiment started so far (in flight, succeeded or failed).
 /// - `state`: `status.strategyState`, read and rewritten (a few dozen bytes).
 /// - `n`: how many experiments the controller can start now (free parallelism). `n = 0` only
@@ -229,7 +258,7 @@ pub fn propose(
 
     let (batch, next) = match search.strategy {
         Strategy::HillClimb => {
-            let climb = hill_climb::propose(&setup, search.seed, objective, history, n);
+            let climb = hill_climb::propose(&setup, search.seed, objective, history, n)?;
             state.insert(STATE_CENTER.into(), climb.center);
             state.insert(STATE_STEP.into(), format!("{:.6}", climb.step));
             return Ok(climb.batch);
@@ -237,7 +266,7 @@ pub fn propose(
         Strategy::List => {
             let len = search.experiments.len() as u128;
             let item = |k: u128| setup.list_entry(&search.experiments[k as usize]);
-            setup.walk(history, cursor, Some(len), n, item)
+            setup.walk(history, cursor, Some(len), n, item)?
         }
         Strategy::Grid => {
             let axes: Vec<Vec<Coord>> = setup.space.dims.iter().map(|d| d.grid()).collect();
@@ -246,12 +275,14 @@ pub fn propose(
                 .try_fold(1u128, |acc, a| acc.checked_mul(a.len() as u128));
             // A grid too large to count (over 2^128 points) is never exhausted in practice.
             let item = |k: u128| setup.grid_point(&axes, k);
-            setup.walk(history, cursor, Some(len.unwrap_or(u128::MAX)), n, item)
+            setup.walk(history, cursor, Some(len.unwrap_or(u128::MAX)), n, item)?
         }
         Strategy::Random => {
             let item = |k: u128| setup.random_point(search.seed, k);
-            setup.walk(history, cursor, None, n, item)
+            setup.walk(history, cursor, None, n, item)?
         }
+        // The engine drives the model through `llm::LlmProposer`; nothing to propose here.
+        Strategy::Llm => return Ok(Batch::default()),
     };
     state.insert(STATE_NEXT.into(), next.to_string());
     Ok(batch)
@@ -263,14 +294,22 @@ fn strategy_name(s: Strategy) -> &'static str {
         Strategy::Grid => "grid",
         Strategy::Random => "random",
         Strategy::HillClimb => "hillClimb",
+        Strategy::Llm => "llm",
     }
 }
 
-/// What every strategy needs: the validated space, the base config and train.py.
+/// What every strategy needs: the validated space, the base config, the train.py, and with
+/// `applyTo: trainScript` its parsed constants.
 struct Setup<'a> {
     space: Space,
     base: Map<String, Value>,
+    /// Where parameters start (hillClimb's first point): `baseConfig`, or train.py's constants.
+    origin: Map<String, Value>,
     train_py: &'a str,
+    /// The campaign's train.py, shared by every proposal that does not rewrite it.
+    shared: Arc<str>,
+    /// With `applyTo: trainScript`: the parsed train.py whose constants the parameters rewrite.
+    script: Option<Template>,
 }
 
 impl<'a> Setup<'a> {
@@ -291,10 +330,37 @@ impl<'a> Setup<'a> {
                 "must be a JSON object",
             ));
         }
+        let space = Space::new(&search.parameters)?;
+        let script = match (search.strategy, search.apply_to) {
+            (Strategy::Llm, _) | (_, ApplyTo::TrainScript) => {
+                Some(Template::new(train_py).map_err(|e| {
+                    spec_error(
+                        "trainScript",
+                        &format!("train.py does not parse as Python: {e}"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let origin = match (&script, search.apply_to) {
+            (Some(t), ApplyTo::TrainScript) => {
+                check_script_names(t, search, &space)?;
+                space
+                    .dims
+                    .iter()
+                    .filter_map(|d| Some((d.name.clone(), t.constant(&d.name)?.clone())))
+                    .collect()
+            }
+            _ => base.clone(),
+        };
+        let script = script.filter(|_| search.apply_to == ApplyTo::TrainScript);
         Ok(Self {
-            space: Space::new(&search.parameters)?,
+            space,
             base,
+            origin,
             train_py,
+            shared: Arc::from(train_py),
+            script,
         })
     }
 
@@ -307,38 +373,61 @@ impl<'a> Setup<'a> {
         experiment_id(self.train_py, &key)["exp-".len()..].to_string()
     }
 
-    fn proposal(&self, config: Value) -> Proposal {
-        Proposal {
-            experiment_id: experiment_id(self.train_py, &config),
+    /// The experiment for a set of parameter values: layered onto the config, or written into
+    /// train.py.
+    fn proposal(&self, params: Map<String, Value>) -> Result<Proposal, SpecError> {
+        // Values as they appear where they go: Python literals in train.py, JSON in the config.
+        let description = params
+            .iter()
+            .map(|(k, v)| match self.script {
+                Some(_) => format!("{k}={}", train_script::python_literal(v)),
+                None => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (train_py, config) = match &self.script {
+            Some(t) => {
+                let source = t
+                    .render(params.iter().map(|(k, v)| (k.as_str(), v)))
+                    .map_err(|e| spec_error("search.parameters", &e.to_string()))?;
+                (Arc::from(source), Value::Object(self.base.clone()))
+            }
+            None => {
+                let mut config = self.base.clone();
+                config.extend(params.iter().map(|(k, v)| (k.clone(), v.clone())));
+                (self.shared.clone(), Value::Object(config))
+            }
+        };
+        Ok(Proposal {
+            experiment_id: experiment_id(&train_py, &config),
+            train_py,
             config,
-        }
+            params: Value::Object(params),
+            description,
+        })
     }
 
-    /// A list entry merged onto the base config, key by key.
-    fn list_entry(&self, entry: &Value) -> Value {
-        let mut config = self.base.clone();
-        if let Value::Object(entry) = entry {
-            config.extend(entry.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        Value::Object(config)
+    /// A list entry's parameters (validated to be an object).
+    fn list_entry(&self, entry: &Value) -> Map<String, Value> {
+        entry.as_object().cloned().unwrap_or_default()
     }
 
     /// Grid point `k`: mixed-radix digits of `k`, the last parameter varying fastest.
-    fn grid_point(&self, axes: &[Vec<Coord>], mut k: u128) -> Value {
+    fn grid_point(&self, axes: &[Vec<Coord>], mut k: u128) -> Map<String, Value> {
         let mut coords = vec![Coord::Choice(0); axes.len()];
         for (slot, axis) in coords.iter_mut().zip(axes).rev() {
             let len = axis.len() as u128;
             *slot = axis[(k % len) as usize];
             k /= len;
         }
-        self.space.layer(&self.base, &coords)
+        self.space.params(&coords)
     }
 
     /// Random draw `k`, derived from `(seed, k)` alone so any draw can be recomputed.
-    fn random_point(&self, seed: u64, k: u128) -> Value {
+    fn random_point(&self, seed: u64, k: u128) -> Map<String, Value> {
         let mut rng = SplitMix64::new(rng::key(&[seed, (k >> 64) as u64, k as u64]));
         let coords: Vec<Coord> = self.space.dims.iter().map(|d| d.sample(&mut rng)).collect();
-        self.space.layer(&self.base, &coords)
+        self.space.params(&coords)
     }
 
     /// Walks an indexed sequence from `cursor`, skipping what is in history, until `n` proposals,
@@ -350,8 +439,8 @@ impl<'a> Setup<'a> {
         cursor: u128,
         end: Option<u128>,
         n: usize,
-        item: impl Fn(u128) -> Value,
-    ) -> (Batch, u128) {
+        item: impl Fn(u128) -> Map<String, Value>,
+    ) -> Result<(Batch, u128), SpecError> {
         // After a lost state the cursor is 0 and everything in history must be skipped again.
         let max_tries = MAX_TRIES + history.len() + n;
         let mut proposals: Vec<Proposal> = Vec::new();
@@ -362,7 +451,7 @@ impl<'a> Setup<'a> {
         // Past `n` proposals, keep going only while the cursor can still advance (so that even
         // `n = 0` moves it past what has started, and reports exhaustion).
         while (proposals.len() < n || k == next) && end.is_none_or(|e| k < e) && tries < max_tries {
-            let p = self.proposal(item(k));
+            let p = self.proposal(item(k))?;
             if history.contains(&p.experiment_id) {
                 if next == k {
                     next = k + 1;
@@ -379,14 +468,30 @@ impl<'a> Setup<'a> {
             // An endless sequence is exhausted when a whole round of tries found nothing new.
             None => proposals.is_empty() && n > 0,
         };
-        (
+        Ok((
             Batch {
                 proposals,
                 exhausted,
             },
             next,
-        )
+        ))
     }
+}
+
+/// With `applyTo: trainScript` every parameter and every list key must be a top-level
+/// assignment of train.py, assigned once.
+fn check_script_names(t: &Template, search: &SearchSpec, space: &Space) -> Result<(), SpecError> {
+    for (i, dim) in space.dims.iter().enumerate() {
+        t.check(&dim.name)
+            .map_err(|e| spec_error(&format!("search.parameters[{i}].name"), &e.to_string()))?;
+    }
+    for (i, entry) in search.experiments.iter().enumerate() {
+        for key in entry.as_object().into_iter().flat_map(|m| m.keys()) {
+            t.check(key)
+                .map_err(|e| spec_error(&format!("search.experiments[{i}]"), &e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 fn spec_error(field: &str, message: &str) -> SpecError {

@@ -1,7 +1,7 @@
 //! The search space: validated parameters, positions in it, and how a position becomes a config.
 //!
 //! Every strategy works on [`Coord`]s (one per parameter) and turns them into JSON only at the
-//! end, by layering them onto `baseConfig`. Ranges are walked in "unit" coordinates (0 at `min`,
+//! end, as the `params` that are layered onto `baseConfig` or written into train.py. Ranges are walked in "unit" coordinates (0 at `min`,
 //! 1 at `max`, logarithmic for `logScale`), so that a hill-climbing step means the same thing for
 //! a learning rate spanning three decades and for a ratio between 0 and 0.5.
 
@@ -87,21 +87,21 @@ impl Space {
         Ok(Self { dims })
     }
 
-    /// The config for a position: `base` with each parameter set under its name.
-    pub fn layer(&self, base: &Map<String, Value>, coords: &[Coord]) -> Value {
-        let mut config = base.clone();
-        for (dim, &c) in self.dims.iter().zip(coords) {
-            config.insert(dim.name.clone(), dim.to_json(c));
-        }
-        Value::Object(config)
-    }
-
-    /// The position a config stands for: each parameter read from `config`, snapped into its
-    /// range; parameters that are absent or unusable take the middle of their range.
-    pub fn read(&self, config: &Map<String, Value>) -> Vec<Coord> {
+    /// The parameters of a position: each one's value under its name.
+    pub fn params(&self, coords: &[Coord]) -> Map<String, Value> {
         self.dims
             .iter()
-            .map(|d| d.snap(config.get(&d.name)))
+            .zip(coords)
+            .map(|(dim, &c)| (dim.name.clone(), dim.to_json(c)))
+            .collect()
+    }
+
+    /// The position some parameters stand for: each one read by name, snapped into its range;
+    /// parameters that are absent or unusable take the middle of their range.
+    pub fn read(&self, params: &Map<String, Value>) -> Vec<Coord> {
+        self.dims
+            .iter()
+            .map(|d| d.snap(params.get(&d.name)))
             .collect()
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::rng::SplitMix64;
 use super::space::{Dim, DimKind, Space};
 use super::*;
-use crate::crd::{Parameter, ParameterKind};
+use crate::crd::{ApplyTo, Parameter, ParameterKind};
 
 const TRAIN: &str = "print('val_bpb: 1.0')\n";
 
@@ -56,6 +56,8 @@ fn search(strategy: Strategy, seed: u64) -> SearchSpec {
         strategy,
         parameters: params(),
         experiments: vec![],
+        apply_to: ApplyTo::Config,
+        llm: None,
         seed,
     }
 }
@@ -79,6 +81,8 @@ struct Sim {
     restart_every_call: bool,
     /// hillClimb's step after each call, consecutive repeats removed.
     steps: Vec<String>,
+    /// The campaign's train.py.
+    train_py: String,
 }
 
 impl Sim {
@@ -94,6 +98,7 @@ impl Sim {
             order,
             restart_every_call: false,
             steps: vec![],
+            train_py: TRAIN.into(),
         }
     }
 
@@ -108,7 +113,7 @@ impl Sim {
             &self.search,
             &ObjectiveSpec::default(),
             Some(&self.base),
-            TRAIN,
+            &self.train_py,
             &self.history,
             &mut self.state,
             n,
@@ -131,10 +136,12 @@ impl Sim {
             if self.search.strategy != Strategy::List {
                 assert_valid(&space, &self.base, p);
             }
+            assert_sent(&self.search, &self.base, &self.train_py, p);
             assert!(!self.history.contains(&p.experiment_id), "repeat {p:?}");
             let trial = Trial {
                 experiment_id: p.experiment_id.clone(),
                 config: p.config.clone(),
+                params: p.params.clone(),
                 outcome: Outcome::InFlight,
             };
             self.history.record(trial.clone());
@@ -151,7 +158,7 @@ impl Sim {
         }
         let i = self.order.below(self.in_flight.len() as u64) as usize;
         let mut trial = self.in_flight.swap_remove(i);
-        trial.outcome = Outcome::Succeeded(landscape::val_bpb(&trial.config));
+        trial.outcome = Outcome::Succeeded(landscape::val_bpb(&scored(&trial)));
         self.history.record(trial);
         true
     }
@@ -173,14 +180,49 @@ impl Sim {
     }
 }
 
-/// A proposal is the base config with every parameter set to a valid value, and its id matches.
-/// (List entries are checked by their own test: they may override base keys.)
-fn assert_valid(space: &Space, base: &Value, p: &Proposal) {
+/// What the landscape scores: the config with the params on top (with `applyTo: trainScript`
+/// the params are what train.py's constants were rewritten to, which `assert_sent` checks).
+fn scored(trial: &Trial) -> Value {
+    let params = trial.params.as_object().cloned().unwrap_or_default();
+    Value::Object(scored_config(&trial.config, &params))
+}
+
+/// What is sent matches the params: the id is that of (train_py, config); with `applyTo:
+/// config` the params are in the config and train.py is the campaign's; with `trainScript`
+/// the config is the base and train.py's constants read back as the params.
+fn assert_sent(search: &SearchSpec, base: &Value, train_py: &str, p: &Proposal) {
     assert_eq!(
         p.experiment_id,
-        crate::experiment::experiment_id(TRAIN, &p.config)
+        crate::experiment::experiment_id(&p.train_py, &p.config)
     );
-    let config = p.config.as_object().expect("config is an object");
+    let params = p.params.as_object().expect("params is an object");
+    match search.apply_to {
+        ApplyTo::Config => {
+            assert_eq!(&*p.train_py, train_py);
+            for (k, v) in params {
+                assert_eq!(&p.config[k], v, "{k} is in the config");
+            }
+        }
+        ApplyTo::TrainScript => {
+            assert_eq!(&p.config, base, "the config is the base config");
+            let sent = train_script::Template::new(&p.train_py).expect("parses");
+            for (k, v) in params {
+                assert_eq!(sent.constant(k), Some(v), "{k} in\n{}", p.train_py);
+            }
+        }
+    }
+}
+
+/// A proposal has every parameter set to a valid value (List entries are checked by their own
+/// test: they may set anything).
+fn assert_valid(space: &Space, base: &Value, p: &Proposal) {
+    let params = p.params.as_object().expect("params is an object");
+    assert_eq!(
+        params.len(),
+        space.dims.len(),
+        "params hold the searched parameters only"
+    );
+    let config = scored_config(&p.config, params);
     for dim in &space.dims {
         let v = &config[&dim.name];
         assert!(admits(dim, v), "{} = {v} is not valid", dim.name);
@@ -190,6 +232,15 @@ fn assert_valid(space: &Space, base: &Value, p: &Proposal) {
             assert_eq!(&config[k], v, "base key {k} kept");
         }
     }
+}
+
+fn scored_config(
+    config: &Value,
+    params: &serde_json::Map<String, Value>,
+) -> serde_json::Map<String, Value> {
+    let mut out = config.as_object().cloned().unwrap_or_default();
+    out.extend(params.clone());
+    out
 }
 
 /// Whether a JSON value is a valid value of a dimension: in range, ints as JSON integers.
@@ -268,6 +319,7 @@ fn history_ids_are_never_proposed() {
         for p in sim.propose(5).proposals {
             sim.history.record(Trial {
                 experiment_id: p.experiment_id,
+                params: p.params,
                 config: p.config,
                 outcome: Outcome::Failed,
             });
@@ -365,6 +417,8 @@ fn grid_collapses_int_points_that_round_together() {
             ..range("n", ParameterKind::Int, 0.5, 2.5, false)
         }],
         experiments: vec![],
+        apply_to: ApplyTo::Config,
+        llm: None,
         seed: 0,
     };
     let mut sim = Sim::new(s, json!({}));
@@ -451,6 +505,7 @@ fn hill_climb_keeps_only_improvements_beyond_the_noise_floor() {
         sim.history.record(Trial {
             experiment_id: p.experiment_id.clone(),
             config: p.config.clone(),
+            params: p.params.clone(),
             outcome: Outcome::Succeeded(v),
         });
     };
@@ -479,6 +534,7 @@ fn hill_climb_shrinks_its_step_after_failures() {
         let p = sim.propose(1).proposals[0].clone();
         sim.history.record(Trial {
             experiment_id: p.experiment_id,
+            params: p.params,
             config: p.config,
             outcome: Outcome::Failed,
         });
@@ -521,6 +577,8 @@ fn small_discrete_spaces_exhaust() {
             range("b", ParameterKind::Int, 1.0, 2.0, false),
         ],
         experiments: vec![],
+        apply_to: ApplyTo::Config,
+        llm: None,
         seed: 0,
     };
     for strategy in [Strategy::Random, Strategy::HillClimb] {
@@ -546,24 +604,24 @@ fn invalid_specs_are_errors_naming_the_field() {
     let mut s = search(Strategy::Random, 0);
     s.parameters[1] = range("depth", ParameterKind::Int, 2.2, 2.8, false);
     assert_eq!(
-        validate(&s, None).unwrap_err().field,
+        validate(&s, None, TRAIN).unwrap_err().field,
         "search.parameters[1]"
     );
     let mut s = search(Strategy::Random, 0);
     s.parameters[2].name = "lr".into();
     assert_eq!(
-        validate(&s, None).unwrap_err().field,
+        validate(&s, None, TRAIN).unwrap_err().field,
         "search.parameters[2]"
     );
     let s = search(Strategy::Random, 0);
     assert_eq!(
-        validate(&s, Some(&json!([1]))).unwrap_err().field,
+        validate(&s, Some(&json!([1])), TRAIN).unwrap_err().field,
         "baseConfig"
     );
     let mut s = search(Strategy::List, 0);
     s.experiments = vec![json!(3)];
     assert_eq!(
-        validate(&s, None).unwrap_err().field,
+        validate(&s, None, TRAIN).unwrap_err().field,
         "search.experiments[0]"
     );
 }
@@ -597,6 +655,162 @@ fn hill_climb_beats_random_on_the_landscape() {
             "hillClimb gets close to the optimum 0.960: {hill}"
         );
     }
+}
+
+/// A train.py with the brief's parameters as top-level constants, commented.
+const SCRIPT: &str = "\
+import json
+
+lr = 0.01  # learning rate
+depth = 6  # layers
+warmup_ratio = 0.0
+batch_size: int = 32  # sequences per step
+
+print(json.dumps({\"val_bpb\": 1.0}))
+";
+
+fn script_sim(strategy: Strategy, seed: u64) -> Sim {
+    let mut s = search(strategy, seed);
+    s.apply_to = ApplyTo::TrainScript;
+    let mut sim = Sim::new(s, json!({"steps": 300}));
+    sim.train_py = SCRIPT.into();
+    sim
+}
+
+#[test]
+fn every_strategy_rewrites_train_py_with_apply_to_train_script() {
+    for strategy in [Strategy::Grid, Strategy::Random, Strategy::HillClimb] {
+        let mut sim = script_sim(strategy, 3);
+        // Sim::start checks each proposal: config unchanged, constants read back as params.
+        sim.run(30, 3);
+        let scripts: HashSet<String> = sim
+            .history
+            .trials()
+            .iter()
+            .map(|t| t.experiment_id.clone())
+            .collect();
+        assert_eq!(scripts.len(), 30, "{strategy:?}");
+    }
+    let p = &script_sim(Strategy::Grid, 0).start(1).proposals[0];
+    assert!(
+        p.train_py.contains("depth = 2  # layers\n"),
+        "{}",
+        p.train_py
+    );
+    assert!(
+        p.train_py
+            .contains("batch_size: int = 16  # sequences per step\n")
+    );
+    assert!(p.train_py.contains("lr = 0.0001  # learning rate\n"));
+    assert_eq!(
+        p.description,
+        "batch_size=16 depth=2 lr=0.0001 warmup_ratio=0.0"
+    );
+}
+
+#[test]
+fn list_entries_rewrite_train_py_constants() {
+    let mut s = search(Strategy::List, 0);
+    s.apply_to = ApplyTo::TrainScript;
+    s.parameters.clear();
+    s.experiments = vec![json!({"lr": 0.02, "depth": 8}), json!({"lr": 0.03})];
+    let mut sim = Sim::new(s, json!({"steps": 300}));
+    sim.train_py = SCRIPT.into();
+    let batch = sim.start(5);
+    assert!(batch.exhausted);
+    assert_eq!(batch.proposals.len(), 2);
+    assert!(
+        batch.proposals[0]
+            .train_py
+            .contains("lr = 0.02  # learning rate\ndepth = 8  # layers")
+    );
+    assert!(
+        batch.proposals[1]
+            .train_py
+            .contains("lr = 0.03  # learning rate\ndepth = 6  # layers")
+    );
+    assert_eq!(batch.proposals[1].params, json!({"lr": 0.03}));
+}
+
+#[test]
+fn hill_climb_starts_from_train_py_constants() {
+    let first = script_sim(Strategy::HillClimb, 0).start(1).proposals[0].clone();
+    // lr 0.01, depth 6, warmup 0.0 from train.py; batch_size 32 is one of the choices.
+    assert_eq!(
+        first.params,
+        json!({"lr": 0.01, "depth": 6, "warmup_ratio": 0.0, "batch_size": 32})
+    );
+    assert_eq!(
+        &*first.train_py, SCRIPT,
+        "the start point is train.py as it is"
+    );
+}
+
+#[test]
+fn hill_climb_on_train_py_climbs_as_well_as_on_config() {
+    // The same search from the same start point, once on the config and once on train.py's
+    // constants (ids differ, so the neighbours drawn differ): both get as close to the optimum.
+    let seeds = 0..10u64;
+    let mean = |on_script: bool| {
+        seeds.clone().map(|seed| {
+            let mut sim = if on_script {
+                script_sim(Strategy::HillClimb, seed)
+            } else {
+                Sim::new(
+                    search(Strategy::HillClimb, seed),
+                    json!({"steps": 300, "lr": 0.01, "depth": 6, "warmup_ratio": 0.0, "batch_size": 32}),
+                )
+            };
+            sim.run(40, 2)
+        }).sum::<f64>() / 10.0
+    };
+    let (on_config, on_script) = (mean(false), mean(true));
+    eprintln!(
+        "hillClimb, mean best of 10 seeds: config {on_config:.6}, trainScript {on_script:.6}"
+    );
+    assert!(on_script < 0.966, "it climbs from 0.978: {on_script}");
+    assert!(
+        (on_config - on_script).abs() < 0.003,
+        "{on_config} vs {on_script}"
+    );
+}
+
+#[test]
+fn a_parameter_that_is_not_a_constant_is_a_spec_error_naming_it() {
+    let mut s = search(Strategy::Random, 0);
+    s.apply_to = ApplyTo::TrainScript;
+    s.parameters[2].name = "WARMUP".into();
+    let e = validate(&s, None, SCRIPT).unwrap_err();
+    assert_eq!(e.field, "search.parameters[2].name");
+    assert!(
+        e.message.contains("WARMUP is not a top-level assignment"),
+        "{e}"
+    );
+    // The same name is fine with applyTo: config (it is a config key).
+    s.apply_to = ApplyTo::Config;
+    validate(&s, None, SCRIPT).unwrap();
+    // A list entry naming an unknown constant, and a train.py that is not Python.
+    let mut s = search(Strategy::List, 0);
+    s.apply_to = ApplyTo::TrainScript;
+    s.experiments = vec![json!({"lr": 0.1}), json!({"momentum": 0.9})];
+    assert_eq!(
+        validate(&s, None, SCRIPT).unwrap_err().field,
+        "search.experiments[1]"
+    );
+    let e = validate(&s, None, "lr = (\n").unwrap_err();
+    assert_eq!(e.field, "trainScript");
+}
+
+#[test]
+fn llm_campaigns_propose_nothing_synchronously() {
+    let mut s = search(Strategy::Llm, 0);
+    s.parameters.clear();
+    assert_eq!(validate(&s, None, SCRIPT).unwrap_err().field, "search.llm");
+    s.llm = Some(serde_json::from_value(json!({"model": "m"})).unwrap());
+    validate(&s, None, SCRIPT).unwrap();
+    let mut sim = Sim::new(s, json!({}));
+    sim.train_py = SCRIPT.into();
+    assert_eq!(sim.propose(3), Batch::default());
 }
 
 fn arb_parameter(i: usize) -> impl Gen<Value = Parameter> {
@@ -661,6 +875,8 @@ fn arb_search() -> impl Gen<Value = SearchSpec> {
             strategy,
             parameters,
             experiments: vec![],
+            apply_to: ApplyTo::Config,
+            llm: None,
             seed,
         })
     })
@@ -671,11 +887,18 @@ proptest! {
 
     #[test]
     fn propose_stays_in_range_and_never_repeats(
-        s in arb_search(),
+        mut s in arb_search(),
         parallel in 1usize..5,
         failing in any::<bool>(),
+        on_script in any::<bool>(),
     ) {
+        if on_script {
+            s.apply_to = ApplyTo::TrainScript;
+        }
         let mut sim = Sim::new(s, json!({"p0": "base value", "keep": true}));
+        if on_script {
+            sim.train_py = (0..5).map(|i| format!("p{i} = 0  # p{i}\n")).collect();
+        }
         // Sim::start asserts validity and no repeats for every proposal.
         for _ in 0..12 {
             let room = parallel - sim.in_flight.len();

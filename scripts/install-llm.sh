@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the LiteLLM proxy (PyPI, pinned in testbed/llm/requirements.txt) into an ignored venv
+# under .cache/litellm, for the llm wire tests. Idempotent: a second run costs a second.
+#
+#   scripts/install-llm.sh        # prints the path of the litellm executable
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+req="$root/testbed/llm/requirements.txt"
+venv="$root/.cache/litellm"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+
+installed() { [[ -x $venv/bin/litellm && -f $stamp && $(cat "$stamp") == "$want" ]]; }
+
+if ! installed; then
+  mkdir -p "$root/.cache"
+  # One installer at a time (tests may start in parallel); the others wait and find it installed.
+  exec 9>"$root/.cache/litellm.lock"
+  flock 9
+  if ! installed; then
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
+    echo "$want" >"$stamp"
+  fi
+  exec 9>&-
+fi
+echo "$venv/bin/litellm"
