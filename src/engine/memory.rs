@@ -203,6 +203,11 @@ impl Memory {
         })
     }
 
+    /// Whether the campaign has any result.
+    pub fn has_results(&self, key: &str) -> bool {
+        self.with(key, |c| !c.finished.is_empty())
+    }
+
     /// The noise floor keep/discard decisions use (the spec may change it).
     pub fn set_noise_floor(&self, key: &str, noise_floor: f64) {
         self.with(key, |c| c.lineage.noise_floor = noise_floor)

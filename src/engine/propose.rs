@@ -37,15 +37,22 @@ pub fn maybe_start(
     if !engine.memory.start_proposing(&handle.key) {
         return;
     }
-    let (engine2, handle2, base_config) = (
-        engine.clone(),
-        handle.clone(),
-        campaign
-            .spec
-            .base_config
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({})),
-    );
+    let base_config = campaign
+        .spec
+        .base_config
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if status.submitted == 0 && !engine.memory.has_results(&handle.key) {
+        // As autoresearch does, the first run is the unmodified train.py: the baseline every
+        // proposal is judged against. No model call is needed for it.
+        tokio::spawn(propose_baseline(
+            engine.clone(),
+            handle.clone(),
+            base_config,
+        ));
+        return;
+    }
+    let (engine2, handle2) = (engine.clone(), handle.clone());
     let noise_floor = campaign.spec.objective.noise_floor;
     tokio::spawn(async move {
         propose_once(
@@ -60,6 +67,27 @@ pub fn maybe_start(
         engine2.memory.stop_proposing(&handle2.key);
         engine2.changed.notify_one();
     });
+}
+
+async fn propose_baseline(engine: Arc<Engine>, handle: CampaignHandle, config: serde_json::Value) {
+    let baseline = PendingExperiment {
+        experiment_id: experiment::experiment_id(&handle.train_py, &config),
+        config: Some(config),
+        description: Some("baseline".into()),
+        ..PendingExperiment::default()
+    };
+    let stored = handle
+        .store
+        .update(&mut |_, s| {
+            crate::ledger::propose(s, vec![baseline.clone()]);
+            Ok(())
+        })
+        .await;
+    if let Err(e) = stored {
+        tracing::warn!(campaign = %handle.key, error = %e, "could not propose the baseline");
+    }
+    engine.memory.stop_proposing(&handle.key);
+    engine.changed.notify_one();
 }
 
 async fn propose_once(

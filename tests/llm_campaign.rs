@@ -1,0 +1,222 @@
+//! An `llm` campaign end to end: `loop` runs examples/train_tiny.py on the payment testbed's
+//! workers (which really run the submitted code), with the real LiteLLM proxy in front of the
+//! deterministic proposer. Its first reply of each proposal does not apply (`noapply`), so every
+//! proposal is refused once before it is usable: nothing refused may ever be paid.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use serde_json::{Value, json};
+use support::testbed::Testbed;
+
+const MASTER_KEY: &str = "sk-test-master";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// LiteLLM relaying every model name to the proposer; killed on drop.
+struct Llm {
+    url: String,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Llm {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .arg("--")
+                .arg(format!("-{}", child.id()))
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_llm() -> Llm {
+    let installed = Command::new("bash")
+        .arg(repo().join("scripts/install-llm.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let litellm = String::from_utf8(installed.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proposer = Command::new("python3")
+        .arg(repo().join("testbed/llm/proposer.py"))
+        .args(["--port", "0", "--key", "upstream-key", "--log"])
+        .arg(dir.path().join("requests.jsonl"))
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(proposer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let upstream = format!(
+        "http://127.0.0.1:{}/v1",
+        line.trim().rsplit(' ').next().unwrap()
+    );
+    let config = dir.path().join("litellm.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: \"*\"\n    litellm_params: {{model: \"openai/*\", api_base: \"{upstream}\", api_key: \"upstream-key\", max_retries: 0}}\nlitellm_settings:\n  num_retries: 0\n  drop_params: true\ngeneral_settings:\n  master_key: {MASTER_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new(litellm)
+        .arg("--config")
+        .arg(&config)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Command::new("python3")
+        .args(["-c", &format!("import urllib.request; urllib.request.urlopen('{url}/health/liveliness', timeout=2)")])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "litellm did not start");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Llm {
+        url: format!("{url}/v1"),
+        children: vec![proposer, server],
+        _dir: dir,
+    }
+}
+
+fn run_python(source: &str) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.py"), source).unwrap();
+    let out = Command::new("python3")
+        .arg("train.py")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("val_bpb: "))
+        .unwrap();
+    line["val_bpb: ".len()..].trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals() {
+    let llm = start_llm();
+    let tb = Testbed::start(json!({"workers": [{"name": "a", "gate": "v2", "price": "10000"}]}));
+    let payee = tb.pay_to("a");
+    let before = tb.balance(payee).await;
+    let tiny = std::fs::read_to_string(repo().join("examples/train_tiny.py")).unwrap();
+    let start = run_python(&tiny);
+    let data = tempfile::tempdir().unwrap();
+    let campaign = json!({
+        "apiVersion": "autoresearch.obol.org/v1alpha1",
+        "kind": "ExperimentCampaign",
+        "metadata": {"name": "llm"},
+        "spec": {
+            "trainScript": {"inline": tiny},
+            "search": {"strategy": "llm", "llm": {"endpoint": llm.url, "model": "noapply", "maxCalls": 40}},
+            "maxExperiments": 7,
+            "parallelism": 1,
+            "budget": {"total": "1", "maxPricePerExperiment": "0.02"}
+        }
+    });
+    let file = data.path().join("llm.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&campaign).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
+        .arg("loop")
+        .arg("--campaign")
+        .arg(&file)
+        .args(["--no-discovery", "--max-price", "0.02"])
+        .args(["--prefer", tb.worker("a")["endpoint"].as_str().unwrap()])
+        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
+        .env(
+            "REMOTE_SIGNER_TOKEN",
+            tb.m["signer"]["token"].as_str().unwrap(),
+        )
+        .env("LLM_API_KEY", MASTER_KEY)
+        .env("DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    let lines: Vec<Value> = std::fs::read_to_string(data.path().join("autoresearch/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // maxExperiments (7), or fewer when the model's calls (maxCalls) run out first: the
+    // deterministic proposer repeats itself, and a repeat is refused, not paid.
+    let n = lines.len();
+    assert!((4..=7).contains(&n), "{stderr}");
+    // The first run is the unmodified train.py; every later one is a different, new train.py.
+    let base = autoresearch_coordinator::experiment::train_hash(&tiny);
+    assert_eq!(lines[0]["train_hash"], base.as_str());
+    assert_eq!(lines[0]["description"], "baseline");
+    let hashes: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["train_hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(hashes.len(), n, "no train.py ran twice");
+    // The worker measured what the code really gives: the baseline matches a local run.
+    assert!((lines[0]["val_bpb"].as_f64().unwrap() - start).abs() < 1e-9);
+    for line in &lines[1..] {
+        assert!(line["parent_train_hash"].as_str().is_some(), "{line}");
+        assert!(["keep", "discard", "crash"].contains(&line["decision"].as_str().unwrap()));
+    }
+    // Every reply was refused once (its edit did not apply) and none of those was paid: the
+    // chain moved exactly one price per recorded experiment.
+    let refused = stderr.matches("ProposalRefused").count();
+    assert!(refused >= n - 1, "{stderr}");
+    let paid = tb.balance(payee).await - before;
+    assert_eq!(paid, U256::from(n as u64 * 10_000));
+    let best = lines
+        .iter()
+        .filter_map(|l| l["val_bpb"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "llm campaign: start {start:.6}, best {best:.6}, {} experiments, {} kept, {refused} refused replies",
+        lines.len(),
+        lines.iter().filter(|l| l["decision"] == "keep").count()
+    );
+    assert!(best < start - 0.002, "start {start}, best {best}\n{stderr}");
+    // The best kept train.py is where the CLI says it is.
+    let kept =
+        std::fs::read_to_string(data.path().join("autoresearch/local/best_train.py")).unwrap();
+    assert!((run_python(&kept) - best).abs() < 1e-9);
+}
