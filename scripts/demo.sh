@@ -70,6 +70,7 @@ METRICS_ADDR=127.0.0.1:$metrics_port DATA_DIR=$data POD_NAMESPACE=default POD_NA
 pids+=($!)
 
 step "applying examples/quickstart.yaml (pointed at the local signer and index)"
+kubectl create configmap train-py --from-file=train.py="$root/examples/train_tiny.py" >/dev/null
 signer=$(json "m['signer']['url']")
 kubectl create --dry-run=client -o json -f examples/quickstart.yaml | python3 -c "
 import json, sys

@@ -477,8 +477,8 @@ mod tests {
             }
         }
         assert!(read >= 5, "examples read: {read}");
-        let draft = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/llm.example.yaml");
-        let llm = read_campaign(&draft).unwrap_or_else(|e| panic!("{e:#}"));
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/llm.yaml");
+        let llm = read_campaign(&example).unwrap_or_else(|e| panic!("{e:#}"));
         llm.spec.validate().unwrap();
     }
 
