@@ -89,8 +89,10 @@ pub fn trial_of(record: &ResultRecord) -> Trial {
     };
     Trial {
         experiment_id: record.experiment_id.clone(),
-        config: record.config.clone().unwrap_or(Value::Null),
-        // Rows without `params` (applyTo: config, or older files) vary the config itself.
+        // Strategies read `params`, never `config` (docs/design.md): a finished trial does not
+        // keep a second JSON map, which would double what history costs per experiment.
+        config: Value::Null,
+        // Rows without `params` (older files) vary the config itself.
         params: record
             .params
             .clone()
