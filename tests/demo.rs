@@ -69,8 +69,49 @@ fn the_demo_completes_a_paid_campaign_and_reports_it() {
         (spent - received).abs() < 1e-9 && spent > 0.0,
         "spent {spent}, received {received}\n{stdout}"
     );
+    // The quickstart searches two constants of train_tiny.py (applyTo: trainScript): each
+    // experiment ran a train.py of its own, kept by hash in the script store, and the val_bpb
+    // recorded is what that code really prints; results.jsonl's amounts are what the chain moved.
     let results =
         std::fs::read_to_string(data.path().join("data/autoresearch/results.jsonl")).unwrap();
-    assert_eq!(results.lines().count(), 12);
+    let lines: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u32, succeeded);
+    let hashes: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|l| l["train_hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hashes.len(),
+        lines.len(),
+        "a different train.py per experiment"
+    );
+    for line in &lines {
+        let hex = line["train_hash"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let script = data
+            .path()
+            .join(format!("data/autoresearch/scripts/{hex}.py"));
+        let run = Command::new("python3").arg(&script).output().unwrap();
+        let printed = String::from_utf8_lossy(&run.stdout);
+        let measured: f64 = printed
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("val_bpb: ")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{} printed no val_bpb", script.display()));
+        assert_eq!(line["val_bpb"].as_f64(), Some(measured), "{line}");
+    }
+    let amounts: f64 = lines
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap().parse::<f64>().unwrap() / 1e6)
+        .sum();
+    assert!(
+        (amounts - received).abs() < 1e-9,
+        "paid once per experiment: {amounts} vs {received}"
+    );
     assert!(stdout.contains("everything is stopped now"));
 }
