@@ -70,12 +70,9 @@ async fn a_failed_worker_is_replaced_within_a_second_by_a_cached_candidate() {
 
     let campaign = data.path().join("campaign.yaml");
     std::fs::write(&campaign, CAMPAIGN).unwrap();
-    let train = data.path().join("train.py");
-    std::fs::write(&train, "print('val_bpb: 1.0')\n").unwrap();
     let started = Instant::now();
     let mut child = Command::new(bin)
         .arg("loop")
-        .arg(&train)
         .arg("--campaign")
         .arg(&campaign)
         .args(["--rounds", "2", "--max-price", "0.02", "--prefer", &a])
