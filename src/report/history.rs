@@ -76,28 +76,8 @@ pub struct Row {
     pub campaign_name: Option<String>,
 }
 
-/// What a result meant for the campaign (autoresearch's results.tsv status).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    /// Beat the best by more than the noise floor: the new base.
-    Keep,
-    /// Ran, but did not improve.
-    Discard,
-    /// No result (the run failed, timed out, or the worker failed).
-    Crash,
-}
-
-impl Decision {
-    /// The results.tsv word.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Keep => "keep",
-            Decision::Discard => "discard",
-            Decision::Crash => "crash",
-        }
-    }
-}
+/// What a result meant for the campaign: one rule, the strategy's, for the engine and reports.
+pub use crate::strategy::{Decision, decide};
 
 /// Why an experiment ran.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,18 +172,6 @@ pub fn read_rows(path: &Path, filter: &Filter) -> Result<Vec<Row>, HistoryError>
         }
     }
     Ok(rows)
-}
-
-/// Keep/discard as the engine decides it: kept only if it beats the best so far by more than
-/// the noise floor; no value is a crash. (The same rule as the strategy's `decide`; old rows,
-/// written before the engine recorded its decision, are replayed with it.)
-pub fn decide(best: Option<f64>, value: Option<f64>, noise_floor: f64) -> Decision {
-    match (best, value) {
-        (_, None) => Decision::Crash,
-        (None, Some(_)) => Decision::Keep,
-        (Some(b), Some(v)) if v < b - noise_floor => Decision::Keep,
-        _ => Decision::Discard,
-    }
 }
 
 fn role(row: &Row) -> Role {
