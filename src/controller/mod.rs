@@ -445,12 +445,14 @@ async fn handle_for(
     ) {
         (Some(inline), _) => inline.clone(),
         (None, Some(r)) => {
-            let data =
-                named::<ConfigMap>(ctx, namespace, &r.name, "spec.trainScript.configMapKeyRef")
-                    .await?
-                    .data;
-            data.and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| missing_key("ConfigMap", &r.name, &r.key))?
+            config_map_text(
+                ctx,
+                namespace,
+                &r.name,
+                &r.key,
+                "spec.trainScript.configMapKeyRef",
+            )
+            .await?
         }
         (None, None) => String::new(),
     };
@@ -487,6 +489,19 @@ async fn handle_for(
         best: Some(parts.best.clone()),
         proposer,
     })
+}
+
+/// A ConfigMap's value.
+async fn config_map_text(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    field: &'static str,
+) -> Result<String, ReconcileError> {
+    let data = named::<ConfigMap>(ctx, namespace, name, field).await?.data;
+    data.and_then(|d| d.get(key).cloned())
+        .ok_or_else(|| missing_key("ConfigMap", name, key))
 }
 
 /// A Secret's value as text (trimmed).
@@ -537,16 +552,14 @@ async fn proposer_for(
     };
     let program = match &llm.program_config_map_key_ref {
         Some(r) => {
-            let data = named::<ConfigMap>(
+            config_map_text(
                 ctx,
                 namespace,
                 &r.name,
+                &r.key,
                 "spec.search.llm.programConfigMapKeyRef",
             )
             .await?
-            .data;
-            data.and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| missing_key("ConfigMap", &r.name, &r.key))?
         }
         None => crate::strategy::llm::program_or_default(llm.program.as_deref()),
     };
