@@ -551,3 +551,52 @@ async fn sigterm_stops_new_work_and_the_next_leader_resumes_at_once() {
     );
     assert_eq!(unique_ids(&results(s.data.path())), 6);
 }
+
+/// The controller watches the ConfigMaps campaigns read train.py from: a campaign waiting for
+/// its ConfigMap starts as soon as the ConfigMap exists, not at its next retry (15 s after a
+/// failed reconcile).
+#[tokio::test]
+async fn a_campaign_starts_as_soon_as_its_train_py_config_map_appears() {
+    let s = setup("watch", three_workers(100)).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    let spec = json!({
+        "trainScript": {"inline": null, "configMapKeyRef": {"name": "train", "key": "train.py"}},
+        "maxExperiments": 2
+    });
+    s.api
+        .create(&PostParams::default(), &campaign("watch", &s.tb, spec))
+        .await
+        .unwrap();
+    // The first reconcile fails on the missing ConfigMap and is retried in 15 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = s.api.get("watch").await.unwrap();
+    assert_eq!(waiting.status.as_ref().map_or(0, |st| st.submitted), 0);
+    let client = support::client().await;
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, &s.ns);
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "train"},
+        "data": {"train.py": support::TRAIN_LANDSCAPE}
+    }))
+    .unwrap();
+    let created = std::time::Instant::now();
+    config_maps
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    wait_for(
+        &s.api,
+        "watch",
+        30,
+        "an experiment started",
+        &[&controller],
+        |c| c.status.as_ref().is_some_and(|st| st.submitted > 0),
+    )
+    .await;
+    let took = created.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "started {took:?} after the ConfigMap appeared: the watch did not trigger a reconcile"
+    );
+    let status = wait_done(&s.api, "watch", 60, &[&controller]).await;
+    assert_eq!(status.succeeded, 2, "{status:?}");
+}
