@@ -500,8 +500,7 @@ async fn config_map_text(
     field: &'static str,
 ) -> Result<String, ReconcileError> {
     let data = named::<ConfigMap>(ctx, namespace, name, field).await?.data;
-    data.and_then(|d| d.get(key).cloned())
-        .ok_or_else(|| missing_key("ConfigMap", name, key))
+    value_of(data, "ConfigMap", name, key)
 }
 
 /// A Secret's value as text (trimmed).
@@ -513,9 +512,7 @@ async fn secret_text(
     field: &'static str,
 ) -> Result<String, ReconcileError> {
     let data = named::<Secret>(ctx, namespace, name, field).await?.data;
-    let bytes = data
-        .and_then(|d| d.get(key).cloned())
-        .ok_or_else(|| missing_key("Secret", name, key))?;
+    let bytes = value_of(data, "Secret", name, key)?;
     let text = String::from_utf8(bytes.0).map_err(|_| ReconcileError::NotText {
         name: name.to_string(),
         key: key.to_string(),
@@ -616,12 +613,19 @@ fn kind_of<K: kube::Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-fn missing_key(kind: &'static str, name: &str, key: &str) -> ReconcileError {
-    ReconcileError::MissingKey {
-        kind,
-        name: name.to_string(),
-        key: key.to_string(),
-    }
+/// The value under `key` of a ConfigMap's or Secret's data.
+fn value_of<V: Clone>(
+    data: Option<std::collections::BTreeMap<String, V>>,
+    kind: &'static str,
+    name: &str,
+    key: &str,
+) -> Result<V, ReconcileError> {
+    data.and_then(|d| d.get(key).cloned())
+        .ok_or_else(|| ReconcileError::MissingKey {
+            kind,
+            name: name.to_string(),
+            key: key.to_string(),
+        })
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

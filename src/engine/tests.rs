@@ -145,6 +145,13 @@ impl Harness {
         }
     }
 
+    /// A restart: a fresh engine over the same results file, signer and workers, with the
+    /// campaign's status as the crash left it.
+    fn restart(self, extra: Value, status: crate::crd::ExperimentCampaignStatus) -> Self {
+        let spec = spec(&[self.workers[0].endpoint()], extra);
+        Self::with(self.signer, self.workers, self.dir, spec, Some(status))
+    }
+
     fn status(&self) -> crate::crd::ExperimentCampaignStatus {
         self.store.snapshot().unwrap().status.unwrap_or_default()
     }
@@ -440,17 +447,7 @@ async fn each_ledger_state_is_resumed_without_paying_twice() {
         submitted: 3,
         ..Default::default()
     };
-    let Harness {
-        signer,
-        workers,
-        dir,
-        ..
-    } = h;
-    let spec = spec(
-        &[workers[0].endpoint()],
-        json!({"parallelism": 3, "maxExperiments": 3}),
-    );
-    let h = Harness::with(signer, workers, dir, spec, Some(status));
+    let h = h.restart(json!({"parallelism": 3, "maxExperiments": 3}), status);
     h.run(Duration::from_secs(20)).await;
     let status = h.status();
     assert!(status.ledger.is_empty(), "{status:?}");
@@ -506,17 +503,7 @@ async fn an_unreadable_stored_voucher_counts_as_spent_and_is_never_signed_again(
         submitted: 1,
         ..Default::default()
     };
-    let Harness {
-        signer,
-        workers,
-        dir,
-        ..
-    } = h;
-    let spec = spec(
-        &[workers[0].endpoint()],
-        json!({"parallelism": 1, "maxExperiments": 1}),
-    );
-    let h = Harness::with(signer, workers, dir, spec, Some(status));
+    let h = h.restart(json!({"parallelism": 1, "maxExperiments": 1}), status);
     let sign_calls = h.signer.sign_calls();
     h.run(Duration::from_secs(10)).await;
     let status = h.status();
