@@ -10,7 +10,12 @@ venv="$root/.cache/litellm"
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$req" | cut -d' ' -f1)
 
-installed() { [[ -x $venv/bin/litellm && -f $stamp && $(cat "$stamp") == "$want" ]]; }
+# A venv is tied to the path it was made at (its scripts' #! lines): one made through another
+# path (a moved checkout, a symlinked .cache) is broken, and is made again.
+installed() {
+  [[ -x $venv/bin/litellm && -f $stamp && $(cat "$stamp") == "$want" ]] &&
+    [[ $(head -n 1 "$venv/bin/litellm") == "#!$venv/bin/python"* ]]
+}
 
 if ! installed; then
   mkdir -p "$root/.cache"
