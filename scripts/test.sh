@@ -24,4 +24,4 @@ export REQUIRE_TESTBED=1
 
 # The testbed's own self-test first: if a peer misbehaves, say so before the Rust tests do.
 node --test testbed/payments/test/
-cargo test --all-targets "$@"
+cargo test --all-targets --features failpoints "$@"

@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod engine;
 pub mod experiment;
+pub mod failpoint;
 pub mod http;
 pub mod ledger;
 pub mod payment;

@@ -4,6 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    autoresearch_coordinator::failpoint::setup();
     let cli = autoresearch_coordinator::cli::Cli::parse();
     cli.init_tracing();
     match cli.run().await {

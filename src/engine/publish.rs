@@ -13,6 +13,7 @@ use super::status::{self, ConditionType, ConditionUpdate, Sighting};
 use super::{CampaignHandle, Engine, Notice, Severity};
 use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, WorkerCounts};
 use crate::experiment;
+use crate::failpoint::{self, Window};
 use crate::ledger::{self, Ending, Limits, Recorded};
 use crate::payment::Voucher;
 use crate::results::{ResultRecord, RunStatus};
@@ -180,6 +181,7 @@ pub async fn complete(
             .release(&entry.worker, &entry.experiment_id, false);
         return;
     }
+    failpoint::crash_at(Window::AfterAppend);
     let mut recorded = None;
     let stored = handle
         .store
@@ -205,6 +207,7 @@ pub async fn complete(
             return;
         }
     };
+    failpoint::crash_at(Window::AfterStatus);
     engine.memory.confirm(&handle.key, &entry.experiment_id);
     engine
         .metrics

@@ -21,6 +21,7 @@ use crate::crd::{
     ExperimentCampaign, ExperimentCampaignSpec, LedgerEntry, PendingExperiment, ResultSummary,
 };
 use crate::endpoint::Endpoint;
+use crate::failpoint::{self, Window};
 use crate::ledger::{self, Ending, Limits, Refusal};
 use crate::payment::{
     ExperimentRequest, Offer, Policy, Quote, SignerError, Voucher, VoucherTerms, WorkerClient,
@@ -162,10 +163,12 @@ async fn prepare(
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "priced");
     let voucher = sign(handle, spec, &offer, pending, timeout).await?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "signed");
+    failpoint::crash_at(Window::AfterSign);
     let entry = ledger_entry(pending, worker, &voucher);
     if let Err(e) = reserve(handle, &entry).await {
         return Ok(Err(e));
     }
+    failpoint::crash_at(Window::AfterReserve);
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "reserved");
     announce(handle, &entry, &voucher);
     Ok(Ok(Reserved {
@@ -440,6 +443,7 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
     )
     .await;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "answered");
+    failpoint::crash_at(Window::AfterAnswer);
     engine
         .metrics
         .experiment_duration
@@ -464,7 +468,7 @@ async fn exchange(
             None,
         );
     }
-    match client.run(Some(voucher), request).await {
+    match failpoint::crash_during(Window::AfterSend, client.run(Some(voucher), request)).await {
         Ok(run) => {
             let tx = run.transaction().map(str::to_string);
             (outcome_of(run.result, paid, client.endpoint()), tx)
