@@ -6,7 +6,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 req="$root/tests/chart/requirements.txt"
-venv="$root/.cache/kubernetes-validate"
+# The physical path: .cache may be a symlink, and a venv is tied to the path it was made at.
+mkdir -p "$root/.cache"
+venv="$(cd "$root/.cache" && pwd -P)/kubernetes-validate"
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$req" | cut -d' ' -f1)
 
