@@ -19,9 +19,9 @@ use super::cache::DiskCache;
 use super::chain::{ChainConfig, ChainError, ChainIndex};
 use super::document::{SkillFilter, parse_registration};
 use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
-use super::policy::{AddressPolicy, AllowEntryError, Refusal};
+use super::policy::{AddressPolicy, AllowEntryError, UrlRefusal};
 use super::scan::{ApiKey, IndexEntry, Quota, ScanClient, ScanError, ScanResult, ScanSettings};
-use super::worker::{Source, Worker, merge};
+use super::worker::{FoundIn, Worker, merge};
 use crate::crd::{DiscoverySpec, OnChainMode};
 
 /// A failed index scan is retried after at most this long, whatever the refresh interval.
@@ -819,7 +819,7 @@ impl Discovery {
                     skill,
                     Some(agent.agent_id),
                     Some(chain_id),
-                    Source::Chain,
+                    FoundIn::Chain,
                     fetcher,
                     label,
                 )
@@ -852,7 +852,7 @@ impl Discovery {
         for (mut w, verdict) in checks {
             match verdict {
                 Ok(()) => {
-                    w.source = Source::IndexConfirmed;
+                    w.source = FoundIn::IndexConfirmed;
                     out.workers.push(w);
                 }
                 Err(reason) => out.skipped.push(Rejected {
@@ -887,7 +887,7 @@ async fn confirm_one(
         .map_err(|e| format!("not confirmed: {e}"))?;
     let reg = parse_registration(&doc).map_err(|e| format!("not confirmed: {e}"))?;
     let onchain =
-        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), Source::Chain)
+        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), FoundIn::Chain)
             .map_err(|e| format!("not confirmed: on chain, {e}"))?;
     if onchain.endpoint == w.endpoint {
         Ok(())
@@ -908,7 +908,7 @@ fn dedupe_sources(workers: Vec<Worker>) -> Vec<Worker> {
             e.endpoint == w.endpoint && e.agent_id == w.agent_id && e.chain_id == w.chain_id
         }) {
             if existing.source != w.source {
-                existing.source = Source::IndexConfirmed;
+                existing.source = FoundIn::IndexConfirmed;
             }
             continue;
         }
@@ -1025,7 +1025,7 @@ async fn index_entry_worker(
         skill,
         entry.token_id,
         entry.chain_id,
-        Source::Index,
+        FoundIn::Index,
         fetcher,
         agent,
     )
@@ -1039,7 +1039,7 @@ async fn vet(
     skill: &SkillFilter,
     agent_id: Option<u64>,
     chain_id: Option<u64>,
-    source: Source,
+    source: FoundIn,
     fetcher: &DocumentFetcher,
     agent: String,
 ) -> Outcome {
@@ -1066,7 +1066,7 @@ async fn vet(
     match fetcher.policy().resolve_url(&url).await {
         Ok(_) => Outcome::Worker(worker),
         // Not a policy decision: the endpoint cannot be reached at all.
-        Err(why @ Refusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
+        Err(why @ UrlRefusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
         Err(refusal) => Outcome::Refused(Rejected {
             agent,
             target: worker.endpoint,
@@ -1113,7 +1113,7 @@ mod tests {
             best_val_bpb: None,
             total_experiments: None,
             gpu: None,
-            source: Source::Index,
+            source: FoundIn::Index,
             preferred: false,
         }
     }
