@@ -9,7 +9,7 @@
 //! side without paying goes back to `pending` to be tried on another worker.
 
 use crate::crd::{
-    ExperimentCampaignSpec, ExperimentCampaignStatus, LEADERBOARD_SIZE, LedgerEntry,
+    ExperimentCampaignSpec, ExperimentCampaignStatus, LEADERBOARD_SIZE, LedgerEntry, PaymentState,
     PendingExperiment, Phase, ResultSummary, SpecError,
 };
 use crate::usdc::Usdc;
@@ -120,6 +120,34 @@ pub fn spent(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
     }
 }
 
+/// USDC of finished experiments whose payment the chain could neither confirm nor refute.
+pub fn spent_uncertain(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
+    match &status.spent_uncertain {
+        None => Ok(Usdc::ZERO),
+        Some(s) => s.parse().map_err(|_| Refusal::Unreadable(s.clone())),
+    }
+}
+
+/// Records where the chain's judgement of an in-flight voucher stands (shown in status).
+/// Returns whether the entry was found.
+pub fn mark_payment(
+    status: &mut ExperimentCampaignStatus,
+    experiment_id: &str,
+    state: PaymentState,
+) -> bool {
+    match status
+        .ledger
+        .iter_mut()
+        .find(|e| e.experiment_id == experiment_id)
+    {
+        Some(entry) => {
+            entry.payment_state = Some(state);
+            true
+        }
+        None => false,
+    }
+}
+
 /// USDC reserved by experiments in flight.
 pub fn in_flight(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
     status.ledger.iter().try_fold(Usdc::ZERO, |sum, e| {
@@ -132,8 +160,10 @@ pub fn in_flight(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
 
 /// What the budget still allows: total − spent − in flight.
 pub fn budget_left(status: &ExperimentCampaignStatus, limits: &Limits) -> Result<Usdc, Refusal> {
+    let flying = in_flight(status)?;
     let committed = spent(status)?
-        .checked_add(in_flight(status)?)
+        .checked_add(spent_uncertain(status)?)
+        .and_then(|c| c.checked_add(flying))
         .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
     Ok(limits.total.saturating_sub(committed))
 }
@@ -249,6 +279,18 @@ impl Ending {
             Ending::Finished { paid, .. } | Ending::WorkerFailed { paid, .. } => *paid,
         }
     }
+
+    /// The same ending, its result named by the campaign's experiment id (the worker knows it
+    /// under the campaign-unique id it was sent).
+    pub fn for_experiment(mut self, experiment_id: &str) -> Self {
+        if let Ending::Finished {
+            result: Some(r), ..
+        } = &mut self
+        {
+            r.experiment_id = experiment_id.to_string();
+        }
+        self
+    }
 }
 
 /// What `complete` did.
@@ -283,11 +325,18 @@ pub fn complete(
         return Ok(Recorded::AlreadyCounted);
     };
     let paid = outcome.paid();
-    let new_spent = spent(status)?
+    // What the chain could not decide is counted apart from what it showed settled.
+    let undecided = status.ledger[index].payment_state == Some(PaymentState::Undecided);
+    let (counter, field) = if undecided {
+        (spent_uncertain(status)?, &mut status.spent_uncertain)
+    } else {
+        (spent(status)?, &mut status.spent)
+    };
+    let total = counter
         .checked_add(paid)
         .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
+    *field = Some(total.to_string());
     let entry = status.ledger.remove(index);
-    status.spent = Some(new_spent.to_string());
     let recorded = match outcome {
         Ending::Finished {
             result: Some(result),

@@ -1,0 +1,213 @@
+//! Money truth from the chain: `loop` against the payment testbed with `ERPC_URL` set, so the
+//! engine asks anvil's USDC whether an uncertain voucher was used. Each test compares what
+//! results.jsonl records with what moved on chain.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use autoresearch_coordinator::crd::ExperimentCampaign;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use support::controller;
+use support::testbed::Testbed;
+
+/// The `loop` command against the testbed's workers `prefer`, judged through the testbed's chain.
+fn loop_cmd(tb: &Testbed, data: &Path, prefer: &[&str], rounds: u32) -> Command {
+    let train = data.join("train.py");
+    std::fs::write(&train, support::TRAIN_LANDSCAPE).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"));
+    cmd.arg("loop")
+        .arg(&train)
+        .args(["--rounds", &rounds.to_string(), "--no-discovery"])
+        .args(["--max-price", "0.02", "--timeout", "60"])
+        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
+        .env(
+            "REMOTE_SIGNER_TOKEN",
+            tb.m["signer"]["token"].as_str().unwrap(),
+        )
+        .env("ERPC_URL", tb.m["rpcUrl"].as_str().unwrap())
+        .env("DATA_DIR", data)
+        .env("RUST_LOG", "warn");
+    for name in prefer {
+        cmd.args(["--prefer", tb.worker(name)["endpoint"].as_str().unwrap()]);
+    }
+    cmd
+}
+
+fn lines(data: &Path) -> Vec<Value> {
+    std::fs::read_to_string(data.join("autoresearch/results.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn amount(line: &Value) -> U256 {
+    U256::from(line["amount"].as_str().unwrap().parse::<u64>().unwrap())
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Each line's `payment_tx` is a successful transaction on chain.
+async fn assert_settled_on_chain(tb: &Testbed, lines: &[Value]) {
+    for l in lines {
+        let tx = l["payment_tx"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no tx: {l}"));
+        let receipt = tb.rpc("eth_getTransactionReceipt", json!([tx])).await;
+        assert_eq!(receipt["status"], "0x1", "{tx}: {receipt}");
+    }
+}
+
+async fn payer_spend(tb: &Testbed, before: U256) -> U256 {
+    before - tb.balance(tb.payer()).await
+}
+
+/// An edge proxy answers 504 after 1 s while the gate goes on, the worker runs for 3 s and the
+/// gate settles. Without the chain the 504 read as "nothing paid" and the experiment was paid
+/// again; now it is paid once, its result is recovered, and the settlement hash comes from the
+/// chain's logs.
+#[tokio::test]
+async fn a_504_from_an_edge_proxy_is_settled_on_chain_paid_once_and_its_result_kept() {
+    let tb = Testbed::start(json!({"workers": [
+        {"name": "edge", "gate": "v2", "price": "10000", "durationMs": 3000,
+         "edge": {"timeoutMs": 1000, "status": 504}}
+    ]}));
+    let before = tb.balance(tb.payer()).await;
+    let data = tempfile::tempdir().unwrap();
+    let out = loop_cmd(&tb, data.path(), &["edge"], 2).output().unwrap();
+    assert_ok(&out);
+    let lines = lines(data.path());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l["status"] == "completed"),
+        "{lines:?}"
+    );
+    support::assert_measured_by_landscape(&lines);
+    let recorded: U256 = lines.iter().map(amount).sum();
+    assert_eq!(recorded, U256::from(20_000u64));
+    assert_eq!(
+        payer_spend(&tb, before).await,
+        recorded,
+        "the payer's spend on chain is the sum of the prices of the recorded experiments"
+    );
+    assert_settled_on_chain(&tb, &lines).await;
+    let status = tb.worker_status("edge").await;
+    assert_eq!(
+        status["requests"], 2,
+        "no experiment was sent twice: {status}"
+    );
+    assert_eq!(status["runs"], 2, "{status}");
+}
+
+/// A worker behind an edge proxy never answers and its gate never settles. The voucher is
+/// uncertain until the chain's clock passes its `validBefore` (moved ahead with
+/// `evm_increaseTime`): then it can never settle, is not counted as spent, and the experiment
+/// goes to another worker, paid once there.
+#[tokio::test]
+async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retried() {
+    let tb = Testbed::start(json!({"workers": [
+        {"name": "hang", "gate": "v2", "price": "5000", "faults": {"hang": true},
+         "edge": {"timeoutMs": 1000}},
+        {"name": "good", "gate": "obol", "price": "10000", "durationMs": 100}
+    ]}));
+    let before = tb.balance(tb.payer()).await;
+    let data = tempfile::tempdir().unwrap();
+    let child = loop_cmd(&tb, data.path(), &["hang", "good"], 1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiter = tokio::task::spawn_blocking(move || child.wait_with_output());
+    // The cheaper worker gets the experiment first; its edge gives up after 1 s.
+    wait_for(|| async { tb.worker_status("hang").await["requests"] == 1 }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        lines(data.path()).is_empty(),
+        "nothing is decided while the voucher can still settle"
+    );
+    tb.advance_chain_time(1_000).await;
+    let out = tokio::time::timeout(Duration::from_secs(90), waiter)
+        .await
+        .expect("the loop finishes once the chain shows the voucher expired")
+        .unwrap()
+        .unwrap();
+    assert_ok(&out);
+    let lines = lines(data.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], "completed");
+    assert_eq!(
+        lines[0]["worker_endpoint"],
+        tb.worker("good")["endpoint"],
+        "retried on the other worker"
+    );
+    assert_eq!(amount(&lines[0]), U256::from(10_000u64));
+    assert_eq!(payer_spend(&tb, before).await, U256::from(10_000u64));
+    assert_eq!(tb.balance(tb.pay_to("hang")).await, U256::ZERO);
+    assert_settled_on_chain(&tb, &lines).await;
+}
+
+/// Two campaigns (the controller, real uids) with the same train.py and seed on one worker: the
+/// worker keeps the first one's result, and before the ids were unique per campaign it handed
+/// that result to the second, which recorded it as paid while nothing moved. Now each is run and
+/// paid on its own.
+#[tokio::test]
+async fn a_worker_never_hands_one_campaigns_result_to_another() {
+    let client = support::client().await;
+    support::install_crd(&client).await;
+    let ns = support::namespace(&client, "money-scope").await;
+    let tb = Testbed::start(json!({"workers": [
+        {"name": "w", "gate": "v2", "price": "10000", "durationMs": 100}
+    ]}));
+    controller::signer_secret(&client, &ns, &tb).await;
+    let api: Api<ExperimentCampaign> = Api::namespaced(client.clone(), &ns);
+    let data = tempfile::tempdir().unwrap();
+    let rpc = tb.m["rpcUrl"].as_str().unwrap().to_string();
+    let ctl = controller::Controller::start_with(&ns, data.path(), "c0", &[("ERPC_URL", &rpc)]);
+    let before = tb.balance(tb.payer()).await;
+    for name in ["first", "second"] {
+        let c = controller::campaign(name, &tb, json!({"maxExperiments": 1, "parallelism": 1}));
+        api.create(&PostParams::default(), &c).await.unwrap();
+        let status = controller::wait_done(&api, name, 60, &[&ctl]).await;
+        assert_eq!(status.succeeded, 1, "{name}: {status:?}");
+        assert_eq!(status.spent.as_deref(), Some("0.01"), "{name}");
+    }
+    let lines = controller::results(data.path());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0]["experiment_id"], lines[1]["experiment_id"],
+        "the same experiment by content"
+    );
+    assert_ne!(lines[0]["payment_tx"], lines[1]["payment_tx"]);
+    assert_settled_on_chain(&tb, &lines).await;
+    assert_eq!(
+        payer_spend(&tb, before).await,
+        amount(&lines[0]) + amount(&lines[1])
+    );
+    assert_eq!(tb.worker_status("w").await["runs"], 2);
+}
+
+async fn wait_for<F, Fut>(mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting");
+}
