@@ -7,6 +7,7 @@
 //! alloy is built without an HTTP transport (it would bring a second reqwest and TLS stack);
 //! alloy's `sol!` types do the ABI encoding and decoding, so only the envelope is written here.
 
+pub mod audit;
 pub mod verdict;
 pub mod wallet;
 
