@@ -516,6 +516,33 @@ mod tests {
     use super::*;
     use crate::crd::ExperimentCampaignStatus;
 
+    #[test]
+    fn what_the_chain_cannot_decide_is_spent_uncertain_and_still_counts_against_the_budget() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        reserve(&mut s, &l, entry("a", 20_000, 1)).unwrap();
+        reserve(&mut s, &l, entry("b", 20_000, 1)).unwrap();
+        assert!(mark_payment(&mut s, "a", PaymentState::Undecided));
+        assert!(!mark_payment(&mut s, "zz", PaymentState::Undecided));
+        for id in ["a", "b"] {
+            let paid = Ending::WorkerFailed {
+                paid: Usdc::from_atomic(20_000),
+                reason: "lost".into(),
+            };
+            complete(&mut s, &l, id, paid).unwrap();
+        }
+        assert_eq!(s.spent.as_deref(), Some("0.02"), "only b is known paid");
+        assert_eq!(s.spent_uncertain.as_deref(), Some("0.02"));
+        assert_eq!(budget_left(&s, &l).unwrap(), Usdc::from_atomic(10_000));
+        assert_eq!(
+            reserve(&mut s, &l, entry("c", 10_001, 1)),
+            Err(Refusal::OverBudget {
+                asked: Usdc::from_atomic(10_001),
+                left: Usdc::from_atomic(10_000)
+            })
+        );
+    }
+
     fn limits() -> Limits {
         Limits {
             total: "0.05".parse().unwrap(),
@@ -610,40 +637,93 @@ mod tests {
         assert_eq!(s.best.as_ref().unwrap().experiment_id, "a");
     }
 
+    /// One random step of the books: reserve a new experiment at a random price, or finish a
+    /// random in-flight one (out of order) in a random way. Returns what the ending paid.
+    fn random_step(
+        rng: &mut rand::rngs::StdRng,
+        s: &mut ExperimentCampaignStatus,
+        l: &Limits,
+        next: &mut u32,
+    ) -> Usdc {
+        use rand::Rng;
+        if s.ledger.is_empty() || rng.random_bool(0.5) {
+            let pending = s.pending.first().map(|p| p.experiment_id.clone());
+            let id = pending.unwrap_or_else(|| {
+                *next += 1;
+                format!("e{next}")
+            });
+            let attempt = s.pending.first().map_or(1, |p| p.attempts + 1);
+            let price = rng.random_range(1..=40u128);
+            let _ = reserve(s, l, entry(&id, price, attempt));
+            return Usdc::ZERO;
+        }
+        let at = rng.random_range(0..s.ledger.len());
+        let (id, amount) = (
+            s.ledger[at].experiment_id.clone(),
+            Usdc::parse_atomic(&s.ledger[at].amount).unwrap(),
+        );
+        if rng.random_bool(0.2) {
+            mark_payment(s, &id, PaymentState::Undecided);
+        }
+        let ending = match rng.random_range(0..4) {
+            0 => Ending::Finished {
+                result: Some(result(&id, rng.random_range(0.9..1.1))),
+                paid: amount,
+            },
+            1 => Ending::Finished {
+                result: None,
+                paid: amount,
+            },
+            2 => Ending::WorkerFailed {
+                paid: Usdc::ZERO,
+                reason: "refused".into(),
+            },
+            _ => Ending::WorkerFailed {
+                paid: amount,
+                reason: "paid, no result".into(),
+            },
+        };
+        let paid = ending.paid();
+        assert_ne!(
+            complete(s, l, &id, ending).unwrap(),
+            Recorded::AlreadyCounted
+        );
+        paid
+    }
+
     #[test]
-    fn spent_plus_in_flight_never_exceeds_total() {
-        // Any sequence of reservations and completions keeps the invariant.
+    fn random_sequences_keep_the_books_within_budget_and_count_each_payment_once() {
+        use rand::SeedableRng;
         let l = Limits {
-            total: Usdc::from_atomic(100),
+            total: Usdc::from_atomic(500),
             max_price: Usdc::from_atomic(40),
             max_experiments: 1000,
-            parallelism: 3,
+            parallelism: 4,
             max_failed: 1000,
             goal: None,
             max_model_calls: None,
         };
-        let mut s = ExperimentCampaignStatus::default();
-        for i in 0..200u128 {
-            let _ = reserve(&mut s, &l, entry(&format!("e{i}"), 7 + i % 37, 1));
-            if i % 2 == 0 && !s.ledger.is_empty() {
-                let id = s.ledger[0].experiment_id.clone();
-                let amount = Usdc::parse_atomic(&s.ledger[0].amount).unwrap();
-                complete(
-                    &mut s,
-                    &l,
-                    &id,
-                    Ending::Finished {
-                        result: None,
-                        paid: amount,
-                    },
-                )
-                .unwrap();
+        for seed in 0..64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut s = ExperimentCampaignStatus::default();
+            let (mut next, mut paid) = (0, Usdc::ZERO);
+            for step in 0..300 {
+                paid = paid
+                    .checked_add(random_step(&mut rng, &mut s, &l, &mut next))
+                    .unwrap();
+                let settled = spent(&s)
+                    .unwrap()
+                    .checked_add(spent_uncertain(&s).unwrap())
+                    .unwrap();
+                let committed = settled.checked_add(in_flight(&s).unwrap()).unwrap();
+                let at = format!("seed {seed}, step {step}");
+                assert!(committed <= l.total, "{at}: {committed} > {}", l.total);
+                assert_eq!(settled, paid, "{at}: every payment is counted once");
+                assert_eq!(s.running as usize, s.ledger.len(), "{at}");
+                let ids: std::collections::HashSet<_> =
+                    s.ledger.iter().map(|e| &e.experiment_id).collect();
+                assert_eq!(ids.len(), s.ledger.len(), "{at}: one entry per experiment");
             }
-            let committed = spent(&s)
-                .unwrap()
-                .checked_add(in_flight(&s).unwrap())
-                .unwrap();
-            assert!(committed <= l.total, "step {i}: {committed} > {}", l.total);
         }
     }
 
