@@ -211,3 +211,49 @@ where
     }
     panic!("timed out waiting");
 }
+
+/// The payer holds enough for one experiment only. The second is not signed: the loop says
+/// `InsufficientBalance` and waits; after a top-up it goes on, and each experiment is paid once.
+#[tokio::test]
+async fn an_underfunded_wallet_signs_nothing_and_the_campaign_resumes_after_a_top_up() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let tb = Testbed::start(json!({
+        "payerFunds": "15000",
+        "workers": [{"name": "w", "gate": "v2", "price": "10000", "durationMs": 100}]
+    }));
+    let data = tempfile::tempdir().unwrap();
+    let mut child = loop_cmd(&tb, data.path(), &["w"], 2)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = Arc::new(Mutex::new(String::new()));
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let copy = said.clone();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            copy.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    let waiter = tokio::task::spawn_blocking(move || child.wait_with_output());
+    wait_for(|| async { said.lock().unwrap().contains("InsufficientBalance") }).await;
+    let requests = tb.worker_status("w").await["requests"].clone();
+    assert_eq!(requests, 1, "nothing was sent for the unfunded experiment");
+    assert_eq!(tb.balance(tb.payer()).await, U256::from(5_000u64));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lines(data.path()).len(), 1, "the second waits");
+    // The payee gives the money back: the payer can pay again.
+    tb.transfer_usdc(tb.pay_to("w"), tb.payer(), 10_000).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("the loop goes on after the top-up")
+        .unwrap()
+        .unwrap();
+    assert_ok(&out);
+    let lines = lines(data.path());
+    assert_eq!(lines.len(), 2);
+    assert_settled_on_chain(&tb, &lines).await;
+    assert_eq!(tb.balance(tb.payer()).await, U256::from(5_000u64));
+    assert_eq!(tb.balance(tb.pay_to("w")).await, U256::from(10_000u64));
+}
