@@ -734,6 +734,15 @@ pub struct ResultSummary {
     /// `sha256:<hex>` of train.py as the worker reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_hash: Option<String>,
+    /// The searched parameters and their values (what varies; small). The whole config is in
+    /// results.jsonl; status keeps this and [`ResultSummary::config_hash`] so that its size does
+    /// not grow with `baseConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub params: Option<Value>,
+    /// `sha256:<hex>` of the canonical JSON of the config that was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 /// Worker counts from the last discovery.

@@ -48,6 +48,11 @@ pub fn experiment_id(train_py: &str, config: &Value) -> String {
     format!("exp-{}", &hex::encode(hasher.finalize())[..16])
 }
 
+/// `sha256:<hex>` of a config's canonical JSON: what status keeps instead of the config.
+pub fn config_hash(config: &Value) -> String {
+    train_hash(&canonical_json(config))
+}
+
 /// The id an experiment is sent to a worker under: unique to the campaign (`scope`, its uid),
 /// so a worker that ran the same train.py and config for another campaign never hands that
 /// campaign's stored result back as ours. Within a campaign the content id still dedups.

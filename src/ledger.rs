@@ -280,14 +280,19 @@ impl Ending {
         }
     }
 
-    /// The same ending, its result named by the campaign's experiment id (the worker knows it
-    /// under the campaign-unique id it was sent).
-    pub fn for_experiment(mut self, experiment_id: &str) -> Self {
+    /// The same ending with its result as status keeps it: named by the campaign's experiment id
+    /// (the worker knows it under the campaign-unique id it was sent), with the entry's params
+    /// and a hash of the config instead of the config, so status stays small whatever
+    /// `baseConfig` holds.
+    pub fn for_entry(mut self, entry: &LedgerEntry) -> Self {
         if let Ending::Finished {
             result: Some(r), ..
         } = &mut self
         {
-            r.experiment_id = experiment_id.to_string();
+            r.experiment_id = entry.experiment_id.clone();
+            let config = r.config.take().or_else(|| entry.config.clone());
+            r.config_hash = config.as_ref().map(crate::experiment::config_hash);
+            r.params = entry.params.clone();
         }
         self
     }
@@ -725,6 +730,53 @@ mod tests {
                 assert_eq!(ids.len(), s.ledger.len(), "{at}: one entry per experiment");
             }
         }
+    }
+
+    #[test]
+    fn the_leaderboard_keeps_params_and_a_config_hash_so_status_stays_small() {
+        let l = Limits {
+            max_experiments: 100,
+            parallelism: 100,
+            total: Usdc::from_atomic(1_000_000),
+            ..limits()
+        };
+        let big = serde_json::json!({"notes": "x".repeat(40 * 1024)});
+        let mut s = ExperimentCampaignStatus::default();
+        for i in 0..30 {
+            let id = format!("e{i}");
+            let mut config = big.clone();
+            config["lr"] = serde_json::json!(i);
+            let e = LedgerEntry {
+                config: Some(config.clone()),
+                params: Some(serde_json::json!({"lr": i})),
+                ..entry(&id, 1, 1)
+            };
+            reserve(&mut s, &l, e.clone()).unwrap();
+            let echoed = ResultSummary {
+                config: Some(config.clone()),
+                ..result(&id, 1.0 + f64::from(i) / 100.0)
+            };
+            let done = Ending::Finished {
+                result: Some(echoed),
+                paid: Usdc::from_atomic(1),
+            };
+            complete(&mut s, &l, &id, done.for_entry(&e)).unwrap();
+            let best = s.best.as_ref().unwrap();
+            assert_eq!(best.config, None);
+            assert_eq!(best.params, Some(serde_json::json!({"lr": 0})));
+        }
+        let first = &s.leaderboard[0];
+        let mut config = big.clone();
+        config["lr"] = serde_json::json!(0);
+        assert_eq!(
+            first.config_hash.as_deref(),
+            Some(crate::experiment::config_hash(&config).as_str())
+        );
+        let size = serde_json::to_vec(&s).unwrap().len();
+        assert!(
+            size < 8 * 1024,
+            "status is {size} bytes with a 40 KiB config"
+        );
     }
 
     #[test]

@@ -401,7 +401,10 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
             };
             send(&engine, &handle, reserved, true).await;
         }
-        Err(outcome) => publish::complete(&engine, &handle, &entry, outcome, None).await,
+        Err(outcome) => {
+            let outcome = outcome.for_entry(&entry);
+            publish::complete(&engine, &handle, &entry, outcome, None).await
+        }
     }
 }
 
@@ -475,9 +478,10 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
         None => {
             let poll = engine.settings.job_poll;
             let (outcome, tx) = exchange(&client, &voucher, &request, resumed, poll).await;
-            (outcome.for_experiment(&entry.experiment_id), tx)
+            (outcome, tx)
         }
     };
+    let outcome = outcome.for_entry(&entry);
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "answered");
     failpoint::crash_at(Window::AfterAnswer);
     engine
@@ -624,6 +628,7 @@ pub(super) fn outcome_of(
             config: result.raw.get("config").cloned(),
             worker: endpoint.to_string(),
             train_hash: result.train_hash.clone(),
+            ..ResultSummary::default()
         }),
         _ => None,
     };
@@ -646,6 +651,7 @@ fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Ending {
             config: record.config.clone(),
             worker: record.worker_endpoint.clone(),
             train_hash: Some(record.train_hash.clone()),
+            ..ResultSummary::default()
         }),
         _ => None,
     };
