@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use alloy::primitives::U256;
-use autoresearch_coordinator::crd::ExperimentCampaign;
+use autoresearch_coordinator::crd::{ExperimentCampaign, PaymentState};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::controller;
@@ -112,41 +112,61 @@ async fn a_504_from_an_edge_proxy_is_settled_on_chain_paid_once_and_its_result_k
 }
 
 /// A worker behind an edge proxy never answers and its gate never settles. The voucher is
-/// uncertain until the chain's clock passes its `validBefore` (moved ahead with
-/// `evm_increaseTime`): then it can never settle, is not counted as spent, and the experiment
-/// goes to another worker, paid once there.
+/// uncertain (and status says so) until the chain's clock passes its `validBefore` (moved ahead
+/// with `evm_increaseTime`): then it can never settle, is not counted as spent, and the
+/// experiment goes to another worker, paid once there. Run by the controller.
 #[tokio::test]
 async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retried() {
+    let client = support::client().await;
+    support::install_crd(&client).await;
+    let ns = support::namespace(&client, "money-expiry").await;
     let tb = Testbed::start(json!({"workers": [
         {"name": "hang", "gate": "v2", "price": "5000", "faults": {"hang": true},
          "edge": {"timeoutMs": 1000}},
         {"name": "good", "gate": "obol", "price": "10000", "durationMs": 100}
     ]}));
-    let before = tb.balance(tb.payer()).await;
+    controller::signer_secret(&client, &ns, &tb).await;
+    let api: Api<ExperimentCampaign> = Api::namespaced(client.clone(), &ns);
     let data = tempfile::tempdir().unwrap();
-    let child = loop_cmd(&tb, data.path(), &["hang", "good"], 1)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let waiter = tokio::task::spawn_blocking(move || child.wait_with_output());
-    // The cheaper worker gets the experiment first; its edge gives up after 1 s.
-    wait_for(|| async { tb.worker_status("hang").await["requests"] == 1 }).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        lines(data.path()).is_empty(),
-        "nothing is decided while the voucher can still settle"
+    let rpc = tb.m["rpcUrl"].as_str().unwrap().to_string();
+    let ctl = controller::Controller::start_with(&ns, data.path(), "c0", &[("ERPC_URL", &rpc)]);
+    let before = tb.balance(tb.payer()).await;
+    // The hanging worker is preferred, so it gets the experiment first; its edge gives up
+    // after 1 s.
+    let hang = tb.worker("hang")["endpoint"].clone();
+    let spec = json!({"maxExperiments": 1, "parallelism": 1, "discovery": {"prefer": [hang]}});
+    let c = controller::campaign("expiry", &tb, spec);
+    api.create(&PostParams::default(), &c).await.unwrap();
+    let waiting = controller::wait_for(&api, "expiry", 30, "an uncertain payment", &[&ctl], |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.ledger
+                .first()
+                .is_some_and(|e| e.payment_state == Some(PaymentState::Uncertain))
+        })
+    })
+    .await;
+    let status = waiting.status.unwrap();
+    assert_eq!(
+        status.ledger[0].worker,
+        tb.worker("hang")["endpoint"].as_str().unwrap()
+    );
+    assert_eq!(
+        status.spent.as_deref(),
+        Some("0"),
+        "nothing is spent while it can settle"
+    );
+    assert_eq!(
+        status.in_flight.as_deref(),
+        Some("0.005"),
+        "but it is reserved"
     );
     tb.advance_chain_time(1_000).await;
-    let out = tokio::time::timeout(Duration::from_secs(90), waiter)
-        .await
-        .expect("the loop finishes once the chain shows the voucher expired")
-        .unwrap()
-        .unwrap();
-    assert_ok(&out);
-    let lines = lines(data.path());
+    let status = controller::wait_done(&api, "expiry", 60, &[&ctl]).await;
+    assert_eq!((status.succeeded, status.failed), (1, 0), "{status:?}");
+    assert_eq!(status.spent.as_deref(), Some("0.01"));
+    assert_eq!(status.spent_uncertain, None);
+    let lines = controller::results(data.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0]["status"], "completed");
     assert_eq!(
         lines[0]["worker_endpoint"],
         tb.worker("good")["endpoint"],
