@@ -74,6 +74,28 @@ async fn payer_spend(tb: &Testbed, before: U256) -> U256 {
     before - tb.balance(tb.payer()).await
 }
 
+/// A controller in a fresh namespace, judging payments through the testbed's chain.
+struct Judged {
+    api: Api<ExperimentCampaign>,
+    data: tempfile::TempDir,
+    ctl: controller::Controller,
+}
+
+async fn judged_controller(prefix: &str, tb: &Testbed) -> Judged {
+    let client = support::client().await;
+    support::install_crd(&client).await;
+    let ns = support::namespace(&client, prefix).await;
+    controller::signer_secret(&client, &ns, tb).await;
+    let data = tempfile::tempdir().unwrap();
+    let rpc = tb.m["rpcUrl"].as_str().unwrap();
+    let ctl = controller::Controller::start_with(&ns, data.path(), "c0", &[("ERPC_URL", rpc)]);
+    Judged {
+        api: Api::namespaced(client, &ns),
+        data,
+        ctl,
+    }
+}
+
 /// An edge proxy answers 504 after 1 s while the gate goes on, the worker runs for 3 s and the
 /// gate settles. Without the chain the 504 read as "nothing paid" and the experiment was paid
 /// again; now it is paid once, its result is recovered, and the settlement hash comes from the
@@ -117,19 +139,12 @@ async fn a_504_from_an_edge_proxy_is_settled_on_chain_paid_once_and_its_result_k
 /// experiment goes to another worker, paid once there. Run by the controller.
 #[tokio::test]
 async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retried() {
-    let client = support::client().await;
-    support::install_crd(&client).await;
-    let ns = support::namespace(&client, "money-expiry").await;
     let tb = Testbed::start(json!({"workers": [
         {"name": "hang", "gate": "v2", "price": "5000", "faults": {"hang": true},
          "edge": {"timeoutMs": 1000}},
         {"name": "good", "gate": "obol", "price": "10000", "durationMs": 100}
     ]}));
-    controller::signer_secret(&client, &ns, &tb).await;
-    let api: Api<ExperimentCampaign> = Api::namespaced(client.clone(), &ns);
-    let data = tempfile::tempdir().unwrap();
-    let rpc = tb.m["rpcUrl"].as_str().unwrap().to_string();
-    let ctl = controller::Controller::start_with(&ns, data.path(), "c0", &[("ERPC_URL", &rpc)]);
+    let Judged { api, data, ctl } = judged_controller("money-expiry", &tb).await;
     let before = tb.balance(tb.payer()).await;
     // The hanging worker is preferred, so it gets the experiment first; its edge gives up
     // after 1 s.
@@ -184,17 +199,10 @@ async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retrie
 /// paid on its own.
 #[tokio::test]
 async fn a_worker_never_hands_one_campaigns_result_to_another() {
-    let client = support::client().await;
-    support::install_crd(&client).await;
-    let ns = support::namespace(&client, "money-scope").await;
     let tb = Testbed::start(json!({"workers": [
         {"name": "w", "gate": "v2", "price": "10000", "durationMs": 100}
     ]}));
-    controller::signer_secret(&client, &ns, &tb).await;
-    let api: Api<ExperimentCampaign> = Api::namespaced(client.clone(), &ns);
-    let data = tempfile::tempdir().unwrap();
-    let rpc = tb.m["rpcUrl"].as_str().unwrap().to_string();
-    let ctl = controller::Controller::start_with(&ns, data.path(), "c0", &[("ERPC_URL", &rpc)]);
+    let Judged { api, data, ctl } = judged_controller("money-scope", &tb).await;
     let before = tb.balance(tb.payer()).await;
     for name in ["first", "second"] {
         let c = controller::campaign(name, &tb, json!({"maxExperiments": 1, "parallelism": 1}));
