@@ -372,7 +372,7 @@ fn result_record(
         params: entry.params.clone(),
         campaign_namespace: handle.namespace.clone(),
         campaign_name: Some(handle.name.clone()),
-        ..ResultRecord::default()
+        ..crate::chain::audit::voucher_fields(entry)
     }
 }
 
