@@ -62,6 +62,16 @@ pub struct ResultRecord {
     /// Name of the campaign (controller only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_name: Option<String>,
+    /// `baseline` (the unmodified train.py, run to measure the noise) or `replication` (a
+    /// re-run of another experiment on another worker); absent for an experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// For a replication: the experiment id it re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicates: Option<String>,
+    /// The address the worker was paid at (from the voucher): replications go to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_to: Option<String>,
 }
 
 /// How a run ended, as written in the `status` field.
@@ -212,6 +222,9 @@ mod tests {
             parent_train_hash: None,
             campaign_namespace: None,
             campaign_name: None,
+            role: None,
+            replicates: None,
+            pay_to: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub enum ConditionType {
     Succeeded,
     /// The 8004scan day quota is down to its reserve: discovery reads the chain meanwhile.
     IndexQuotaLow,
+    /// The best result was reproduced by another worker.
+    Verified,
 }
 
 impl ConditionType {
@@ -38,6 +40,7 @@ impl ConditionType {
             ConditionType::Complete => "Complete",
             ConditionType::Succeeded => "Succeeded",
             ConditionType::IndexQuotaLow => "IndexQuotaLow",
+            ConditionType::Verified => "Verified",
         }
     }
 }
@@ -153,6 +156,9 @@ pub fn verdict(
                 "the index's quota is not a limit now",
             ),
         });
+    }
+    if seen.discovered {
+        conditions.push(super::trust::condition(campaign, status, seen.workers));
     }
     Verdict { phase, conditions }
 }

@@ -155,6 +155,17 @@ impl History {
         self.trials.push(trial);
     }
 
+    /// Replaces a trial's outcome in place (a replicated claim: its agreed value).
+    pub fn set_outcome(&mut self, experiment_id: &str, outcome: Outcome) {
+        if let Some(t) = self
+            .trials
+            .iter_mut()
+            .find(|t| t.experiment_id == experiment_id)
+        {
+            t.outcome = outcome;
+        }
+    }
+
     /// Whether an experiment id has been started (in flight or finished).
     pub fn contains(&self, experiment_id: &str) -> bool {
         self.ids.contains(experiment_id)
