@@ -631,3 +631,211 @@ async fn a_stale_cached_price_costs_a_refusal_not_a_payment() {
     );
     assert_eq!(status.spent.as_deref(), Some("0.03"));
 }
+
+/// Workers with their own payees (`pay_to` 0x…01, 0x…02, …) and runs.
+async fn trust_harness(runs: Vec<crate::testkit::Run>, extra: Value) -> Harness {
+    let signer = FakeSigner::start().await;
+    let mut fakes = Vec::new();
+    for (i, run) in runs.into_iter().enumerate() {
+        let pay_to = alloy::primitives::Address::with_last_byte(i as u8 + 1);
+        let run = run.clone();
+        fakes.push(
+            FakeWorker::config()
+                .pay_to(pay_to)
+                .run(move |s| run(s))
+                .start()
+                .await,
+        );
+    }
+    let endpoints: Vec<String> = fakes.iter().map(FakeWorker::endpoint).collect();
+    let search = json!({
+        "search": {"strategy": "random", "seed": 7, "parameters": [
+            {"name": "lr", "type": "float", "min": 0.001, "max": 0.05, "logScale": true},
+            {"name": "depth", "type": "int", "min": 4, "max": 12}
+        ]},
+        "maxExperiments": 40,
+        "parallelism": 3,
+    });
+    let mut spec = spec(&endpoints, search);
+    let extra: ExperimentCampaignSpec = {
+        let mut v = serde_json::to_value(&spec).unwrap();
+        merge(&mut v, extra);
+        serde_json::from_value(v).unwrap()
+    };
+    spec = extra;
+    Harness::with(signer, fakes, tempfile::tempdir().unwrap(), spec, None)
+}
+
+fn honest() -> crate::testkit::Run {
+    Arc::new(crate::testkit::landscape_run)
+}
+
+/// What the liar test measures, for docs/trust.md.
+#[derive(Debug)]
+struct LiarReport {
+    runs: usize,
+    disputed: usize,
+    excluded_at: Option<usize>,
+    check_share: f64,
+}
+
+fn measure(h: &Harness, liar: &str) -> LiarReport {
+    let lines = h.lines();
+    let reasons = h.notices.0.lock().unwrap().clone();
+    let disputed = reasons
+        .iter()
+        .filter(|n| n.reason == "ClaimDisputed" && n.message.contains(liar))
+        .count();
+    // The line (1-based) whose replication disputed the liar's claim for the last time.
+    let mut seen = 0;
+    let mut excluded_at = None;
+    for (i, line) in lines.iter().enumerate() {
+        let replicates = line["replicates"].as_str();
+        let of_liar = replicates.is_some_and(|of| {
+            lines
+                .iter()
+                .any(|l| l["experiment_id"] == of && l["worker_endpoint"] == liar)
+        });
+        if of_liar
+            && line["experiment_id"]
+                .as_str()
+                .is_some_and(|id| id.ends_with("-r2"))
+        {
+            seen += 1;
+            if seen == 2 {
+                excluded_at = Some(i + 1);
+            }
+        }
+    }
+    let amount = |l: &Value| l["amount"].as_str().unwrap().parse::<u64>().unwrap() as f64;
+    let total: f64 = lines.iter().map(amount).sum();
+    let checks: f64 = lines
+        .iter()
+        .filter(|l| l.get("role").is_some())
+        .map(amount)
+        .sum();
+    LiarReport {
+        runs: lines.len(),
+        disputed,
+        excluded_at,
+        check_share: checks / total,
+    }
+}
+
+#[tokio::test]
+async fn a_liar_is_never_promoted_and_is_excluded_after_max_disagreements() {
+    let h = trust_harness(
+        vec![
+            honest(),
+            honest(),
+            Arc::new(crate::testkit::lying_run(0.05)),
+        ],
+        json!({"budget": {"total": "0.3"}}),
+    )
+    .await;
+    let liar = h.workers[2].endpoint();
+    let step = h.run(Duration::from_secs(60)).await;
+    assert_eq!(step.phase, Some(Phase::BudgetExhausted));
+    let status = h.status();
+    let lines = h.lines();
+
+    // The budget holds with replications: every line paid once, on chain as in status.
+    let paid: u128 = h.workers.iter().map(|w| w.total_paid().atomic()).sum();
+    let spent: Usdc = status.spent.as_deref().unwrap().parse().unwrap();
+    assert_eq!(spent.atomic(), paid);
+    assert!(paid <= 300_000, "0.3 USDC at most");
+    for line in &lines {
+        assert_eq!(h.payments(line["experiment_id"].as_str().unwrap()), 1);
+    }
+
+    // Baseline first, on two different workers, before anything was proposed.
+    assert_eq!(lines[0]["role"], "baseline");
+    assert_eq!(lines[1]["role"], "baseline");
+    assert_ne!(lines[0]["worker_endpoint"], lines[1]["worker_endpoint"]);
+
+    // The liar is excluded, said once, and runs nothing after it.
+    let record = status
+        .reputation
+        .iter()
+        .find(|r| r.endpoint == liar)
+        .expect("the liar has a row");
+    assert!(record.excluded, "{record:?}");
+    assert_eq!(record.disagreements, 2);
+    assert!(record.mean_deviation.unwrap() > 0.04);
+    let reasons = h.notices.reasons();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "WorkerExcluded").count(),
+        1
+    );
+    let report = measure(&h, &liar);
+    let excluded_at = report
+        .excluded_at
+        .expect("two claims of the liar were decided");
+    let started_after = lines[excluded_at..]
+        .iter()
+        .filter(|l| l["worker_endpoint"] == liar.as_str())
+        .count();
+    assert!(
+        started_after <= 2,
+        "at most what was in flight finishes: {started_after}"
+    );
+
+    // The verified best is what honest workers measure for its config, never the liar's value.
+    let best = status.best.clone().expect("a verified best");
+    let verification = status.verification.clone().unwrap();
+    assert!(verification.verified);
+    let honest_value = crate::strategy::landscape::val_bpb(best.config.as_ref().unwrap());
+    assert!((best.val_bpb - honest_value).abs() < 1e-9, "{best:?}");
+    for id in &verification.replications {
+        let line = lines
+            .iter()
+            .find(|l| l["experiment_id"] == id.as_str())
+            .unwrap();
+        assert_ne!(line["worker_endpoint"], liar.as_str());
+    }
+    assert_eq!(h.condition("Verified").0, "True");
+    assert_eq!(report.disputed, 2);
+    eprintln!(
+        "liar test: {} runs, {} claims disputed, excluded at line {excluded_at}, baseline runs and replications {:.0} % of spend",
+        report.runs,
+        report.disputed,
+        report.check_share * 100.0
+    );
+}
+
+#[tokio::test]
+async fn a_noisy_workers_spread_is_measured() {
+    // One worker whose runs vary by a seeded normal noise of 0.004, one honest: the baseline
+    // runs and every replication measure σ.
+    let spread = 0.004;
+    let h = trust_harness(
+        vec![
+            Arc::new(crate::testkit::noisy_run(11, spread)),
+            Arc::new(crate::testkit::noisy_run(12, spread)),
+        ],
+        json!({"objective": {"baselineRuns": 8, "noiseFloor": 0.0}, "maxExperiments": 8, "parallelism": 2}),
+    )
+    .await;
+    h.run(Duration::from_secs(30)).await;
+    let noise = h.status().noise.expect("noise in status");
+    let sigma = noise.sigma.expect("σ measured");
+    assert_eq!(noise.samples, 7);
+    assert!(
+        (sigma - spread).abs() < spread * 0.5,
+        "σ {sigma} against a true spread of {spread}"
+    );
+    assert!((noise.effective_floor - 2.0 * sigma).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn with_a_single_worker_nothing_is_verified_and_status_says_so() {
+    let h = trust_harness(vec![honest()], json!({"maxExperiments": 6})).await;
+    h.run(Duration::from_secs(30)).await;
+    let status = h.status();
+    assert_eq!(
+        h.condition("Verified"),
+        ("False".into(), "SingleWorker".into())
+    );
+    assert!(!status.verification.unwrap().verified);
+    assert!(h.lines().iter().all(|l| l["role"] != "replication"));
+}

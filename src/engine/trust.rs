@@ -375,7 +375,7 @@ impl Trust {
     pub fn kept(&self) -> Option<Best> {
         let mut best = self.verified.clone();
         if !self.replicating() {
-            for c in self.claims.iter().filter(|c| c.verdict == Verdict::Open) {
+            for c in self.claims.iter().filter(|c| self.wants_replication(c)) {
                 let Some(v) = c.run.value else { continue };
                 if best.as_ref().is_none_or(|b| v < b.summary.val_bpb) {
                     best = Some(Best {
@@ -410,10 +410,16 @@ impl Trust {
         match role {
             Role::Baseline => self.add_baseline(run),
             Role::Experiment if decision == Decision::Keep && run.value.is_some() => {
+                // An excluded worker's last runs still finish; its claims are not checked.
+                let verdict = if self.is_excluded(&run.worker) {
+                    Verdict::Unresolved
+                } else {
+                    Verdict::Open
+                };
                 self.claims.push(Claim {
                     run,
                     replications: Vec::new(),
-                    verdict: Verdict::Open,
+                    verdict,
                 });
             }
             Role::Experiment => {}
@@ -679,7 +685,7 @@ impl Trust {
         self.claims
             .iter()
             .filter_map(|c| match c.verdict {
-                Verdict::Open if replicating && c.replications.len() < MAX_REPLICATIONS => {
+                Verdict::Open if replicating && self.wants_replication(c) => {
                     Some((c.run.id.clone(), Outcome::InFlight))
                 }
                 Verdict::Agreed(v) | Verdict::Disputed(v) => {
@@ -748,13 +754,10 @@ impl Trust {
     }
 
     fn plan_replication(&self, known: &dyn Fn(&str) -> bool) -> Option<Planned> {
-        let best = self.verified.as_ref().map(|b| b.summary.val_bpb);
         let claim = self
             .claims
             .iter()
-            .filter(|c| c.verdict == Verdict::Open)
-            .filter(|c| c.replications.len() < MAX_REPLICATIONS)
-            .filter(|c| best.is_none_or(|b| val(&c.run) < b))
+            .filter(|c| self.wants_replication(c))
             .min_by(|a, b| val(&a.run).total_cmp(&val(&b.run)))?;
         let n = claim.replications.len() + 1;
         let id = replication_id(&claim.run.id, n);
@@ -769,6 +772,16 @@ impl Trust {
             avoid,
             role: Role::Replication(claim.run.id.clone()),
         })
+    }
+
+    /// An open claim that would still be the new best, from a worker not excluded, with
+    /// attempts left.
+    fn wants_replication(&self, claim: &Claim) -> bool {
+        let best = self.verified.as_ref().map(|b| b.summary.val_bpb);
+        claim.verdict == Verdict::Open
+            && claim.replications.len() < MAX_REPLICATIONS
+            && best.is_none_or(|b| val(&claim.run) < b)
+            && !self.is_excluded(&claim.run.worker)
     }
 
     /// Workers a replication of `claim` must not run on: the claim's and its replications'

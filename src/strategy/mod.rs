@@ -42,7 +42,7 @@ mod decision;
 mod hill_climb;
 pub mod landscape;
 pub mod llm;
-mod rng;
+pub(crate) mod rng;
 mod space;
 #[cfg(test)]
 mod tests;
