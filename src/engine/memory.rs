@@ -55,9 +55,7 @@ struct Lineage {
 impl Lineage {
     /// The decision for a result (the one recorded, for rows that have it) and its role.
     fn add(&mut self, record: &ResultRecord) -> (Decision, Role) {
-        let role = Role::of_record(record, &self.trust.settings().base_id);
-        let recorded = record.decision.as_deref().and_then(Decision::from_status);
-        let decision = self.trust.add(Run::of(record), role.clone(), recorded);
+        let (decision, role) = self.trust.add_record(record);
         self.tried.insert(record.train_hash.clone());
         let val = record
             .val_bpb

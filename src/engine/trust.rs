@@ -433,6 +433,13 @@ impl Trust {
         decision
     }
 
+    /// Adds a result line (its recorded role and decision, if any); returns its decision and role.
+    pub fn add_record(&mut self, record: &ResultRecord) -> (Decision, Role) {
+        let role = Role::of_record(record, &self.settings.base_id);
+        let recorded = record.decision.as_deref().and_then(Decision::from_status);
+        (self.add(Run::of(record), role.clone(), recorded), role)
+    }
+
     fn count(&mut self, run: &Run) {
         let w = self.workers.entry(run.worker.clone()).or_default();
         w.runs += 1;
@@ -954,5 +961,132 @@ pub fn condition(
         ok,
         reason,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "exp-base";
+
+    fn trust(workers: &[&str]) -> Trust {
+        let mut t = Trust::default();
+        t.set_settings(Settings {
+            base_id: BASE.into(),
+            ..Settings::default()
+        });
+        t.set_candidates(workers.iter().map(|w| w.to_string()).collect());
+        t
+    }
+
+    fn run(id: &str, worker: &str, value: f64) -> Run {
+        Run {
+            id: id.into(),
+            worker: worker.into(),
+            pay_to: Some(format!("0x{worker}")),
+            value: Some(value),
+            ..Run::default()
+        }
+    }
+
+    fn add(t: &mut Trust, r: Run) -> Decision {
+        let role = Role::of(&r.id, BASE);
+        t.add(r, role, None)
+    }
+
+    fn record(t: &Trust, worker: &str) -> WorkerRecord {
+        t.table()
+            .into_iter()
+            .find(|w| w.endpoint == worker)
+            .unwrap()
+    }
+
+    #[test]
+    fn roles_are_read_from_ids() {
+        assert_eq!(Role::of(BASE, BASE), Role::Baseline);
+        assert_eq!(Role::of("exp-base-b3", BASE), Role::Baseline);
+        assert_eq!(
+            Role::of("exp-1a-r2", BASE),
+            Role::Replication("exp-1a".into())
+        );
+        assert_eq!(Role::of("exp-1a", BASE), Role::Experiment);
+        assert_eq!(Role::of("exp-1a-rx", BASE), Role::Experiment);
+    }
+
+    #[test]
+    fn a_third_run_that_agrees_with_the_claim_disputes_the_replication() {
+        let mut t = trust(&["a", "b", "c"]);
+        add(&mut t, run(BASE, "a", 1.0));
+        add(&mut t, run("exp-base-b1", "b", 1.0));
+        assert_eq!(add(&mut t, run("exp-x", "a", 0.9)), Decision::Keep);
+        let known = |_: &str| false;
+        let planned = t.plan(&Run::default(), &known);
+        assert_eq!(planned[0].experiment_id, "exp-x-r1");
+        assert_eq!(planned[0].avoid, ["a"]);
+        add(&mut t, run("exp-x-r1", "b", 0.8));
+        assert!(t.verified.as_ref().unwrap().summary.experiment_id == BASE);
+        let planned = t.plan(&Run::default(), &known);
+        assert_eq!(planned[0].experiment_id, "exp-x-r2");
+        assert_eq!(planned[0].avoid, ["a", "b"]);
+        add(&mut t, run("exp-x-r2", "c", 0.901));
+        let best = t.verified.clone().unwrap();
+        assert_eq!(best.summary.experiment_id, "exp-x");
+        assert!((best.summary.val_bpb - 0.9005).abs() < 1e-12);
+        assert_eq!(best.replications, ["exp-x-r2"]);
+        assert_eq!(record(&t, "b").disagreements, 1);
+        assert_eq!(record(&t, "a").disagreements, 0);
+        assert_eq!(record(&t, "c").agreements, 1);
+        let told: Vec<_> = t.take_told().iter().map(|t| t.reason).collect();
+        assert_eq!(told, ["ReplicationDisagreed", "Verified"]);
+    }
+
+    #[test]
+    fn sigma_pools_the_baseline_and_agreeing_groups_and_sets_the_floor() {
+        let mut t = trust(&["a", "b"]);
+        assert_eq!(t.sigma(), (None, 0));
+        add(&mut t, run(BASE, "a", 1.000));
+        add(&mut t, run("exp-base-b1", "b", 1.004));
+        // One degree of freedom: σ² = (0.002² + 0.002²) / 1.
+        let (sigma, df) = t.sigma();
+        assert_eq!(df, 1);
+        assert!((sigma.unwrap() - 0.008f64.sqrt() * 0.0316227766).abs() < 1e-6);
+        assert!((t.floor() - 2.0 * sigma.unwrap()).abs() < 1e-12);
+        add(&mut t, run("exp-x", "a", 0.98));
+        add(&mut t, run("exp-x-r1", "b", 0.982));
+        assert_eq!(t.sigma().1, 2);
+        assert!(t.verified.as_ref().unwrap().verified);
+    }
+
+    #[test]
+    fn a_replication_paid_to_the_claims_payee_proves_nothing() {
+        let mut t = trust(&["a", "b", "c"]);
+        t.settings.baseline_runs = 0;
+        add(&mut t, run("exp-x", "a", 0.9));
+        let mut twin = run("exp-other", "b", 1.0);
+        twin.pay_to = Some("0xa".into());
+        add(&mut t, twin);
+        let planned = t.plan(&Run::default(), &|_| false);
+        assert_eq!(planned[0].avoid, ["a", "b"], "b is paid at a's address");
+        let mut same_payee = run("exp-x-r1", "b", 0.9);
+        same_payee.pay_to = Some("0xa".into());
+        add(&mut t, same_payee);
+        assert!(t.verified.is_none(), "not independent: nothing is promoted");
+        assert_eq!(
+            t.plan(&Run::default(), &|_| false)[0].experiment_id,
+            "exp-x-r2"
+        );
+    }
+
+    #[test]
+    fn without_a_second_worker_claims_are_kept_unverified_and_nothing_is_replicated() {
+        let mut t = trust(&["a"]);
+        t.settings.baseline_runs = 0;
+        add(&mut t, run("exp-x", "a", 0.9));
+        assert!(t.plan(&Run::default(), &|_| false).is_empty());
+        let kept = t.kept().unwrap();
+        assert!(!kept.verified);
+        assert_eq!(kept.summary.experiment_id, "exp-x");
+        assert_eq!(add(&mut t, run("exp-y", "a", 0.899)), Decision::Discard);
     }
 }
