@@ -791,6 +791,24 @@ impl Trust {
             && !self.is_excluded(&claim.run.worker)
     }
 
+    /// Whether a pending id is still worth running: anything but a replication, or the next
+    /// replication of a claim that wants one and has a worker left for it.
+    fn still_wanted(&self, experiment_id: &str) -> bool {
+        let Role::Replication(of) = Role::of(experiment_id, &self.settings.base_id) else {
+            return true;
+        };
+        self.replicating()
+            && self.claims.iter().any(|c| {
+                c.run.id == of
+                    && self.wants_replication(c)
+                    && replication_id(&c.run.id, c.replications.len() + 1) == experiment_id
+                    && {
+                        let avoid = self.avoid_for(c);
+                        self.candidates.iter().any(|w| !avoid.contains(w))
+                    }
+            })
+    }
+
     /// Workers a replication of `claim` must not run on: the claim's and its replications'
     /// workers, workers paid at the same address, and excluded ones.
     fn avoid_for(&self, claim: &Claim) -> Vec<String> {
@@ -873,6 +891,11 @@ impl Trust {
     /// replication `best` stays the lowest result, marked unverified. Returns whether `best`
     /// changed to another experiment.
     pub fn publish(&self, status: &mut ExperimentCampaignStatus, before: Option<&str>) -> bool {
+        // A replication that can no longer run (its claim was decided, its only other workers
+        // were excluded or went away) would hold a slot for ever.
+        status
+            .pending
+            .retain(|p| self.still_wanted(&p.experiment_id));
         status.noise = Some(self.noise());
         status.reputation = self.table();
         let verified = self.verified.as_ref().filter(|b| b.verified);
