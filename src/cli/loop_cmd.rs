@@ -147,7 +147,7 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let live = std::io::stderr().is_terminal();
-    let mut progress = super::progress::Progress::start(super::progress::Mode::detect(false));
+    let mut progress = super::progress::Progress::start(super::progress::Mode::detect(args.json));
     loop {
         let step = engine.reconcile(&handle).await?;
         if let Some(campaign) = store.snapshot() {

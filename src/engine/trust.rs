@@ -692,7 +692,7 @@ impl Trust {
         self.claims
             .iter()
             .filter_map(|c| match c.verdict {
-                Verdict::Open if replicating && self.wants_replication(c) => {
+                Verdict::Open if replicating && self.can_replicate(c) => {
                     Some((c.run.id.clone(), Outcome::InFlight))
                 }
                 Verdict::Agreed(v) | Verdict::Disputed(v) => {
@@ -750,7 +750,7 @@ impl Trust {
             out.push(Some(Planned {
                 experiment_id: id,
                 run: Run {
-                    description: Some("baseline: the unmodified train.py".into()),
+                    description: Some("baseline".into()),
                     ..base.clone()
                 },
                 avoid: avoid.clone(),
@@ -764,13 +764,12 @@ impl Trust {
         let claim = self
             .claims
             .iter()
-            .filter(|c| self.wants_replication(c))
+            .filter(|c| self.can_replicate(c))
             .min_by(|a, b| val(&a.run).total_cmp(&val(&b.run)))?;
         let n = claim.replications.len() + 1;
         let id = replication_id(&claim.run.id, n);
         let avoid = self.avoid_for(claim);
-        let free = self.candidates.iter().any(|c| !avoid.contains(c));
-        (!known(&id) && free).then(|| Planned {
+        (!known(&id)).then(|| Planned {
             experiment_id: id,
             run: Run {
                 description: Some(format!("replication of {}", claim.run.id)),
@@ -800,13 +799,17 @@ impl Trust {
         self.replicating()
             && self.claims.iter().any(|c| {
                 c.run.id == of
-                    && self.wants_replication(c)
                     && replication_id(&c.run.id, c.replications.len() + 1) == experiment_id
-                    && {
-                        let avoid = self.avoid_for(c);
-                        self.candidates.iter().any(|w| !avoid.contains(w))
-                    }
+                    && self.can_replicate(c)
             })
+    }
+
+    /// A claim that wants a replication and has a worker for it among the last CLAIM's.
+    fn can_replicate(&self, claim: &Claim) -> bool {
+        self.wants_replication(claim) && {
+            let avoid = self.avoid_for(claim);
+            self.candidates.iter().any(|w| !avoid.contains(w))
+        }
     }
 
     /// Workers a replication of `claim` must not run on: the claim's and its replications'
@@ -1098,6 +1101,26 @@ mod tests {
         assert_eq!(
             t.plan(&Run::default(), &|_| false)[0].experiment_id,
             "exp-x-r2"
+        );
+    }
+
+    #[test]
+    fn with_no_third_worker_a_disagreement_promotes_nothing_and_stops_asking() {
+        let mut t = trust(&["a", "b"]);
+        t.settings.baseline_runs = 0;
+        add(&mut t, run("exp-x", "a", 0.9));
+        assert_eq!(t.outcomes(), [("exp-x".to_string(), Outcome::InFlight)]);
+        add(&mut t, run("exp-x-r1", "b", 0.95));
+        assert!(t.verified.is_none());
+        assert!(
+            t.plan(&Run::default(), &|_| false).is_empty(),
+            "no worker is left"
+        );
+        assert!(t.outcomes().is_empty(), "the strategy is not kept waiting");
+        assert_eq!(
+            record(&t, "a").disagreements,
+            0,
+            "two runs cannot say who lied"
         );
     }
 
