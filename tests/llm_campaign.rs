@@ -154,19 +154,12 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     });
     let file = data.path().join("llm.yaml");
     std::fs::write(&file, serde_yaml::to_string(&campaign).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
-        .arg("loop")
+    let out = support::loop_command(&tb, data.path())
         .arg("--campaign")
         .arg(&file)
         .args(["--no-discovery", "--max-price", "0.02"])
         .args(["--prefer", tb.worker("a")["endpoint"].as_str().unwrap()])
-        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
-        .env(
-            "REMOTE_SIGNER_TOKEN",
-            tb.m["signer"]["token"].as_str().unwrap(),
-        )
         .env("LLM_API_KEY", MASTER_KEY)
-        .env("DATA_DIR", data.path())
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -175,11 +168,7 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
 
-    let lines: Vec<Value> = std::fs::read_to_string(data.path().join("autoresearch/results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = support::result_lines(data.path());
     // maxExperiments (7), or fewer when the model's calls (maxCalls) run out first: the
     // deterministic proposer repeats itself, and a repeat is refused, not paid.
     let n = lines.len();

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use support::testbed::Testbed;
 
@@ -52,20 +50,13 @@ async fn a_liar_is_caught_by_replication_and_excluded_and_the_verified_best_is_h
     std::fs::write(&file, manifest(support::TRAIN_LANDSCAPE)).unwrap();
     let endpoint = |name: &str| tb.worker(name)["endpoint"].as_str().unwrap().to_string();
     let liar = endpoint("c");
-    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
-        .arg("loop")
+    let out = support::loop_command(&tb, data.path())
         .arg("--campaign")
         .arg(&file)
         .args(["--json", "--no-discovery", "--parallelism", "3"])
         .args(["--max-price", "0.01", "--budget", "0.3"])
         .args(["--prefer", &endpoint("a"), "--prefer", &endpoint("b")])
         .args(["--prefer", &liar])
-        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
-        .env(
-            "REMOTE_SIGNER_TOKEN",
-            tb.m["signer"]["token"].as_str().unwrap(),
-        )
-        .env("DATA_DIR", data.path())
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -74,11 +65,7 @@ async fn a_liar_is_caught_by_replication_and_excluded_and_the_verified_best_is_h
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let summary: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
-    let lines: Vec<Value> = std::fs::read_to_string(data.path().join("autoresearch/results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = support::result_lines(data.path());
 
     // The budget holds with replications, and the chain moved what results.jsonl says.
     let amount = |l: &Value| l["amount"].as_str().unwrap().parse::<u64>().unwrap();

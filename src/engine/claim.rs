@@ -115,29 +115,9 @@ pub fn eligible(spec: &DiscoverySpec, candidates: Vec<Candidate>) -> Vec<Candida
 /// record first, see [`super::memory::Memory::screen`]), skipping busy and cooling workers,
 /// those an experiment must avoid, and those whose last price is above `cap` (the price cap, or
 /// what is left of the budget if less: a worker known to cost more is not even asked again).
+/// A replication never goes to a worker in `forbidden` (by experiment id) or in its own `avoid`
+/// list: a re-run on the claim's own worker or payee proves nothing. It waits instead.
 pub fn assign(
-    board: &WorkerBoard,
-    pending: &[PendingExperiment],
-    slots: usize,
-    candidates: &[Candidate],
-    cap: Usdc,
-    prefer: &[String],
-) -> Vec<(PendingExperiment, Candidate)> {
-    assign_checked(
-        board,
-        pending,
-        slots,
-        candidates,
-        cap,
-        prefer,
-        &BTreeMap::new(),
-    )
-}
-
-/// [`assign`], where a replication never goes to a worker in `forbidden` (by experiment id) or
-/// in its own `avoid` list: a re-run on the claim's own worker or payee proves nothing. It
-/// waits instead.
-pub fn assign_checked(
     board: &WorkerBoard,
     pending: &[PendingExperiment],
     slots: usize,
@@ -338,6 +318,7 @@ mod tests {
             &candidates,
             Usdc::from_atomic(10),
             &spec.prefer,
+            &BTreeMap::new(),
         )
         .into_iter()
         .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
@@ -365,10 +346,18 @@ mod tests {
         board.try_claim("http://b.invalid/w", "x");
         board.release("http://b.invalid/w", "x", true);
         let work = [pending("1", &[]), pending("2", &[]), pending("3", &[])];
-        let picked: Vec<_> = assign(&board, &work, 1, &candidates, Usdc::from_atomic(10), &[])
-            .into_iter()
-            .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
-            .collect();
+        let picked: Vec<_> = assign(
+            &board,
+            &work,
+            1,
+            &candidates,
+            Usdc::from_atomic(10),
+            &[],
+            &BTreeMap::new(),
+        )
+        .into_iter()
+        .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
+        .collect();
         assert_eq!(
             picked,
             [("1".to_string(), "http://c.invalid/w".to_string())]
@@ -395,7 +384,15 @@ mod tests {
         let board = WorkerBoard::default();
         let candidates = vec![candidate("http://a.invalid/w", None)];
         let work = [pending("1", &["http://a.invalid/w"])];
-        let picked = assign(&board, &work, 1, &candidates, Usdc::from_atomic(10), &[]);
+        let picked = assign(
+            &board,
+            &work,
+            1,
+            &candidates,
+            Usdc::from_atomic(10),
+            &[],
+            &BTreeMap::new(),
+        );
         assert_eq!(picked.len(), 1, "with no other worker it is not stuck");
     }
 

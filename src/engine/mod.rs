@@ -365,7 +365,7 @@ impl Engine {
             let left = ledger::budget_left(status, limits).unwrap_or(crate::usdc::Usdc::ZERO);
             let cap = limits.max_price.min(left);
             let avoid = self.memory.avoid_map(&handle.key);
-            claim::assign_checked(
+            claim::assign(
                 &self.board,
                 &pending,
                 slots,

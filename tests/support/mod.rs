@@ -153,3 +153,27 @@ pub fn kubectl_eventually(args: &[&str]) -> (String, String) {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// `autoresearch-coordinator loop`, paying through the testbed's remote signer, with
+/// `$DATA_DIR` at `data`; add the loop's own arguments.
+pub fn loop_command(tb: &testbed::Testbed, data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"));
+    command
+        .arg("loop")
+        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
+        .env(
+            "REMOTE_SIGNER_TOKEN",
+            tb.m["signer"]["token"].as_str().unwrap(),
+        )
+        .env("DATA_DIR", data);
+    command
+}
+
+/// The lines of `$DATA_DIR/autoresearch/results.jsonl` under `data`.
+pub fn result_lines(data: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data.join("autoresearch/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
