@@ -168,7 +168,7 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
 
-    let lines: Vec<Value> = support::result_lines(data.path());
+    let lines: Vec<Value> = support::controller::results(data.path());
     // maxExperiments (7), or fewer when the model's calls (maxCalls) run out first: the
     // deterministic proposer repeats itself, and a repeat is refused, not paid.
     let n = lines.len();

@@ -47,7 +47,7 @@ async fn loop_runs_rounds_on_preferred_workers_pays_each_once_and_records_them()
     assert!(stdout.contains("phase: Succeeded"), "{stdout}");
     assert!(stdout.contains("leaderboard:"), "{stdout}");
 
-    let lines: Vec<Value> = support::result_lines(data.path());
+    let lines: Vec<Value> = support::controller::results(data.path());
     assert_eq!(lines.len(), 4);
     let paid: u64 = lines
         .iter()

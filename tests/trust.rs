@@ -65,7 +65,7 @@ async fn a_liar_is_caught_by_replication_and_excluded_and_the_verified_best_is_h
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let summary: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
-    let lines: Vec<Value> = support::result_lines(data.path());
+    let lines: Vec<Value> = support::controller::results(data.path());
 
     // The budget holds with replications, and the chain moved what results.jsonl says.
     let amount = |l: &Value| l["amount"].as_str().unwrap().parse::<u64>().unwrap();
@@ -149,4 +149,84 @@ fn excluded_at(lines: &[Value], liar: &str, train_py: &str) -> Option<usize> {
         }
     }
     None
+}
+
+#[tokio::test]
+async fn a_controller_killed_while_a_replication_is_in_flight_resumes_it_without_paying_twice() {
+    use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
+    use kube::api::{Api, PostParams};
+    use support::controller::{Controller, campaign, results, signer_secret, wait_done};
+
+    let client = support::client().await;
+    support::install_crd(&client).await;
+    let ns = support::namespace(&client, "trust-crash").await;
+    let tb = Testbed::start(json!({"workers": [
+        {"name": "a", "gate": "v2", "price": "10000", "durationMs": 300},
+        {"name": "b", "gate": "v1", "price": "10000", "durationMs": 300},
+        {"name": "c", "gate": "obol", "price": "10000", "durationMs": 300}
+    ]}));
+    signer_secret(&client, &ns, &tb).await;
+    let api: Api<ExperimentCampaign> = Api::namespaced(client, &ns);
+    let data = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c"];
+    let mut before = alloy::primitives::U256::ZERO;
+    for n in names {
+        before += tb.balance(tb.pay_to(n)).await;
+    }
+    // One at a time: two baseline runs, then an experiment that beats them (lr 0.004 at depth 8
+    // is the landscape's optimum), then its replication: the fourth request sent.
+    let spec = json!({
+        "search": {"strategy": "list", "parameters": [], "experiments": [{"lr": 0.004}]},
+        "maxExperiments": 4,
+        "parallelism": 1,
+    });
+    let mut first = Controller::start_with(
+        &ns,
+        data.path(),
+        "ctl-a",
+        &[("FAILPOINTS", "run.after_send=3*off->return")],
+    );
+    api.create(&PostParams::default(), &campaign("crash", &tb, spec))
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        if !first.is_running() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!first.is_running(), "the failpoint stopped the controller");
+    let crashed = api.get("crash").await.unwrap().status.unwrap();
+    assert_eq!(crashed.ledger.len(), 1, "{crashed:?}");
+    let replication = crashed.ledger[0].experiment_id.clone();
+    assert!(replication.ends_with("-r1"), "{replication}");
+
+    let second = Controller::start(&ns, data.path(), "ctl-b");
+    let status = wait_done(&api, "crash", 90, &[&second]).await;
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let lines = results(data.path());
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(ids.iter().filter(|i| **i == replication).count(), 1);
+    let mut after = alloy::primitives::U256::ZERO;
+    for n in names {
+        after += tb.balance(tb.pay_to(n)).await;
+    }
+    assert_eq!(
+        after - before,
+        alloy::primitives::U256::from(40_000),
+        "four runs paid, the replication once"
+    );
+    let verification = status.verification.clone().unwrap();
+    assert!(verification.verified, "{status:?}");
+    assert_eq!(verification.replications, [replication]);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Verified" && c.status == "True")
+    );
 }

@@ -168,12 +168,3 @@ pub fn loop_command(tb: &testbed::Testbed, data: &Path) -> Command {
         .env("DATA_DIR", data);
     command
 }
-
-/// The lines of `$DATA_DIR/autoresearch/results.jsonl` under `data`.
-pub fn result_lines(data: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(data.join("autoresearch/results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
