@@ -1076,7 +1076,7 @@ mod tests {
         // One degree of freedom: σ² = (0.002² + 0.002²) / 1.
         let (sigma, df) = t.sigma();
         assert_eq!(df, 1);
-        assert!((sigma.unwrap() - 0.008f64.sqrt() * 0.0316227766).abs() < 1e-6);
+        assert!((sigma.unwrap() - 8e-6f64.sqrt()).abs() < 1e-12);
         assert!((t.floor() - 2.0 * sigma.unwrap()).abs() < 1e-12);
         add(&mut t, run("exp-x", "a", 0.98));
         add(&mut t, run("exp-x-r1", "b", 0.982));
