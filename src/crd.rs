@@ -418,6 +418,28 @@ pub struct ObjectiveSpec {
     #[serde(default = "default_noise_floor")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub noise_floor: f64,
+    /// Runs of the unmodified train.py before anything is proposed, on distinct workers where
+    /// there are several: their spread measures the noise (σ).
+    #[serde(default = "default_baseline_runs")]
+    #[schemars(range(max = 10))]
+    pub baseline_runs: u32,
+    /// The effective noise floor is max(`noiseFloor`, `noiseMultiplier` × σ).
+    #[serde(default = "default_noise_multiplier")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub noise_multiplier: f64,
+    /// Re-run a would-be new best on another worker before promoting it. Default: on when more
+    /// than one worker is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate: Option<bool>,
+    /// How far a replication may be from the claim and still agree. Default: the effective
+    /// noise floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub replication_tolerance: Option<f64>,
+    /// Disputed claims after which a worker is excluded for the rest of the campaign.
+    #[serde(default = "default_max_disagreements")]
+    #[schemars(range(min = 1))]
+    pub max_disagreements: u32,
 }
 
 impl Default for ObjectiveSpec {
@@ -426,6 +448,11 @@ impl Default for ObjectiveSpec {
             metric: Metric::default(),
             goal: None,
             noise_floor: DEFAULT_NOISE_FLOOR,
+            baseline_runs: default_baseline_runs(),
+            noise_multiplier: default_noise_multiplier(),
+            replicate: None,
+            replication_tolerance: None,
+            max_disagreements: default_max_disagreements(),
         }
     }
 }
@@ -698,6 +725,75 @@ pub struct ExperimentCampaignStatus {
     /// Strategy state (cursor, current step), opaque to users.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub strategy_state: BTreeMap<String, String>,
+    /// Whether `best` was reproduced by another worker, and by which runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// The lowest val_bpb any worker claimed, when it is not the verified best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_claimed: Option<ResultSummary>,
+    /// The noise measured by baseline runs and replications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseStatus>,
+    /// Each worker's record in this campaign (bounded; the busiest workers are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reputation: Vec<WorkerRecord>,
+}
+
+/// Whether the best result was reproduced.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// The experiment `best` describes.
+    pub experiment_id: String,
+    /// True when another worker reproduced it within the tolerance; `best.valBpb` is then
+    /// the mean of the agreeing runs.
+    pub verified: bool,
+    /// The runs that reproduced it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replications: Vec<String>,
+}
+
+/// Measured noise.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NoiseStatus {
+    /// Pooled standard deviation of repeated runs of the same code and config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f64>,
+    /// Degrees of freedom behind `sigma` (repeated runs minus groups).
+    pub samples: u32,
+    /// max(noiseFloor, noiseMultiplier × σ): what every keep/discard decision uses.
+    pub effective_floor: f64,
+    /// How close a replication must be to agree.
+    pub tolerance: f64,
+}
+
+/// One worker's record in a campaign.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRecord {
+    /// Service URL.
+    pub endpoint: String,
+    /// ERC-8004 agent id, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<u64>,
+    /// Paid runs recorded.
+    pub runs: u32,
+    /// Runs without a result.
+    pub failures: u32,
+    /// Replications in which this worker's value was confirmed.
+    pub agreements: u32,
+    /// Replications in which this worker's value was out of line (disputed claims).
+    pub disagreements: u32,
+    /// Mean absolute deviation of its values from the agreed value, over replications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_deviation: Option<f64>,
+    /// Last price paid, USDC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    /// Excluded for the rest of the campaign (`objective.maxDisagreements` disputed claims).
+    #[serde(default)]
+    pub excluded: bool,
 }
 
 /// Lifecycle phase.
@@ -917,6 +1013,15 @@ fn default_grid_points() -> u32 {
 }
 fn default_noise_floor() -> f64 {
     DEFAULT_NOISE_FLOOR
+}
+fn default_baseline_runs() -> u32 {
+    2
+}
+fn default_noise_multiplier() -> f64 {
+    2.0
+}
+fn default_max_disagreements() -> u32 {
+    2
 }
 fn default_llm_endpoint() -> String {
     DEFAULT_LLM_ENDPOINT.into()

@@ -74,6 +74,16 @@ pub struct ResultRecord {
     /// Unix time after which the voucher could no longer settle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_before: Option<u64>,
+    /// `baseline` (the unmodified train.py, run to measure the noise) or `replication` (a
+    /// re-run of another experiment on another worker); absent for an experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// For a replication: the experiment id it re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicates: Option<String>,
+    /// The address the worker was paid at (from the voucher): replications go to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_to: Option<String>,
 }
 
 /// How a run ended, as written in the `status` field.
@@ -228,6 +238,9 @@ mod tests {
             payer: None,
             asset: None,
             valid_before: None,
+            role: None,
+            replicates: None,
+            pay_to: None,
         }
     }
 

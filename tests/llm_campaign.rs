@@ -154,19 +154,12 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     });
     let file = data.path().join("llm.yaml");
     std::fs::write(&file, serde_yaml::to_string(&campaign).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
-        .arg("loop")
+    let out = support::loop_command(&tb, data.path())
         .arg("--campaign")
         .arg(&file)
         .args(["--no-discovery", "--max-price", "0.02"])
         .args(["--prefer", tb.worker("a")["endpoint"].as_str().unwrap()])
-        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
-        .env(
-            "REMOTE_SIGNER_TOKEN",
-            tb.m["signer"]["token"].as_str().unwrap(),
-        )
         .env("LLM_API_KEY", MASTER_KEY)
-        .env("DATA_DIR", data.path())
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -175,34 +168,36 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
 
-    let lines: Vec<Value> = std::fs::read_to_string(data.path().join("autoresearch/results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = support::controller::results(data.path());
     // maxExperiments (7), or fewer when the model's calls (maxCalls) run out first: the
     // deterministic proposer repeats itself, and a repeat is refused, not paid.
     let n = lines.len();
     assert!((4..=7).contains(&n), "{stderr}");
-    // The first run is the unmodified train.py; every later one is a different, new train.py.
+    // The first runs are the unmodified train.py (objective.baselineRuns, 2 by default: with one
+    // worker both on it); every later one is a different, new train.py.
     let base = autoresearch_coordinator::experiment::train_hash(&tiny);
-    assert_eq!(lines[0]["train_hash"], base.as_str());
-    assert_eq!(lines[0]["description"], "baseline");
-    let hashes: HashSet<&str> = lines
+    let baseline = &lines[..2];
+    for line in baseline {
+        assert_eq!(line["train_hash"], base.as_str());
+        assert_eq!(line["role"], "baseline");
+        assert_eq!(line["description"], "baseline");
+        // The worker measured what the code really gives: the baseline matches a local run.
+        assert!((line["val_bpb"].as_f64().unwrap() - start).abs() < 1e-9);
+    }
+    let hashes: HashSet<&str> = lines[2..]
         .iter()
         .map(|l| l["train_hash"].as_str().unwrap())
         .collect();
-    assert_eq!(hashes.len(), n, "no train.py ran twice");
-    // The worker measured what the code really gives: the baseline matches a local run.
-    assert!((lines[0]["val_bpb"].as_f64().unwrap() - start).abs() < 1e-9);
-    for line in &lines[1..] {
+    assert_eq!(hashes.len(), n - 2, "no proposed train.py ran twice");
+    assert!(!hashes.contains(base.as_str()));
+    for line in &lines[2..] {
         assert!(line["parent_train_hash"].as_str().is_some(), "{line}");
         assert!(["keep", "discard", "crash"].contains(&line["decision"].as_str().unwrap()));
     }
     // Every reply was refused once (its edit did not apply) and none of those was paid: the
     // chain moved exactly one price per recorded experiment.
     let refused = stderr.matches("ProposalRefused").count();
-    assert!(refused >= n - 1, "{stderr}");
+    assert!(refused >= n - 2, "{stderr}");
     let paid = tb.balance(payee).await - before;
     assert_eq!(paid, U256::from(n as u64 * 10_000));
     let best = lines

@@ -20,8 +20,7 @@ async fn loop_runs_rounds_on_preferred_workers_pays_each_once_and_records_them()
     let data = tempfile::tempdir().unwrap();
     let train = data.path().join("train.py");
     std::fs::write(&train, support::TRAIN_LANDSCAPE).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
-        .arg("loop")
+    let out = support::loop_command(&tb, data.path())
         .arg(&train)
         .args([
             "--rounds",
@@ -34,12 +33,6 @@ async fn loop_runs_rounds_on_preferred_workers_pays_each_once_and_records_them()
         ])
         .args(["--prefer", tb.worker("a")["endpoint"].as_str().unwrap()])
         .args(["--prefer", tb.worker("b")["endpoint"].as_str().unwrap()])
-        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
-        .env(
-            "REMOTE_SIGNER_TOKEN",
-            tb.m["signer"]["token"].as_str().unwrap(),
-        )
-        .env("DATA_DIR", data.path())
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -54,11 +47,7 @@ async fn loop_runs_rounds_on_preferred_workers_pays_each_once_and_records_them()
     assert!(stdout.contains("phase: Succeeded"), "{stdout}");
     assert!(stdout.contains("leaderboard:"), "{stdout}");
 
-    let lines: Vec<Value> = std::fs::read_to_string(data.path().join("autoresearch/results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = support::controller::results(data.path());
     assert_eq!(lines.len(), 4);
     let paid: u64 = lines
         .iter()

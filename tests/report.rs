@@ -321,3 +321,31 @@ fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
     };
     assert_eq!(read_rows(&results, &filter).unwrap().len(), 2);
 }
+
+#[test]
+fn a_claim_its_replications_contradict_is_not_drawn_as_kept() {
+    // The coordinator's rows for a lie: the claim passed the floor (`keep`), two replications on
+    // other workers measured 0.05 more, and it was disputed, never promoted.
+    let rows = vec![
+        json!({"experiment_id": "b", "val_bpb": 1.0, "status": "completed", "decision": "keep", "role": "baseline"}),
+        json!({"experiment_id": "x", "val_bpb": 0.93, "status": "completed", "decision": "keep", "worker_endpoint": "liar"}),
+        json!({"experiment_id": "x-r1", "val_bpb": 0.98, "status": "completed", "decision": "discard",
+               "role": "replication", "replicates": "x"}),
+        json!({"experiment_id": "x-r2", "val_bpb": 0.98, "status": "completed", "decision": "discard",
+               "role": "replication", "replicates": "x"}),
+        json!({"experiment_id": "y", "val_bpb": 0.99, "status": "completed", "decision": "keep"}),
+        json!({"experiment_id": "y-r1", "val_bpb": 0.9905, "status": "completed", "decision": "discard",
+               "role": "replication", "replicates": "y"}),
+    ];
+    let h = History::new(None, rows.into_iter().map(row).collect(), NF);
+    let x = h
+        .entries
+        .iter()
+        .find(|e| e.row.experiment_id == "x")
+        .unwrap();
+    assert_eq!(x.decision, Decision::Discard);
+    let best = h.best().unwrap();
+    assert_eq!(best.row.experiment_id, "y");
+    assert!(h.verified(best));
+    assert_eq!(h.improvements().count(), 1);
+}

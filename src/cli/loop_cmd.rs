@@ -80,6 +80,9 @@ pub struct LoopArgs {
     /// Seconds one experiment may take.
     #[arg(long, default_value_t = 900)]
     pub timeout: u32,
+    /// End with one JSON object on stdout (best, workers, spent, noise floor) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Prints notices as lines.
@@ -144,7 +147,7 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let live = std::io::stderr().is_terminal();
-    let mut progress = super::progress::Progress::start(super::progress::Mode::detect(false));
+    let mut progress = super::progress::Progress::start(super::progress::Mode::detect(args.json));
     loop {
         let step = engine.reconcile(&handle).await?;
         if let Some(campaign) = store.snapshot() {
@@ -166,7 +169,12 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         }
     }
     drop(progress);
-    print_summary(&store, &results_path);
+    if args.json {
+        let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
+        println!("{}", json_summary(&status, &results_path));
+    } else {
+        print_summary(&store, &results_path);
+    }
     let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
     if status.phase == Some(Phase::Failed) {
         bail!(
@@ -393,6 +401,32 @@ fn condition_message(status: &crate::crd::ExperimentCampaignStatus, type_: &str)
         .unwrap_or_default()
 }
 
+/// The `loop --json` summary: the (verified) best, each worker's record, spend and noise.
+pub fn json_summary(status: &crate::crd::ExperimentCampaignStatus, results: &Path) -> Value {
+    let verification = status.verification.as_ref();
+    json!({
+        "phase": status.phase,
+        "best": status.best.as_ref().map(|b| json!({
+            "experiment_id": b.experiment_id,
+            "val_bpb": b.val_bpb,
+            "train_hash": b.train_hash,
+            "worker": b.worker,
+            "verified": verification.is_some_and(|v| v.verified && v.experiment_id == b.experiment_id),
+            "replications": verification.map(|v| v.replications.clone()).unwrap_or_default(),
+        })),
+        "best_claimed": status.best_claimed.as_ref().map(|b| json!({
+            "experiment_id": b.experiment_id,
+            "val_bpb": b.val_bpb,
+            "worker": b.worker,
+        })),
+        "workers": status.reputation,
+        "spent": status.spent.as_deref().unwrap_or("0"),
+        "noise_floor": status.noise.as_ref().map(|n| n.effective_floor),
+        "sigma": status.noise.as_ref().and_then(|n| n.sigma),
+        "results": results.display().to_string(),
+    })
+}
+
 fn print_summary(store: &MemoryStore, results: &std::path::Path) {
     let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
     println!(
@@ -409,6 +443,35 @@ fn print_summary(store: &MemoryStore, results: &std::path::Path) {
             r.val_bpb,
             r.experiment_id,
             r.worker
+        );
+    }
+    if let Some(v) = &status.verification {
+        println!(
+            "best {}: {}",
+            v.experiment_id,
+            if v.verified {
+                format!("verified by {}", v.replications.join(", "))
+            } else {
+                "not verified by another worker".to_string()
+            }
+        );
+    }
+    if let Some(n) = &status.noise {
+        println!(
+            "noise floor: {:.6} (σ {})",
+            n.effective_floor,
+            n.sigma.map_or("not measured".into(), |s| format!(
+                "{s:.6} over {} runs",
+                n.samples
+            ))
+        );
+    }
+    for w in status.reputation.iter().filter(|w| w.disagreements > 0) {
+        println!(
+            "worker {}: {} disputed results{}",
+            w.endpoint,
+            w.disagreements,
+            if w.excluded { ", excluded" } else { "" }
         );
     }
     println!("results: {}", results.display());

@@ -72,7 +72,19 @@ impl Snapshot {
             done: u64::from(s.succeeded + s.failed),
             max: u64::from(campaign.spec.max_experiments),
             running: s.running,
-            best: s.best.map(|b| (b.val_bpb, b.experiment_id)),
+            // An unverified best (one worker's word) says so.
+            best: s.best.map(|b| {
+                let unverified = s
+                    .verification
+                    .as_ref()
+                    .is_some_and(|v| !v.verified && v.experiment_id == b.experiment_id);
+                let id = if unverified {
+                    format!("{}, unverified", b.experiment_id)
+                } else {
+                    b.experiment_id
+                };
+                (b.val_bpb, id)
+            }),
             spent: s.spent.unwrap_or_else(|| "0".into()),
             budget: campaign.spec.budget.total.clone(),
             phase: s.phase.unwrap_or(Phase::Pending),

@@ -4,7 +4,7 @@
 //! filtered by the campaign's `exclude`, ordered by `prefer`; [`assign`] pairs pending
 //! experiments with free workers using the [`WorkerBoard`] (busy, cooling down, last price).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -111,9 +111,12 @@ pub fn eligible(spec: &DiscoverySpec, candidates: Vec<Candidate>) -> Vec<Candida
 }
 
 /// Pairs pending experiments with free workers: preferred workers first, then by the last price
-/// seen (cheapest first; unknown prices after known ones), skipping busy and cooling workers,
+/// seen (cheapest first; unknown prices after known ones), then in the order given (the best
+/// record first, see [`super::memory::Memory::screen`]), skipping busy and cooling workers,
 /// those an experiment must avoid, and those whose last price is above `cap` (the price cap, or
 /// what is left of the budget if less: a worker known to cost more is not even asked again).
+/// A replication never goes to a worker in `forbidden` (by experiment id) or in its own `avoid`
+/// list: a re-run on the claim's own worker or payee proves nothing. It waits instead.
 pub fn assign(
     board: &WorkerBoard,
     pending: &[PendingExperiment],
@@ -121,19 +124,23 @@ pub fn assign(
     candidates: &[Candidate],
     cap: Usdc,
     prefer: &[String],
+    forbidden: &BTreeMap<String, Vec<String>>,
 ) -> Vec<(PendingExperiment, Candidate)> {
-    let mut free: Vec<&Candidate> = candidates
+    let mut free: Vec<(usize, &Candidate)> = candidates
         .iter()
-        .filter(|c| !board.is_busy(c.endpoint.as_str()) && !board.is_cooling(c.endpoint.as_str()))
-        .filter(|c| board.price(c.endpoint.as_str()).is_none_or(|p| p <= cap))
+        .enumerate()
+        .filter(|(_, c)| {
+            !board.is_busy(c.endpoint.as_str()) && !board.is_cooling(c.endpoint.as_str())
+        })
+        .filter(|(_, c)| board.price(c.endpoint.as_str()).is_none_or(|p| p <= cap))
         .collect();
-    free.sort_by_key(|c| {
+    free.sort_by_key(|(i, c)| {
         (
             !matches_any(prefer, c),
             board
                 .price(c.endpoint.as_str())
                 .map_or(u128::MAX, Usdc::atomic),
-            c.endpoint.clone(),
+            *i,
         )
     });
     let mut out = Vec::new();
@@ -144,11 +151,24 @@ pub fn assign(
                 .iter()
                 .any(|a| Endpoint::new(a) == c.endpoint)
         };
+        let replication = matches!(
+            super::trust::Role::of(&experiment.experiment_id, ""),
+            super::trust::Role::Replication(_)
+        );
+        let forbids = |c: &Candidate| {
+            (replication && avoids(c))
+                || forbidden
+                    .get(&experiment.experiment_id)
+                    .is_some_and(|list| list.iter().any(|a| Endpoint::new(a) == c.endpoint))
+        };
         // An experiment avoids the workers that failed it, unless it has nowhere else to go:
         // then it waits out their cooldown rather than stalling (attempts are bounded).
         let nowhere_else = candidates.iter().all(avoids);
-        if let Some(i) = free.iter().position(|c| nowhere_else || !avoids(c)) {
-            out.push((experiment.clone(), free.remove(i).clone()));
+        if let Some(i) = free
+            .iter()
+            .position(|(_, c)| !forbids(c) && (nowhere_else || !avoids(c)))
+        {
+            out.push((experiment.clone(), free.remove(i).1.clone()));
         }
     }
     out
@@ -298,6 +318,7 @@ mod tests {
             &candidates,
             Usdc::from_atomic(10),
             &spec.prefer,
+            &BTreeMap::new(),
         )
         .into_iter()
         .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
@@ -325,10 +346,18 @@ mod tests {
         board.try_claim("http://b.invalid/w", "x");
         board.release("http://b.invalid/w", "x", true);
         let work = [pending("1", &[]), pending("2", &[]), pending("3", &[])];
-        let picked: Vec<_> = assign(&board, &work, 1, &candidates, Usdc::from_atomic(10), &[])
-            .into_iter()
-            .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
-            .collect();
+        let picked: Vec<_> = assign(
+            &board,
+            &work,
+            1,
+            &candidates,
+            Usdc::from_atomic(10),
+            &[],
+            &BTreeMap::new(),
+        )
+        .into_iter()
+        .map(|(p, c)| (p.experiment_id, c.endpoint.to_string()))
+        .collect();
         assert_eq!(
             picked,
             [("1".to_string(), "http://c.invalid/w".to_string())]
@@ -355,7 +384,15 @@ mod tests {
         let board = WorkerBoard::default();
         let candidates = vec![candidate("http://a.invalid/w", None)];
         let work = [pending("1", &["http://a.invalid/w"])];
-        let picked = assign(&board, &work, 1, &candidates, Usdc::from_atomic(10), &[]);
+        let picked = assign(
+            &board,
+            &work,
+            1,
+            &candidates,
+            Usdc::from_atomic(10),
+            &[],
+            &BTreeMap::new(),
+        );
         assert_eq!(picked.len(), 1, "with no other worker it is not stuck");
     }
 

@@ -8,17 +8,19 @@
 //!
 //! Everything here can be rebuilt from results.jsonl and status: a restart loses nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use super::claim::Candidate;
+use super::trust::{Planned, Role, Run, Settings, Told, Trust};
 use crate::crd::ExperimentCampaignStatus;
 use crate::ledger;
 use crate::results::{ResultRecord, ResultsLog};
 use crate::strategy::llm::RecentResult;
-use crate::strategy::{Decision, History, Outcome, Trial, decide};
+use crate::strategy::{Decision, History, Outcome, Trial};
 
 /// Results a model is shown, newest last.
 const RECENT: usize = 20;
@@ -27,39 +29,37 @@ const RECENT: usize = 20;
 #[derive(Default)]
 struct Campaign {
     tasks: HashMap<String, JoinHandle<()>>,
+    /// THINK's experiments, for the strategy (baseline runs and replications are not trials).
     finished: History,
+    /// Baseline runs and replications recorded.
+    checks: HashSet<String>,
     unconfirmed: HashMap<String, ResultRecord>,
     lineage: Lineage,
     proposing: bool,
+    /// results.jsonl has been read.
+    loaded: bool,
 }
 
 /// Keep/discard as autoresearch does it: the best kept result is the base of what comes next.
+/// What "kept" means is [`Trust`]'s: the verified best while claims are replicated.
 #[derive(Default)]
 struct Lineage {
-    /// val_bpb and train hash of the best kept result.
-    kept: Option<(f64, String)>,
+    /// Noise, claims, replications, the verified best and each worker's record.
+    trust: Trust,
     /// The last results, for a model's prompt.
     recent: std::collections::VecDeque<RecentResult>,
     /// Every train.py hash started or proposed (so a model is not paid to repeat one).
-    tried: std::collections::HashSet<String>,
-    noise_floor: f64,
+    tried: HashSet<String>,
 }
 
 impl Lineage {
-    /// The decision for a result (the one recorded, for rows that have it) and its effect.
-    fn add(&mut self, record: &ResultRecord) -> Decision {
+    /// The decision for a result (the one recorded, for rows that have it) and its role.
+    fn add(&mut self, record: &ResultRecord) -> (Decision, Role) {
+        let (decision, role) = self.trust.add_record(record);
+        self.tried.insert(record.train_hash.clone());
         let val = record
             .val_bpb
             .filter(|v| ledger::is_valid_val_bpb(*v) && record.succeeded());
-        let decision = record
-            .decision
-            .as_deref()
-            .and_then(Decision::from_status)
-            .unwrap_or_else(|| decide(self.kept.as_ref().map(|k| k.0), val, self.noise_floor));
-        if let (Decision::Keep, Some(v)) = (decision, val) {
-            self.kept = Some((v, record.train_hash.clone()));
-        }
-        self.tried.insert(record.train_hash.clone());
         self.recent.push_back(RecentResult {
             description: record
                 .description
@@ -71,7 +71,18 @@ impl Lineage {
         if self.recent.len() > RECENT {
             self.recent.pop_front();
         }
-        decision
+        (decision, role)
+    }
+}
+
+impl Campaign {
+    fn add(&mut self, record: &ResultRecord) {
+        let (_, role) = self.lineage.add(record);
+        if role == Role::Experiment {
+            self.finished.record(trial_of(record));
+        } else {
+            self.checks.insert(record.experiment_id.clone());
+        }
     }
 }
 
@@ -118,22 +129,22 @@ impl Memory {
         status: &ExperimentCampaignStatus,
         noise_floor: f64,
     ) {
-        if self
-            .campaigns
-            .lock()
-            .expect("memory lock")
-            .contains_key(key)
-        {
+        let Some(settings) = self.with(key, |c| {
+            (!c.loaded).then(|| c.lineage.trust.settings().clone())
+        }) else {
             return;
-        }
+        };
         let mut campaign = Campaign::default();
-        campaign.lineage.noise_floor = noise_floor;
+        campaign.lineage.trust.set_settings(Settings {
+            noise_floor,
+            ..settings
+        });
+        campaign.lineage.trust.quiet = true;
         let read = results.read_each(|record| {
             if !belongs(&record) {
                 return;
             }
-            campaign.lineage.add(&record);
-            campaign.finished.record(trial_of(&record));
+            campaign.add(&record);
             if status
                 .ledger
                 .iter()
@@ -147,23 +158,37 @@ impl Memory {
         if let Err(e) = read {
             tracing::warn!(error = %e, path = %results.path().display(), "cannot read results history");
         }
-        self.campaigns
-            .lock()
-            .expect("memory lock")
-            .entry(key.to_string())
-            .or_insert(campaign);
+        campaign.lineage.trust.quiet = false;
+        self.with(key, |c| {
+            if !c.loaded {
+                c.finished = campaign.finished;
+                c.checks = campaign.checks;
+                c.unconfirmed = campaign.unconfirmed;
+                c.lineage = campaign.lineage;
+                c.loaded = true;
+            }
+        });
     }
 
     /// The finished trials, in arrival order (a copy: THINK adds what is in flight).
+    /// A claim being replicated is in flight for the strategy; a decided one has its agreed value.
     pub fn history(&self, key: &str) -> History {
-        self.with(key, |c| c.finished.clone())
+        self.with(key, |c| {
+            let mut history = c.finished.clone();
+            for (id, outcome) in c.lineage.trust.outcomes() {
+                history.set_outcome(&id, outcome);
+            }
+            history
+        })
     }
 
     /// Whether results.jsonl has this experiment.
     pub fn is_recorded(&self, key: &str, experiment_id: &str) -> bool {
         // Only finished experiments are in `finished`: THINK adds in-flight ones to a copy.
         self.with(key, |c| {
-            c.unconfirmed.contains_key(experiment_id) || c.finished.contains(experiment_id)
+            c.unconfirmed.contains_key(experiment_id)
+                || c.finished.contains(experiment_id)
+                || c.checks.contains(experiment_id)
         })
     }
 
@@ -175,8 +200,7 @@ impl Memory {
     /// Notes a record appended to results.jsonl; it stays whole until [`Memory::confirm`].
     pub fn recorded(&self, key: &str, record: ResultRecord) {
         self.with(key, |c| {
-            c.lineage.add(&record);
-            c.finished.record(trial_of(&record));
+            c.add(&record);
             c.unconfirmed.insert(record.experiment_id.clone(), record);
         })
     }
@@ -184,14 +208,8 @@ impl Memory {
     /// The keep/discard decision a new result would get now.
     pub fn decide(&self, key: &str, record: &ResultRecord) -> Decision {
         self.with(key, |c| {
-            let val = record
-                .val_bpb
-                .filter(|v| ledger::is_valid_val_bpb(*v) && record.succeeded());
-            decide(
-                c.lineage.kept.as_ref().map(|k| k.0),
-                val,
-                c.lineage.noise_floor,
-            )
+            let role = Role::of_record(record, &c.lineage.trust.settings().base_id);
+            c.lineage.trust.decide(&Run::of(record), &role)
         })
     }
 
@@ -199,7 +217,10 @@ impl Memory {
     pub fn lineage(&self, key: &str) -> (Option<String>, Vec<RecentResult>) {
         self.with(key, |c| {
             (
-                c.lineage.kept.as_ref().map(|k| k.1.clone()),
+                c.lineage
+                    .trust
+                    .kept()
+                    .and_then(|b| b.summary.train_hash.filter(|_| b.changed_code)),
                 c.lineage.recent.iter().cloned().collect(),
             )
         })
@@ -207,12 +228,91 @@ impl Memory {
 
     /// Whether the campaign has any result.
     pub fn has_results(&self, key: &str) -> bool {
-        self.with(key, |c| !c.finished.is_empty())
+        self.with(key, |c| !c.finished.is_empty() || !c.checks.is_empty())
     }
 
     /// The noise floor keep/discard decisions use (the spec may change it).
     pub fn set_noise_floor(&self, key: &str, noise_floor: f64) {
-        self.with(key, |c| c.lineage.noise_floor = noise_floor)
+        self.with(key, |c| {
+            let settings = c.lineage.trust.settings().clone();
+            c.lineage.trust.set_settings(Settings {
+                noise_floor,
+                ..settings
+            });
+        })
+    }
+
+    /// The campaign's trust settings (from its spec); call before [`Memory::load`].
+    pub fn configure(&self, key: &str, settings: Settings) {
+        self.with(key, |c| c.lineage.trust.set_settings(settings))
+    }
+
+    /// The effective noise floor: max(noiseFloor, noiseMultiplier × σ).
+    pub fn noise_floor(&self, key: &str) -> f64 {
+        self.with(key, |c| c.lineage.trust.floor())
+    }
+
+    /// The role of an experiment id in the campaign.
+    pub fn role(&self, key: &str, experiment_id: &str) -> Role {
+        self.with(key, |c| {
+            Role::of(experiment_id, &c.lineage.trust.settings().base_id)
+        })
+    }
+
+    /// CLAIM's workers without excluded ones, good records first (a stable sort: price still
+    /// decides first in [`super::claim::assign`]). `seen` says whether discovery ran now; only
+    /// then do the workers count for whether claims can be replicated.
+    pub fn screen(&self, key: &str, candidates: Vec<Candidate>, seen: bool) -> Vec<Candidate> {
+        self.with(key, |c| {
+            let trust = &mut c.lineage.trust;
+            let mut kept: Vec<Candidate> = candidates
+                .into_iter()
+                .filter(|w| !trust.is_excluded(w.endpoint.as_str()))
+                .collect();
+            kept.sort_by_key(|w| trust.rank(w.endpoint.as_str()));
+            if seen {
+                trust.set_candidates(kept.iter().map(|w| w.endpoint.to_string()).collect());
+            }
+            kept
+        })
+    }
+
+    /// Baseline runs and replications to propose first, and whether the strategy must wait.
+    pub fn plan(
+        &self,
+        key: &str,
+        base: &Run,
+        known: &dyn Fn(&str) -> bool,
+    ) -> (Vec<Planned>, bool) {
+        self.with(key, |c| {
+            let trust = &c.lineage.trust;
+            (trust.plan(base, known), trust.holds())
+        })
+    }
+
+    /// Workers each replication must not use.
+    pub fn avoid_map(&self, key: &str) -> BTreeMap<String, Vec<String>> {
+        self.with(key, |c| c.lineage.trust.avoid_map())
+    }
+
+    /// Replication outcomes since the last call.
+    pub fn take_told(&self, key: &str) -> Vec<Told> {
+        self.with(key, |c| c.lineage.trust.take_told())
+    }
+
+    /// Writes noise, reputation and the verified best into status; whether `best` changed.
+    pub fn publish(
+        &self,
+        key: &str,
+        status: &mut ExperimentCampaignStatus,
+        before: Option<&str>,
+    ) -> bool {
+        self.with(key, |c| c.lineage.trust.publish(status, before))
+    }
+
+    /// Whether results can be verified now (replication on and more than one worker).
+    pub fn replicating(&self, key: &str) -> bool {
+        self.with(key, |c| c.lineage.trust.replicating())
     }
 
     /// Whether this train hash was already started or proposed in the campaign.

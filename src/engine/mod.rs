@@ -26,6 +26,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 pub mod think;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -298,6 +299,8 @@ impl Engine {
         let belongs = |r: &ResultRecord| belongs_to(r, handle);
         let noise_floor = campaign.spec.objective.noise_floor;
         self.memory
+            .configure(&handle.key, think::trust_settings(handle, campaign));
+        self.memory
             .load(&handle.key, belongs, &self.results, status, noise_floor);
         self.memory.set_noise_floor(&handle.key, noise_floor);
     }
@@ -350,6 +353,7 @@ impl Engine {
             (Found::default(), None)
         };
         let candidates = claim::eligible(spec, found.candidates);
+        let candidates = self.memory.screen(&handle.key, candidates, discover);
         let (counts, cheapest) = claim::count(&self.board, &candidates, limits);
         let assignments = if capacity.active {
             let mut pending: Vec<PendingExperiment> = status
@@ -367,7 +371,16 @@ impl Engine {
             // A worker known to cost more than what is left is not asked again.
             let left = ledger::budget_left(status, limits).unwrap_or(crate::usdc::Usdc::ZERO);
             let cap = limits.max_price.min(left);
-            claim::assign(&self.board, &pending, slots, &candidates, cap, &spec.prefer)
+            let avoid = self.memory.avoid_map(&handle.key);
+            claim::assign(
+                &self.board,
+                &pending,
+                slots,
+                &candidates,
+                cap,
+                &spec.prefer,
+                &avoid,
+            )
         } else {
             Vec::new()
         };
@@ -413,6 +426,9 @@ impl Engine {
                 discovery_error: claim.discovery_error.as_deref(),
                 quota_low: claim.quota_low.as_deref(),
                 discovered: claim.counts.is_some(),
+            },
+            trust: &|s| {
+                self.memory.publish(&handle.key, s, None);
             },
         };
         let stored = publish::decision(handle, &decided).await?;

@@ -34,7 +34,14 @@ pub fn maybe_start(
     let Some(proposer) = handle.proposer.clone() else {
         return;
     };
-    if !engine.memory.start_proposing(&handle.key) {
+    // Baseline runs before the first proposal, replications before new ones (docs/trust.md).
+    let (mut checks, holds) = super::think::checks(&engine.memory, handle, campaign, status);
+    if !checks.is_empty() {
+        checks.truncate(wanted);
+        tokio::spawn(propose_checks(engine.clone(), handle.clone(), checks));
+        return;
+    }
+    if holds || !engine.memory.start_proposing(&handle.key) {
         return;
     }
     let base_config = campaign
@@ -53,7 +60,7 @@ pub fn maybe_start(
         return;
     }
     let (engine2, handle2) = (engine.clone(), handle.clone());
-    let noise_floor = campaign.spec.objective.noise_floor;
+    let noise_floor = engine.memory.noise_floor(&handle.key);
     tokio::spawn(async move {
         propose_once(
             &engine2,
@@ -76,18 +83,33 @@ async fn propose_baseline(engine: Arc<Engine>, handle: CampaignHandle, config: s
         description: Some("baseline".into()),
         ..PendingExperiment::default()
     };
+    add_pending(&handle, vec![baseline]).await;
+    engine.memory.stop_proposing(&handle.key);
+    engine.changed.notify_one();
+}
+
+/// Adds baseline runs and replications to `pending` (a model call is not needed for them).
+async fn propose_checks(
+    engine: Arc<Engine>,
+    handle: CampaignHandle,
+    checks: Vec<PendingExperiment>,
+) {
+    add_pending(&handle, checks).await;
+    engine.changed.notify_one();
+}
+
+/// Adds experiments that need no model call to `pending`.
+async fn add_pending(handle: &CampaignHandle, proposals: Vec<PendingExperiment>) {
     let stored = handle
         .store
         .update(&mut |_, s| {
-            crate::ledger::propose(s, vec![baseline.clone()]);
+            crate::ledger::propose(s, proposals.clone());
             Ok(())
         })
         .await;
     if let Err(e) = stored {
-        tracing::warn!(campaign = %handle.key, error = %e, "could not propose the baseline");
+        tracing::warn!(campaign = %handle.key, error = %e, "could not propose the baseline, baseline runs or replications");
     }
-    engine.memory.stop_proposing(&handle.key);
-    engine.changed.notify_one();
 }
 
 async fn propose_once(

@@ -67,6 +67,8 @@ pub struct Decision<'a> {
     pub counts: Option<&'a WorkerCounts>,
     /// What CLAIM saw.
     pub seen: Sighting<'a>,
+    /// Writes noise, reputation and the verified best ([`super::trust`]).
+    pub trust: &'a (dyn Fn(&mut crate::crd::ExperimentCampaignStatus) + Sync),
 }
 
 /// Writes a reconcile's decision; returns the campaign as stored.
@@ -84,6 +86,7 @@ pub async fn decision(
                 s.workers = Some(counts.clone());
             }
             s.observed_generation = c.metadata.generation;
+            (decided.trust)(s);
             ledger::refresh_derived(s, &limits);
             let verdict = status::verdict(c, s, &limits, decided.exhausted, &decided.seen);
             status::apply(s, verdict, c.metadata.generation);
@@ -144,6 +147,10 @@ pub async fn record(
     }
     // keep, discard or crash against the best kept so far, as autoresearch's results.tsv says.
     let mut record = record;
+    (record.role, record.replicates) = engine
+        .memory
+        .role(&handle.key, &record.experiment_id)
+        .fields();
     record.decision = Some(
         engine
             .memory
@@ -187,12 +194,20 @@ pub async fn complete(
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
+            let before = s.best.as_ref().map(|b| b.experiment_id.clone());
             recorded = Some(ledger::complete(
                 s,
                 &limits,
                 &entry.experiment_id,
                 outcome.clone(),
             )?);
+            // The best is the verified one: "new best" means it changed.
+            let changed = engine.memory.publish(&handle.key, s, before.as_deref());
+            if let Some(Recorded::Counted { new_best, .. }) = recorded.as_mut()
+                && engine.memory.replicating(&handle.key)
+            {
+                *new_best = changed;
+            }
             Ok(())
         })
         .await;
@@ -235,6 +250,7 @@ pub async fn complete(
             .inc();
     }
     handle.notify.notify(notice).await;
+    super::trust::announce(engine, handle).await;
 }
 
 /// Publishes the code of a new best experiment (when THINK changed the code) and says where.
@@ -372,6 +388,9 @@ fn result_record(
         params: entry.params.clone(),
         campaign_namespace: handle.namespace.clone(),
         campaign_name: Some(handle.name.clone()),
+        pay_to: serde_json::from_str::<Voucher>(&entry.payment)
+            .ok()
+            .map(|v| v.pay_to.to_string()),
         ..crate::chain::audit::voucher_fields(entry)
     }
 }

@@ -28,6 +28,8 @@ pub enum ConditionType {
     IndexQuotaLow,
     /// The payer's USDC balance covers the next voucher (False: `InsufficientBalance`).
     WalletFunded,
+    /// The best result was reproduced by another worker.
+    Verified,
 }
 
 impl ConditionType {
@@ -41,6 +43,7 @@ impl ConditionType {
             ConditionType::Succeeded => "Succeeded",
             ConditionType::IndexQuotaLow => "IndexQuotaLow",
             ConditionType::WalletFunded => "WalletFunded",
+            ConditionType::Verified => "Verified",
         }
     }
 }
@@ -156,6 +159,9 @@ pub fn verdict(
                 "the index's quota is not a limit now",
             ),
         });
+    }
+    if seen.discovered {
+        conditions.push(super::trust::condition(campaign, status, seen.workers));
     }
     Verdict { phase, conditions }
 }

@@ -631,3 +631,274 @@ async fn a_stale_cached_price_costs_a_refusal_not_a_payment() {
     );
     assert_eq!(status.spent.as_deref(), Some("0.03"));
 }
+
+/// Workers with their own payees (`pay_to` 0x…01, 0x…02, …) and runs.
+async fn trust_harness(runs: Vec<crate::testkit::Run>, extra: Value) -> Harness {
+    let signer = FakeSigner::start().await;
+    let mut fakes = Vec::new();
+    for (i, run) in runs.into_iter().enumerate() {
+        let pay_to = alloy::primitives::Address::with_last_byte(i as u8 + 1);
+        let run = run.clone();
+        fakes.push(
+            FakeWorker::config()
+                .pay_to(pay_to)
+                .run(move |s| run(s))
+                .start()
+                .await,
+        );
+    }
+    let endpoints: Vec<String> = fakes.iter().map(FakeWorker::endpoint).collect();
+    let spec = trust_spec(&endpoints, extra);
+    Harness::with(signer, fakes, tempfile::tempdir().unwrap(), spec, None)
+}
+
+/// A random search over two landscape parameters, three at a time, on `endpoints`.
+fn trust_spec(endpoints: &[String], extra: Value) -> ExperimentCampaignSpec {
+    let search = json!({
+        "search": {"strategy": "random", "seed": 7, "parameters": [
+            {"name": "lr", "type": "float", "min": 0.001, "max": 0.05, "logScale": true},
+            {"name": "depth", "type": "int", "min": 4, "max": 12}
+        ]},
+        "maxExperiments": 40,
+        "parallelism": 3,
+    });
+    let mut v = serde_json::to_value(spec(endpoints, search)).unwrap();
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn honest() -> crate::testkit::Run {
+    Arc::new(crate::testkit::landscape_run)
+}
+
+/// What the liar test measures, for docs/trust.md.
+#[derive(Debug)]
+struct LiarReport {
+    runs: usize,
+    disputed: usize,
+    excluded_at: Option<usize>,
+    check_share: f64,
+}
+
+fn measure(h: &Harness, liar: &str) -> LiarReport {
+    let lines = h.lines();
+    let reasons = h.notices.0.lock().unwrap().clone();
+    let disputed = reasons
+        .iter()
+        .filter(|n| n.reason == "ClaimDisputed" && n.message.contains(liar))
+        .count();
+    // The line (1-based) after which the liar is excluded, by replaying results.jsonl.
+    let mut trust = super::trust::Trust::default();
+    trust.set_settings(super::trust::Settings {
+        base_id: crate::experiment::experiment_id(TRAIN_PY, &json!({})),
+        ..super::trust::Settings::default()
+    });
+    let mut excluded_at = None;
+    for (i, line) in lines.iter().enumerate() {
+        let record: ResultRecord = serde_json::from_value(line.clone()).unwrap();
+        trust.add_record(&record);
+        if excluded_at.is_none() && trust.is_excluded(liar) {
+            excluded_at = Some(i + 1);
+        }
+    }
+    let amount = |l: &Value| l["amount"].as_str().unwrap().parse::<u64>().unwrap() as f64;
+    let total: f64 = lines.iter().map(amount).sum();
+    let checks: f64 = lines
+        .iter()
+        .filter(|l| l.get("role").is_some())
+        .map(amount)
+        .sum();
+    LiarReport {
+        runs: lines.len(),
+        disputed,
+        excluded_at,
+        check_share: checks / total,
+    }
+}
+
+#[tokio::test]
+async fn a_liar_is_never_promoted_and_is_excluded_after_max_disagreements() {
+    let h = trust_harness(
+        vec![
+            honest(),
+            honest(),
+            Arc::new(crate::testkit::lying_run(0.05)),
+        ],
+        json!({"budget": {"total": "0.3"}}),
+    )
+    .await;
+    let liar = h.workers[2].endpoint();
+    let step = h.run(Duration::from_secs(60)).await;
+    assert_eq!(step.phase, Some(Phase::BudgetExhausted));
+    let status = h.status();
+    let lines = h.lines();
+
+    // The budget holds with replications: every line paid once, on chain as in status.
+    let paid: u128 = h.workers.iter().map(|w| w.total_paid().atomic()).sum();
+    let spent: Usdc = status.spent.as_deref().unwrap().parse().unwrap();
+    assert_eq!(spent.atomic(), paid);
+    assert!(paid <= 300_000, "0.3 USDC at most");
+    for line in &lines {
+        assert_eq!(h.payments(line["experiment_id"].as_str().unwrap()), 1);
+    }
+
+    // Baseline first, on two different workers, before anything was proposed.
+    assert_eq!(lines[0]["role"], "baseline");
+    assert_eq!(lines[1]["role"], "baseline");
+    assert_ne!(lines[0]["worker_endpoint"], lines[1]["worker_endpoint"]);
+
+    // The liar is excluded, said once, and runs nothing after it.
+    let record = status
+        .reputation
+        .iter()
+        .find(|r| r.endpoint == liar)
+        .expect("the liar has a row");
+    assert!(record.excluded, "{record:?}");
+    // Disputes of runs still in flight at the exclusion may add to the two that excluded it.
+    assert!(record.disagreements >= 2, "{record:?}");
+    assert!(record.mean_deviation.unwrap() > 0.04);
+    let reasons = h.notices.reasons();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "WorkerExcluded").count(),
+        1
+    );
+    let report = measure(&h, &liar);
+    let excluded_at = report
+        .excluded_at
+        .expect("two claims of the liar were decided");
+    let started_after = lines[excluded_at..]
+        .iter()
+        .filter(|l| l["worker_endpoint"] == liar.as_str())
+        .count();
+    assert!(
+        started_after <= 2,
+        "at most what was in flight finishes: {started_after}"
+    );
+
+    // The verified best is what honest workers measure for its config, never the liar's value.
+    let best = status.best.clone().expect("a verified best");
+    let verification = status.verification.clone().unwrap();
+    assert!(verification.verified);
+    let honest_value = crate::strategy::landscape::val_bpb(best.config.as_ref().unwrap());
+    assert!((best.val_bpb - honest_value).abs() < 1e-9, "{best:?}");
+    for id in &verification.replications {
+        let line = lines
+            .iter()
+            .find(|l| l["experiment_id"] == id.as_str())
+            .unwrap();
+        assert_ne!(line["worker_endpoint"], liar.as_str());
+    }
+    assert_eq!(h.condition("Verified").0, "True");
+    assert!(report.disputed >= 1);
+    eprintln!(
+        "liar test: {} runs, {} claims disputed, excluded at line {excluded_at}, baseline runs and replications {:.0} % of spend",
+        report.runs,
+        report.disputed,
+        report.check_share * 100.0
+    );
+}
+
+#[tokio::test]
+async fn a_noisy_workers_spread_is_measured() {
+    // One worker whose runs vary by a seeded normal noise of 0.004, one honest: the baseline
+    // runs and every replication measure σ.
+    let spread = 0.004;
+    let h = trust_harness(
+        vec![
+            Arc::new(crate::testkit::noisy_run(11, spread)),
+            Arc::new(crate::testkit::noisy_run(12, spread)),
+        ],
+        json!({"objective": {"baselineRuns": 8, "noiseFloor": 0.0}, "maxExperiments": 8, "parallelism": 2}),
+    )
+    .await;
+    h.run(Duration::from_secs(30)).await;
+    let noise = h.status().noise.expect("noise in status");
+    let sigma = noise.sigma.expect("σ measured");
+    assert_eq!(noise.samples, 7);
+    assert!(
+        (sigma - spread).abs() < spread * 0.5,
+        "σ {sigma} against a true spread of {spread}"
+    );
+    assert!((noise.effective_floor - 2.0 * sigma).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn with_a_single_worker_nothing_is_verified_and_status_says_so() {
+    let h = trust_harness(vec![honest()], json!({"maxExperiments": 6})).await;
+    h.run(Duration::from_secs(30)).await;
+    let status = h.status();
+    assert_eq!(
+        h.condition("Verified"),
+        ("False".into(), "SingleWorker".into())
+    );
+    assert!(!status.verification.unwrap().verified);
+    assert!(h.lines().iter().all(|l| l["role"] != "replication"));
+}
+
+#[tokio::test]
+async fn a_replication_cut_by_a_crash_is_resumed_without_paying_twice() {
+    let h = trust_harness(vec![honest(), honest()], json!({})).await;
+    let (w0, w1) = (h.workers[0].endpoint(), h.workers[1].endpoint());
+    let base_id = crate::experiment::experiment_id(TRAIN_PY, &json!({}));
+    let claim = json!({"lr": 0.004, "depth": 8});
+    let claim_id = crate::experiment::experiment_id(TRAIN_PY, &claim);
+    let landscape = crate::strategy::landscape::val_bpb;
+    let line = |id: &str, worker: &str, config: &Value, role: Option<&str>| ResultRecord {
+        experiment_id: id.into(),
+        train_hash: crate::experiment::train_hash(TRAIN_PY),
+        val_bpb: Some(landscape(config)),
+        worker_endpoint: worker.into(),
+        status: Some("completed".into()),
+        decision: Some("keep".into()),
+        amount: Some("10000".into()),
+        config: Some(config.clone()),
+        campaign_name: Some("c".into()),
+        campaign_namespace: Some("ns".into()),
+        role: role.map(str::to_string),
+        ..ResultRecord::default()
+    };
+    // Baseline on both workers, then a claim on w0 that beats it.
+    for record in [
+        line(&base_id, &w0, &json!({}), Some("baseline")),
+        line(&format!("{base_id}-b1"), &w1, &json!({}), Some("baseline")),
+        line(&claim_id, &w0, &claim, None),
+    ] {
+        h.engine.results().append(&record).await.unwrap();
+    }
+    // Its replication was paid and run on w1; the answer was lost with the crash.
+    let replication = format!("{claim_id}-r1");
+    let (voucher, client) = h.voucher(1, &replication).await;
+    let request = ExperimentRequest {
+        experiment_id: replication.clone(),
+        train_py: TRAIN_PY.into(),
+        config: claim.clone(),
+    };
+    client.run(Some(&voucher), &request).await.unwrap();
+    let status = crate::crd::ExperimentCampaignStatus {
+        ledger: vec![entry(&replication, &w1, &voucher, claim.clone())],
+        submitted: 4,
+        succeeded: 3,
+        spent: Some("0.03".into()),
+        ..Default::default()
+    };
+    let spec = trust_spec(&[w0.clone(), w1.clone()], json!({"maxExperiments": 4}));
+    let h = Harness::with(h.signer, h.workers, h.dir, spec, Some(status));
+    h.run(Duration::from_secs(20)).await;
+
+    assert_eq!(h.payments(&replication), 1, "recovered, not paid again");
+    let status = h.status();
+    assert_eq!(status.spent.as_deref(), Some("0.04"));
+    let lines = h.lines();
+    let recorded: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["experiment_id"] == replication.as_str())
+        .collect();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["role"], "replication");
+    assert_eq!(recorded[0]["replicates"], claim_id.as_str());
+    let verification = status.verification.unwrap();
+    assert!(verification.verified);
+    assert_eq!(verification.experiment_id, claim_id);
+    assert_eq!(verification.replications, [replication]);
+    assert_eq!(status.best.unwrap().val_bpb, landscape(&claim));
+}

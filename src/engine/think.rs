@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::CampaignHandle;
 use super::memory::Memory;
+use super::trust;
 use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, PendingExperiment};
 use crate::strategy::{self, History, Outcome, State, Trial};
 
@@ -49,12 +50,27 @@ pub fn think(
     if n == 0 {
         return Thought::none(status);
     }
+    let (mut checks, holds) = checks(memory, handle, campaign, status);
+    checks.truncate(n);
+    let n = n - checks.len();
+    if holds || n == 0 {
+        // Baseline runs come before any proposal; replications before new ones.
+        return Thought {
+            proposals: checks,
+            ..Thought::none(status)
+        };
+    }
     let history = history(memory, handle, status);
     let mut state = status.strategy_state.clone();
     let spec = &campaign.spec;
+    // Every keep/discard decision uses the measured floor, the strategy's too.
+    let objective = crate::crd::ObjectiveSpec {
+        noise_floor: memory.noise_floor(&handle.key),
+        ..spec.objective.clone()
+    };
     match strategy::propose(
         &spec.search,
-        &spec.objective,
+        &objective,
         spec.base_config.as_ref(),
         &handle.train_py,
         &history,
@@ -65,6 +81,7 @@ pub fn think(
             let mut thought = Thought {
                 exhausted: batch.exhausted,
                 state,
+                proposals: checks,
                 ..Thought::default()
             };
             for p in batch.proposals {
@@ -88,6 +105,51 @@ pub fn think(
             Thought::none(status)
         }
     }
+}
+
+/// The campaign's trust settings; its base id is that of its own (train.py, baseConfig).
+pub fn trust_settings(handle: &CampaignHandle, campaign: &ExperimentCampaign) -> trust::Settings {
+    trust::Settings::of(
+        &campaign.spec.objective,
+        crate::experiment::experiment_id(&handle.train_py, &base_config(campaign)),
+    )
+}
+
+fn base_config(campaign: &ExperimentCampaign) -> Value {
+    campaign
+        .spec
+        .base_config
+        .clone()
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// Baseline runs and replications to propose before anything else (not already pending or in
+/// flight), and whether the strategy must wait for the baseline.
+pub fn checks(
+    memory: &Memory,
+    handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
+    status: &ExperimentCampaignStatus,
+) -> (Vec<PendingExperiment>, bool) {
+    let base = trust::Run {
+        config: Some(base_config(campaign)),
+        ..trust::Run::default()
+    };
+    let known = |id: &str| crate::ledger::knows(status, id);
+    let (planned, holds) = memory.plan(&handle.key, &base, &known);
+    let pending = planned
+        .into_iter()
+        .map(|p| PendingExperiment {
+            experiment_id: p.experiment_id,
+            config: p.run.config,
+            params: p.run.params,
+            train_hash: p.run.changed_code.then_some(p.run.train_hash),
+            description: p.run.description,
+            avoid: p.avoid,
+            ..PendingExperiment::default()
+        })
+        .collect();
+    (pending, holds)
 }
 
 /// The strategy's view: finished experiments, then everything in flight or pending.

@@ -264,10 +264,32 @@ impl History {
                 decision,
             });
         }
-        History {
+        let mut history = History {
             campaign,
             noise_floor,
             entries,
+        };
+        history.demote_disputed();
+        history
+    }
+
+    /// A kept claim that its replications contradict (none agrees within the noise floor) was
+    /// never promoted by the coordinator: it is a discard here too, so that a lie is not drawn
+    /// as the best.
+    fn demote_disputed(&mut self) {
+        let disputed: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|e| e.role == Role::Experiment && e.decision == Decision::Keep)
+            .filter(|e| {
+                self.replications_of(&e.row.experiment_id).next().is_some() && !self.verified(e)
+            })
+            .map(|e| e.index)
+            .collect();
+        for e in &mut self.entries {
+            if disputed.contains(&e.index) {
+                e.decision = Decision::Discard;
+            }
         }
     }
 

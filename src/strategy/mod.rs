@@ -42,7 +42,7 @@ mod decision;
 mod hill_climb;
 pub mod landscape;
 pub mod llm;
-mod rng;
+pub(crate) mod rng;
 mod space;
 #[cfg(test)]
 mod tests;
@@ -153,6 +153,17 @@ impl History {
                 .retain(|t| t.experiment_id != trial.experiment_id);
         }
         self.trials.push(trial);
+    }
+
+    /// Replaces a trial's outcome in place (a replicated claim: its agreed value).
+    pub fn set_outcome(&mut self, experiment_id: &str, outcome: Outcome) {
+        if let Some(t) = self
+            .trials
+            .iter_mut()
+            .find(|t| t.experiment_id == experiment_id)
+        {
+            t.outcome = outcome;
+        }
     }
 
     /// Whether an experiment id has been started (in flight or finished).

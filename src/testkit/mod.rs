@@ -32,7 +32,7 @@ pub use server::Connection;
 pub use signer::FakeSigner;
 pub use worker::{
     FakeWorker, Knobs, Lie, PaymentHeader, Run, Submission, WorkerConfig, completed, landscape_run,
-    transaction_for,
+    lying_run, noisy_run, normal, transaction_for,
 };
 
 /// The golden vectors' signer key (anvil's well-known key #1; docs/protocols.md §4).

@@ -73,6 +73,30 @@ pub fn landscape_run(submission: &Submission) -> Value {
     completed(submission, landscape::val_bpb(&submission.config))
 }
 
+/// A worker that runs honestly and reports `val_bpb` lowered by `offset` (a liar that wants
+/// its results to win).
+pub fn lying_run(offset: f64) -> impl Fn(&Submission) -> Value + Send + Sync + 'static {
+    move |s| completed(s, landscape::val_bpb(&s.config) - offset)
+}
+
+/// A worker whose results vary from run to run: the landscape plus normal noise of standard
+/// deviation `spread`, drawn from a stream seeded by `seed` (one draw per run).
+pub fn noisy_run(seed: u64, spread: f64) -> impl Fn(&Submission) -> Value + Send + Sync + 'static {
+    let draws = std::sync::atomic::AtomicU64::new(0);
+    move |s| {
+        let n = draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        completed(s, landscape::val_bpb(&s.config) + spread * normal(seed, n))
+    }
+}
+
+/// The `n`th standard normal draw of a seeded stream (Box–Muller over SplitMix64).
+pub fn normal(seed: u64, n: u64) -> f64 {
+    use crate::strategy::rng::{key, mix};
+    let uniform = |w: u64| ((mix(key(&[seed, n, w])) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let (u1, u2) = (uniform(0), uniform(1));
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// Which payment header the gate reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PaymentHeader {

@@ -153,3 +153,18 @@ pub fn kubectl_eventually(args: &[&str]) -> (String, String) {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// `autoresearch-coordinator loop`, paying through the testbed's remote signer, with
+/// `$DATA_DIR` at `data`; add the loop's own arguments.
+pub fn loop_command(tb: &testbed::Testbed, data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"));
+    command
+        .arg("loop")
+        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
+        .env(
+            "REMOTE_SIGNER_TOKEN",
+            tb.m["signer"]["token"].as_str().unwrap(),
+        )
+        .env("DATA_DIR", data);
+    command
+}
