@@ -62,6 +62,10 @@ pub struct ResultRecord {
     /// Name of the campaign (controller only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_name: Option<String>,
+    /// The ERC-3009 nonce of the voucher this experiment was paid with (0x hex), so the line can
+    /// be checked against the chain's `authorizationState`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// How a run ended, as written in the `status` field.
@@ -212,6 +216,7 @@ mod tests {
             parent_train_hash: None,
             campaign_namespace: None,
             campaign_name: None,
+            nonce: None,
         }
     }
 

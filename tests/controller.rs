@@ -8,62 +8,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use alloy::primitives::U256;
-use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
+use autoresearch_coordinator::crd::Phase;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controller::{
-    Controller, campaign, is_final, results, signer_secret, wait_done, wait_for,
+    Controller, campaign, is_final, paid_to_workers, results, setup, three_workers, unique_ids,
+    wait_done, wait_for,
 };
 use support::testbed::Testbed;
-
-struct Setup {
-    ns: String,
-    api: Api<ExperimentCampaign>,
-    tb: Testbed,
-    data: tempfile::TempDir,
-}
-
-async fn setup(prefix: &str, testbed: Value) -> Setup {
-    let client = support::client().await;
-    support::install_crd(&client).await;
-    let ns = support::namespace(&client, prefix).await;
-    let tb = Testbed::start(testbed);
-    signer_secret(&client, &ns, &tb).await;
-    let api = Api::namespaced(client.clone(), &ns);
-    Setup {
-        ns,
-        api,
-        tb,
-        data: tempfile::tempdir().unwrap(),
-    }
-}
-
-/// Sum of USDC received by every worker's payee.
-async fn paid_to_workers(tb: &Testbed) -> U256 {
-    let mut total = U256::ZERO;
-    for w in tb.m["workers"].as_array().unwrap() {
-        total += tb
-            .balance(w["payTo"].as_str().unwrap().parse().unwrap())
-            .await;
-    }
-    total
-}
-
-fn three_workers(duration_ms: u64) -> Value {
-    json!({"workers": [
-        {"name": "w-v2", "gate": "v2", "price": "10000", "durationMs": duration_ms},
-        {"name": "w-v1", "gate": "v1", "price": "10000", "durationMs": duration_ms},
-        {"name": "w-obol", "gate": "obol", "price": "10000", "durationMs": duration_ms}
-    ]})
-}
-
-fn unique_ids(lines: &[Value]) -> usize {
-    lines
-        .iter()
-        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
-        .collect::<HashSet<_>>()
-        .len()
-}
 
 #[tokio::test]
 async fn twelve_experiments_over_three_workers_are_each_paid_once() {

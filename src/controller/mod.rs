@@ -64,6 +64,9 @@ pub struct ControllerArgs {
     /// Remote signer token when a campaign names no Secret (obol-stack mounts it as env).
     #[arg(long, env = "REMOTE_SIGNER_TOKEN", hide_env_values = true)]
     pub signer_token: Option<String>,
+    /// Milliseconds between polls of a worker's running job or stored result.
+    #[arg(long, env = "JOB_POLL_MS", default_value_t = 10_000, hide = true)]
+    pub job_poll_ms: u64,
 }
 
 struct Context {
@@ -188,7 +191,11 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         .clone()
         .unwrap_or_else(|| format!("autoresearch-coordinator-{}", std::process::id()));
     let results = ResultsLog::new(default_path(&args.data_dir));
-    let engine = Engine::new(workers, results, metrics, Settings::default());
+    let settings = Settings {
+        job_poll: Duration::from_millis(args.job_poll_ms),
+        ..Settings::default()
+    };
+    let engine = Engine::new(workers, results, metrics, settings);
     let ctx = Arc::new(Context {
         client: client.clone(),
         engine: engine.clone(),

@@ -372,6 +372,7 @@ fn result_record(
         params: entry.params.clone(),
         campaign_namespace: handle.namespace.clone(),
         campaign_name: Some(handle.name.clone()),
+        nonce: Some(entry.nonce.clone()),
         ..ResultRecord::default()
     }
 }
