@@ -8,6 +8,7 @@
 pub mod best;
 pub mod events;
 pub mod server;
+pub mod stall;
 pub mod store;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ struct CampaignParts {
     uid: Option<String>,
     store: Arc<store::StatusStore>,
     notify: Arc<events::EventSink>,
+    /// The event sink as RUN uses it: signer failures also raise SignerReady=False.
+    signer_watch: Arc<stall::SignerWatch>,
     best: Arc<best::BestConfigMap>,
     /// The llm proposer and the fingerprint of what it was built from.
     proposer: Mutex<Option<(String, Arc<LlmProposer>)>>,
@@ -127,18 +130,20 @@ impl Context {
         if let Some(parts) = map.get(key).filter(|p| p.uid == uid) {
             return parts.clone();
         }
+        let store = Arc::new(
+            store::StatusStore::new(self.client.clone(), namespace, name)
+                .counting_conflicts(self.engine.metrics().status_conflicts.clone()),
+        );
+        let notify = Arc::new(events::EventSink::new(
+            self.client.clone(),
+            &self.identity,
+            campaign,
+        ));
         let parts = Arc::new(CampaignParts {
             uid,
-            store: Arc::new(store::StatusStore::new(
-                self.client.clone(),
-                namespace,
-                name,
-            )),
-            notify: Arc::new(events::EventSink::new(
-                self.client.clone(),
-                &self.identity,
-                campaign,
-            )),
+            signer_watch: Arc::new(stall::SignerWatch::new(notify.clone(), store.clone())),
+            store,
+            notify,
             best: Arc::new(best::BestConfigMap::new(self.client.clone(), campaign)),
             proposer: Mutex::new(None),
         });
@@ -415,9 +420,21 @@ async fn reconcile(
                 .reconciles
                 .with_label_values(&["error"])
                 .inc();
+            let parts = ctx.parts(
+                &campaign_key(&namespace, &name),
+                &campaign,
+                &namespace,
+                &name,
+            );
+            stall::inputs_failed(&parts.store, &parts.notify, &e).await;
             return Err(e);
         }
     };
+    stall::inputs_ok(
+        &ctx.parts(&handle.key, &campaign, &namespace, &name).store,
+        &campaign,
+    )
+    .await;
     let step = ctx.engine.reconcile(&handle).await;
     let outcome = if step.is_ok() { "ok" } else { "error" };
     ctx.engine
@@ -490,7 +507,7 @@ async fn handle_for(
         namespace: Some(namespace.to_string()),
         name: name.to_string(),
         store: parts.store.clone(),
-        notify: parts.notify.clone(),
+        notify: parts.signer_watch.clone(),
         signer,
         train_py: train_py.into(),
         best: Some(parts.best.clone()),

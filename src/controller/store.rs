@@ -24,6 +24,7 @@ pub struct StatusStore {
     // Serialises this process's writes to one campaign, so that its own tasks do not make each
     // other conflict; conflicts with other writers are handled by the resourceVersion check.
     lock: Mutex<()>,
+    conflicts: Option<prometheus::IntCounter>,
 }
 
 impl StatusStore {
@@ -33,7 +34,14 @@ impl StatusStore {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             lock: Mutex::new(()),
+            conflicts: None,
         }
+    }
+
+    /// Counts the write conflicts it meets on `counter`.
+    pub fn counting_conflicts(mut self, counter: prometheus::IntCounter) -> Self {
+        self.conflicts = Some(counter);
+        self
     }
 
     fn failed(&self, source: kube::Error) -> UpdateError {
@@ -76,7 +84,10 @@ impl StatusStore {
             {
                 Ok(stored) => return Ok(stored),
                 Err(kube::Error::Api(s)) if s.code == 409 && conflicts < MAX_CONFLICTS => {
-                    conflicts += 1
+                    conflicts += 1;
+                    if let Some(counter) = &self.conflicts {
+                        counter.inc();
+                    }
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     return Err(UpdateError::Gone(self.name.clone()));

@@ -259,7 +259,9 @@ impl Engine {
         let claim = self
             .claim(handle, &campaign, &status, &limits, &thought, capacity)
             .await;
-        let stored = self.publish(handle, &thought, &claim).await?;
+        let stored = self
+            .publish(handle, &thought, &claim, &status.strategy_state)
+            .await?;
         let status = stored.status.clone().unwrap_or_default();
         self.spawn_runs(handle, Arc::new(stored), &status, claim.assignments);
         Ok(Step {
@@ -394,10 +396,12 @@ impl Engine {
         handle: &CampaignHandle,
         thought: &Thought,
         claim: &Claim,
+        base: &strategy::State,
     ) -> Result<ExperimentCampaign, UpdateError> {
         let decided = publish::Decision {
             proposals: &thought.proposals,
             state: &thought.state,
+            base,
             exhausted: thought.exhausted,
             counts: claim.counts.as_ref(),
             seen: Sighting {

@@ -61,6 +61,8 @@ pub struct Decision<'a> {
     pub proposals: &'a [PendingExperiment],
     /// The strategy's state after proposing.
     pub state: &'a State,
+    /// The strategy's state THINK proposed from (the status the reconcile read).
+    pub base: &'a State,
     /// Whether the strategy has nothing left to propose.
     pub exhausted: bool,
     /// Worker counts, when discovery ran.
@@ -78,8 +80,14 @@ pub async fn decision(
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
-            ledger::propose(s, decided.proposals.to_vec());
-            s.strategy_state = decided.state.clone();
+            // THINK proposed from the state it read. If another writer moved the strategy on
+            // meanwhile (a second controller, the model task), these proposals and this state
+            // are stale: writing them would rewind the search and re-propose, and pay again
+            // for, experiments already run. Keep what is stored; the next reconcile proposes.
+            if s.strategy_state == *decided.base {
+                ledger::propose(s, decided.proposals.to_vec());
+                s.strategy_state = decided.state.clone();
+            }
             if let Some(counts) = decided.counts {
                 s.workers = Some(counts.clone());
             }
@@ -179,6 +187,18 @@ pub async fn complete(
         engine
             .board
             .release(&entry.worker, &entry.experiment_id, false);
+        let message = format!(
+            "cannot append to {}: {e}; experiment {} stays in the ledger and is recorded when the file is writable again (check the volume: space, permissions)",
+            engine.results.path().display(),
+            entry.experiment_id
+        );
+        let update = ConditionUpdate {
+            kind: ConditionType::ResultsWritable,
+            ok: false,
+            reason: "ResultsUnwritable",
+            message,
+        };
+        raise(&*handle.store, &*handle.notify, &update, "Record").await;
         return;
     }
     failpoint::crash_at(Window::AfterAppend);
@@ -193,6 +213,14 @@ pub async fn complete(
                 &entry.experiment_id,
                 outcome.clone(),
             )?);
+            if !retried {
+                clear(
+                    s,
+                    ConditionType::ResultsWritable,
+                    "Appended",
+                    "results.jsonl takes appends",
+                );
+            }
             Ok(())
         })
         .await;
@@ -235,6 +263,85 @@ pub async fn complete(
             .inc();
     }
     handle.notify.notify(notice).await;
+}
+
+/// Sets a condition that stops the campaign (see `status::blocked`) and, when it was not already
+/// so, publishes it as a Warning Event with the condition's reason: every stall shows in
+/// `kubectl describe`, not only in the log. Failures to write are logged: the caller retries.
+/// Returns whether the condition changed (and the Event was published).
+pub async fn raise(
+    store: &dyn super::CampaignStore,
+    notify: &dyn super::Notify,
+    update: &ConditionUpdate,
+    action: &'static str,
+) -> bool {
+    let mut changed = false;
+    let stored = store
+        .update(&mut |c, s| {
+            let before = s.conditions.clone();
+            let generation = c.metadata.generation;
+            status::set_condition(&mut s.conditions, status::condition(update, generation));
+            // Progressing says so in the same write: a reconcile that fails before its
+            // decision (a missing Secret) would never update it.
+            if let Some((reason, message)) = status::blocked(s) {
+                let progressing = ConditionUpdate {
+                    kind: ConditionType::Progressing,
+                    ok: false,
+                    reason,
+                    message,
+                };
+                status::set_condition(
+                    &mut s.conditions,
+                    status::condition(&progressing, generation),
+                );
+            }
+            changed = s.conditions != before;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, condition = update.kind.as_str(), "could not write the condition");
+    }
+    if changed {
+        notify
+            .notify(Notice {
+                severity: Severity::Warning,
+                reason: update.reason,
+                action,
+                message: update.message.clone(),
+            })
+            .await;
+    }
+    changed
+}
+
+/// Sets a blocking condition back to its good state, if it is in its bad one (see
+/// `status::blocked`); a condition never raised is not added.
+pub fn clear(
+    s: &mut crate::crd::ExperimentCampaignStatus,
+    kind: ConditionType,
+    reason: &'static str,
+    message: &str,
+) {
+    let Some(old) = s.conditions.iter().find(|c| c.type_ == kind.as_str()) else {
+        return;
+    };
+    let good = if kind == ConditionType::StatusTooLarge {
+        "False"
+    } else {
+        "True"
+    };
+    if old.status == good {
+        return;
+    }
+    let update = ConditionUpdate {
+        kind,
+        ok: good == "True",
+        reason,
+        message: message.to_string(),
+    };
+    let generation = old.observed_generation;
+    status::set_condition(&mut s.conditions, status::condition(&update, generation));
 }
 
 /// Publishes the code of a new best experiment (when THINK changed the code) and says where.

@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod onchain;
+pub mod proxy;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};

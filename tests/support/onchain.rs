@@ -109,38 +109,62 @@ fn amount(line: &Value) -> U256 {
     line["amount"].as_str().unwrap().parse().unwrap()
 }
 
-/// The money invariants, judged on chain: every settled voucher is one recorded experiment's
-/// (paid once, never lost), every experiment is one line and one count in status, and what the
-/// books say was paid is what the chain moved.
+/// The money invariants of campaign `name`, judged on chain (see [`assert_campaigns_match_chain`]).
 pub async fn assert_books_match_chain(
     s: &Setup,
     name: &str,
     status: &ExperimentCampaignStatus,
     before: &Baseline,
 ) {
-    let lines: Vec<Value> = results(s.data.path())
-        .into_iter()
-        .filter(|l| l["campaign_name"] == name)
-        .collect();
-    assert_eq!(
-        unique_ids(&lines),
-        lines.len(),
-        "recorded twice: {lines:#?}"
-    );
-    assert_eq!(
-        lines.len() as u32,
-        status.succeeded + status.failed,
-        "results.jsonl and status disagree: {lines:#?}\n{status:?}"
-    );
-    assert!(status.ledger.is_empty(), "left in the ledger: {status:?}");
-    let by_nonce: BTreeMap<B256, &Value> = lines
-        .iter()
-        .map(|l| (l["nonce"].as_str().unwrap().parse().unwrap(), l))
-        .collect();
+    assert_campaigns_match_chain(s, &[(name, status)], before).await;
+}
+
+/// The money invariants of every campaign paid from the testbed since `before`, judged on chain:
+/// every settled voucher is one recorded experiment's (paid once, never lost), every experiment
+/// is one line and one count in its campaign's status, and what the books say was paid is what
+/// the chain moved.
+pub async fn assert_campaigns_match_chain(
+    s: &Setup,
+    campaigns: &[(&str, &ExperimentCampaignStatus)],
+    before: &Baseline,
+) {
+    let all = results(s.data.path());
+    let mut by_nonce: BTreeMap<B256, Value> = BTreeMap::new();
+    for (name, status) in campaigns {
+        let lines: Vec<Value> = all
+            .iter()
+            .filter(|l| l["campaign_name"] == *name)
+            .cloned()
+            .collect();
+        assert_eq!(
+            unique_ids(&lines),
+            lines.len(),
+            "{name}: recorded twice: {lines:#?}"
+        );
+        assert_eq!(
+            lines.len() as u32,
+            status.succeeded + status.failed,
+            "{name}: results.jsonl and status disagree: {lines:#?}\n{status:?}"
+        );
+        assert!(
+            status.ledger.is_empty(),
+            "{name}: left in the ledger: {status:?}"
+        );
+        let recorded: U256 = lines.iter().map(amount).sum();
+        let spent = autoresearch_coordinator::usdc::Usdc::from_atomic(recorded.to::<u128>());
+        assert_eq!(
+            status.spent.as_deref(),
+            Some(spent.to_string().as_str()),
+            "{name}"
+        );
+        for l in lines {
+            by_nonce.insert(l["nonce"].as_str().unwrap().parse().unwrap(), l);
+        }
+    }
     let settled = settled_since(s, before).await;
     for (nonce, paid) in &settled {
         let line = by_nonce.get(nonce).unwrap_or_else(|| {
-            panic!("voucher {nonce} was settled ({paid:?}) but no experiment records it: paid twice or lost\n{lines:#?}")
+            panic!("voucher {nonce} was settled ({paid:?}) but no experiment records it: paid twice or lost\n{by_nonce:#?}")
         });
         assert_eq!(amount(line), paid.amount, "{line}");
     }
@@ -155,8 +179,6 @@ pub async fn assert_books_match_chain(
     }
     let moved: U256 = settled.values().map(|p| p.amount).sum();
     assert_eq!(paid_to_workers(&s.tb).await - before.paid_to_workers, moved);
-    let recorded: U256 = lines.iter().map(amount).sum();
+    let recorded: U256 = by_nonce.values().map(amount).sum();
     assert_eq!(recorded, moved, "results.jsonl's amounts against the chain");
-    let spent = autoresearch_coordinator::usdc::Usdc::from_atomic(recorded.to::<u128>());
-    assert_eq!(status.spent.as_deref(), Some(spent.to_string().as_str()));
 }

@@ -1,0 +1,410 @@
+//! Faults around the controller, each against real peers (the API server, anvil, the reference
+//! x402 gates, the testbed's signer and workers), each ending in the same money check as the
+//! crash windows (tests/crash.rs): per nonce on chain, each experiment paid at most once and
+//! recorded exactly once. docs/faults.md is the table of what each one shows.
+
+mod support;
+
+use std::time::Duration;
+
+use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::controller::{
+    Controller, Setup, campaign, campaign_events, setup, three_workers, wait_done, wait_for,
+};
+use support::onchain::{assert_books_match_chain, assert_campaigns_match_chain, baseline};
+
+/// Whether the campaign has condition `kind` with `status` and `reason`.
+fn has_condition(c: &ExperimentCampaign, kind: &str, status: &str, reason: &str) -> bool {
+    c.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|k| k.type_ == kind && k.status == status && k.reason == reason)
+    })
+}
+
+/// Waits for a condition, then checks Progressing says the same and the API server holds an
+/// Event with `event` as its reason.
+async fn wait_stalled(
+    s: &Setup,
+    name: &str,
+    (kind, status, reason): (&str, &str, &str),
+    event: &str,
+    controllers: &[&Controller],
+) -> ExperimentCampaign {
+    let what = format!("{kind}={status} ({reason})");
+    let stalled = wait_for(&s.api, name, 60, &what, controllers, |c| {
+        has_condition(c, kind, status, reason) && has_condition(c, "Progressing", "False", event)
+    })
+    .await;
+    let events = campaign_events(&s.client, &s.ns, name).await;
+    assert!(
+        events.iter().any(|e| e.reason == event),
+        "no {event} Event: {events:#?}"
+    );
+    stalled
+}
+
+async fn set_token(s: &Setup, token: &str) {
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = json!({"stringData": {"authToken": token}});
+    secrets
+        .patch(
+            "remote-signer-keystore",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_token_secret_is_a_condition_and_an_event_until_it_exists() {
+    let s = setup("nosecret", three_workers(100)).await;
+    let before = baseline(&s).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    let spec = json!({"maxExperiments": 2,
+        "payment": {"tokenSecretRef": {"name": "absent", "key": "authToken"}}});
+    s.api
+        .create(&PostParams::default(), &campaign("nosecret", &s.tb, spec))
+        .await
+        .unwrap();
+    let stalled = wait_stalled(
+        &s,
+        "nosecret",
+        ("InputsReady", "False", "InputMissing"),
+        "InputMissing",
+        &[&controller],
+    )
+    .await;
+    let message = &stalled.status.unwrap().conditions;
+    assert!(
+        message.iter().any(|c| c.message.contains("Secret absent")),
+        "{message:?}"
+    );
+    // Naming the Secret that exists lets it run.
+    let fix = json!({"spec": {"payment": {"tokenSecretRef": {"name": "remote-signer-keystore", "key": "authToken"}}}});
+    s.api
+        .patch("nosecret", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    let status = wait_done(&s.api, "nosecret", 60, &[&controller]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 2)
+    );
+    let inputs = status.conditions.iter().find(|c| c.type_ == "InputsReady");
+    assert_eq!(inputs.map(|c| c.status.as_str()), Some("True"));
+    assert_books_match_chain(&s, "nosecret", &status, &before).await;
+}
+
+#[tokio::test]
+async fn a_signer_answering_401_mid_campaign_is_signer_failed_until_the_token_is_fixed() {
+    let s = setup("signer401", three_workers(300)).await;
+    let before = baseline(&s).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    let spec = json!({"maxExperiments": 6, "parallelism": 1});
+    s.api
+        .create(&PostParams::default(), &campaign("signer", &s.tb, spec))
+        .await
+        .unwrap();
+    wait_for(&s.api, "signer", 60, "2 finished", &[&controller], |c| {
+        c.status.as_ref().is_some_and(|st| st.succeeded >= 2)
+    })
+    .await;
+    set_token(&s, "not-the-token").await;
+    let stalled = wait_stalled(
+        &s,
+        "signer",
+        ("SignerReady", "False", "SignerFailed"),
+        "SignerFailed",
+        &[&controller],
+    )
+    .await;
+    let paid = stalled.status.unwrap().spent;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = s.api.get("signer").await.unwrap().status.unwrap();
+    assert_eq!(later.spent, paid, "paid while the signer refused");
+
+    set_token(&s, s.tb.m["signer"]["token"].as_str().unwrap()).await;
+    let status = wait_done(&s.api, "signer", 90, &[&controller]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 6)
+    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "SignerReady");
+    assert_eq!(ready.map(|c| c.status.as_str()), Some("True"));
+    assert_books_match_chain(&s, "signer", &status, &before).await;
+}
+
+#[tokio::test]
+async fn an_unwritable_results_file_is_a_condition_and_loses_nothing() {
+    let s = setup("unwritable", three_workers(200)).await;
+    let before = baseline(&s).await;
+    // A folder where results.jsonl should be: no append can open it, even as root.
+    let path = s.data.path().join("autoresearch/results.jsonl");
+    std::fs::create_dir_all(&path).unwrap();
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    let spec = json!({"maxExperiments": 3, "parallelism": 1});
+    s.api
+        .create(&PostParams::default(), &campaign("unwritable", &s.tb, spec))
+        .await
+        .unwrap();
+    let stalled = wait_stalled(
+        &s,
+        "unwritable",
+        ("ResultsWritable", "False", "ResultsUnwritable"),
+        "ResultsUnwritable",
+        &[&controller],
+    )
+    .await;
+    let held = stalled.status.unwrap();
+    assert_eq!((held.succeeded, held.ledger.len()), (0, 1), "{held:?}");
+
+    std::fs::remove_dir(&path).unwrap();
+    let status = wait_done(&s.api, "unwritable", 120, &[&controller]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 3)
+    );
+    let writable = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResultsWritable");
+    assert_eq!(writable.map(|c| c.status.as_str()), Some("True"));
+    assert_books_match_chain(&s, "unwritable", &status, &before).await;
+}
+
+#[tokio::test]
+async fn two_campaigns_sharing_one_worker_never_both_claim_it() {
+    share_one_worker("shared", [11, 12]).await;
+}
+
+/// Both campaigns run the same train.py with the same seed, so their experiment ids are equal
+/// (an id is train.py's and the config's hash): the worker board, keyed on the id, lets both
+/// claim the worker at once. Campaign-unique ids (salted with the campaign's uid) fix it.
+#[tokio::test]
+#[ignore = "needs experiment ids unique to the campaign (issue 11, item 2)"]
+async fn two_campaigns_with_the_same_experiment_ids_never_both_claim_one_worker() {
+    share_one_worker("sameids", [11, 11]).await;
+}
+
+/// Two campaigns with search seeds `seeds` on one worker that runs one experiment at a time.
+async fn share_one_worker(prefix: &str, seeds: [u64; 2]) {
+    let testbed =
+        json!({"workers": [{"name": "solo", "gate": "v2", "price": "10000", "durationMs": 600}]});
+    let s = setup(prefix, testbed).await;
+    let before = baseline(&s).await;
+    let controller = Controller::start(&s.ns, s.data.path(), "ctl");
+    for (name, seed) in ["left", "right"].into_iter().zip(seeds) {
+        let spec = json!({"maxExperiments": 3, "parallelism": 2, "search": {"seed": seed}});
+        s.api
+            .create(&PostParams::default(), &campaign(name, &s.tb, spec))
+            .await
+            .unwrap();
+    }
+    // The worker runs one experiment at a time: at no moment do both ledgers hold it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let statuses: Vec<_> = loop {
+        let both = [
+            s.api.get("left").await.unwrap(),
+            s.api.get("right").await.unwrap(),
+        ];
+        let holding: usize = both
+            .iter()
+            .map(|c| c.status.as_ref().map_or(0, |st| st.ledger.len()))
+            .sum();
+        assert!(holding <= 1, "two claims on one worker: {both:#?}");
+        if both.iter().all(support::controller::is_final) {
+            break both.into_iter().map(|c| c.status.unwrap()).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            controller.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for st in &statuses {
+        // A second claim would have met the worker's 409 busy.
+        assert_eq!((st.succeeded, st.worker_failures), (3, 0), "{st:?}");
+    }
+    let pairs = [("left", &statuses[0]), ("right", &statuses[1])];
+    assert_campaigns_match_chain(&s, &pairs, &before).await;
+}
+
+/// The controller's `autoresearch_status_conflicts_total`.
+async fn conflicts(controller: &Controller) -> u64 {
+    let (_, metrics) = controller.http_get("/metrics").await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("autoresearch_status_conflicts_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn two_controllers_writing_one_status_meet_conflicts_and_pay_once() {
+    let s = setup("twoctl", three_workers(300)).await;
+    let before = baseline(&s).await;
+    // Two leases: both lead, both reconcile the campaign (a split brain, or a second install).
+    let a = Controller::start_with(&s.ns, s.data.path(), "ctl-a", &[("LEASE_NAME", "lease-a")]);
+    let b = Controller::start_with(&s.ns, s.data.path(), "ctl-b", &[("LEASE_NAME", "lease-b")]);
+    let spec = json!({"maxExperiments": 6, "parallelism": 3});
+    s.api
+        .create(&PostParams::default(), &campaign("twoctl", &s.tb, spec))
+        .await
+        .unwrap();
+    let status = wait_done(&s.api, "twoctl", 120, &[&a, &b]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 6)
+    );
+    let met = conflicts(&a).await + conflicts(&b).await;
+    assert!(
+        met > 0,
+        "no write conflict: the test did not test the conflict path"
+    );
+    assert_books_match_chain(&s, "twoctl", &status, &before).await;
+}
+
+/// Waits until the controller's /readyz says it leads.
+async fn wait_leader(controller: &Controller, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !controller
+        .http_get("/readyz")
+        .await
+        .is_some_and(|(_, b)| b.contains("leader"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never led:\n{}",
+            controller.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn signal(controller: &Controller, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &controller.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn a_leader_frozen_past_its_lease_pays_nothing_the_new_leader_pays() {
+    let s = setup("frozen", three_workers(1500)).await;
+    let before = baseline(&s).await;
+    let a = Controller::start(&s.ns, s.data.path(), "ctl-a");
+    wait_leader(&a, 30).await;
+    let b = Controller::start(&s.ns, s.data.path(), "ctl-b");
+    let spec = json!({"maxExperiments": 8, "parallelism": 2});
+    s.api
+        .create(&PostParams::default(), &campaign("frozen", &s.tb, spec))
+        .await
+        .unwrap();
+    wait_for(
+        &s.api,
+        "frozen",
+        60,
+        "1 finished, 2 in flight",
+        &[&a, &b],
+        |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|st| st.succeeded >= 1 && st.ledger.len() == 2)
+        },
+    )
+    .await;
+    signal(&a, "-STOP");
+    // Past the 4 s lease: the standby takes over and resumes what `a` had in flight.
+    wait_leader(&b, 30).await;
+    let progressed = s.api.get("frozen").await.unwrap().status.unwrap().succeeded;
+    wait_for(
+        &s.api,
+        "frozen",
+        60,
+        "the new leader finished more",
+        &[&a, &b],
+        |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|st| st.succeeded >= progressed + 2)
+        },
+    )
+    .await;
+    signal(&a, "-CONT");
+    let status = wait_done(&s.api, "frozen", 120, &[&a, &b]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 8)
+    );
+    let (_, ready_a) = a.http_get("/readyz").await.unwrap();
+    assert!(ready_a.contains("standby"), "{ready_a}");
+    assert_books_match_chain(&s, "frozen", &status, &before).await;
+}
+
+/// The test API server's `host:port`.
+fn api_server() -> String {
+    std::fs::read_to_string(support::kubeconfig())
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("server: https://")
+                .map(str::to_string)
+        })
+        .expect("a server line in the kubeconfig")
+}
+
+/// A copy of the test cluster's kubeconfig that reaches the API server through `port`.
+fn kubeconfig_through(port: u16, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(support::kubeconfig()).unwrap();
+    let path = dir.join("through-proxy.kubeconfig");
+    std::fs::write(
+        &path,
+        text.replace(&api_server(), &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_unreachable_for_20_s_mid_campaign() {
+    let s = setup("partition", three_workers(800)).await;
+    let before = baseline(&s).await;
+    let proxy = support::proxy::Proxy::start(api_server()).await;
+    let kubeconfig = kubeconfig_through(proxy.port, s.data.path());
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap())];
+    let controller = Controller::start_with(&s.ns, s.data.path(), "ctl", &env);
+    let spec = json!({"maxExperiments": 8, "parallelism": 2});
+    s.api
+        .create(&PostParams::default(), &campaign("partition", &s.tb, spec))
+        .await
+        .unwrap();
+    wait_for(
+        &s.api,
+        "partition",
+        60,
+        "2 in flight",
+        &[&controller],
+        |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|st| st.succeeded >= 1 && st.ledger.len() == 2)
+        },
+    )
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    proxy.restore();
+    let status = wait_done(&s.api, "partition", 120, &[&controller]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), 8)
+    );
+    assert_books_match_chain(&s, "partition", &status, &before).await;
+}
