@@ -12,8 +12,8 @@ use autoresearch_coordinator::crd::Phase;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controller::{
-    Controller, campaign, is_final, paid_to_workers, results, setup, three_workers, unique_ids,
-    wait_done, wait_for,
+    Controller, campaign, campaign_events, is_final, paid_to_workers, results, setup,
+    three_workers, unique_ids, wait_done, wait_for,
 };
 use support::testbed::Testbed;
 
@@ -133,6 +133,24 @@ async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result(
     })
     .await;
     first.kill();
+    // The ledger as the dead controller left it: nobody writes status until the next starts.
+    let left_in_flight: HashSet<String> = s
+        .api
+        .get("resume")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .ledger
+        .into_iter()
+        .map(|e| e.experiment_id)
+        .collect();
+    assert!(!left_in_flight.is_empty());
+    // An entry whose line was appended before the kill is finished from that line, not resumed.
+    let appended: HashSet<String> = results(s.data.path())
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
+        .collect();
     let second = Controller::start(&s.ns, s.data.path(), "ctl-second");
     let status = wait_done(&s.api, "resume", 180, &[&first, &second]).await;
     assert_eq!(
@@ -140,7 +158,22 @@ async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result(
         (Some(Phase::Succeeded), 9, 0),
         "{status:?}"
     );
-    assert!(second.log_text().contains("ExperimentResumed") || status.worker_failures == 0);
+    // The second controller resumed each entry the first left in the ledger (Events from the
+    // API server, not a log line).
+    let resumed: HashSet<String> = campaign_events(&s.client, &s.ns, "resume")
+        .await
+        .into_iter()
+        .filter(|e| e.reason == "ExperimentResumed" && e.instance == "ctl-second")
+        .map(|e| {
+            e.note
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let expected: HashSet<String> = left_in_flight.difference(&appended).cloned().collect();
+    assert_eq!(resumed, expected, "resumed experiments");
 
     // Each of the 9 experiments was paid exactly once and recorded exactly once.
     assert_eq!(
@@ -186,9 +219,18 @@ async fn only_the_leader_works_and_a_standby_takes_over() {
     .await;
     let (_, ready_b) = b.http_get("/readyz").await.unwrap();
     assert!(ready_b.contains("standby"), "{ready_b}");
+    let from_b: Vec<_> = campaign_events(&s.client, &s.ns, "ha")
+        .await
+        .into_iter()
+        .filter(|e| e.instance == "ctl-b")
+        .collect();
+    assert!(from_b.is_empty(), "the standby published: {from_b:#?}");
+    let from_a = campaign_events(&s.client, &s.ns, "ha").await;
     assert!(
-        !b.log_text().contains("ExperimentStarted"),
-        "the standby started work"
+        from_a
+            .iter()
+            .any(|e| e.reason == "ExperimentStarted" && e.instance == "ctl-a"),
+        "{from_a:#?}"
     );
 
     a.kill();
@@ -365,6 +407,23 @@ fn ledger_total(lines: &[Value]) -> String {
     autoresearch_coordinator::usdc::Usdc::from_atomic(atomic_total(lines)).to_string()
 }
 
+/// Experiments a campaign knows of (finished or in flight) in `status`.
+fn known(status: &autoresearch_coordinator::crd::ExperimentCampaignStatus) -> usize {
+    (status.succeeded + status.failed) as usize + status.ledger.len()
+}
+
+/// Waits until results.jsonl holds `n` lines (in-flight experiments finishing), up to 30 s.
+async fn wait_lines(data: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = results(data);
+        if lines.len() >= n || tokio::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its_results() {
     let s = setup("lifecycle", three_workers(700)).await;
@@ -380,8 +439,10 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
     })
     .await;
 
-    // Suspend: in-flight experiments finish, nothing new starts.
-    s.api
+    // Suspend: in-flight experiments finish, nothing new starts. The baseline is the status
+    // the patch itself stored: any experiment started after it would show up as one more.
+    let patched = s
+        .api
         .patch(
             "life",
             &PatchParams::default(),
@@ -389,17 +450,23 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
         )
         .await
         .unwrap();
+    let at_suspend = known(&patched.status.unwrap());
     let suspended = wait_for(&s.api, "life", 60, "Suspended", &[&controller], |c| {
         c.status
             .as_ref()
             .is_some_and(|st| st.phase == Some(Phase::Suspended))
     })
     .await;
-    let paid_at_suspend = paid_to_workers(&s.tb).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = s.api.get("life").await.unwrap().status.unwrap();
     assert_eq!(
-        paid_to_workers(&s.tb).await,
-        paid_at_suspend,
+        known(&status),
+        at_suspend,
+        "started while suspended: {status:?}"
+    );
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(10_000 * at_suspend as u64),
         "paid while suspended"
     );
     let done_at_suspend = suspended.status.unwrap().succeeded;
@@ -426,28 +493,36 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
         },
     )
     .await;
-    s.api
-        .delete("life", &DeleteParams::default())
-        .await
-        .unwrap();
+    // The baseline is the campaign as it was deleted: the delete carries its resourceVersion
+    // as a precondition, so it only happens if nothing changed since this read.
+    let at_delete = loop {
+        let c = s.api.get("life").await.unwrap();
+        let pre = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: c.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match s.api.delete("life", &pre).await {
+            Ok(_) => break known(&c.status.unwrap()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("delete: {e}"),
+        }
+    };
     // What was in flight finishes (it is paid) and is recorded; nothing new is paid.
+    let lines = wait_lines(s.data.path(), at_delete).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let paid_after_delete = paid_to_workers(&s.tb).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paid = paid_to_workers(&s.tb).await - payees_before;
     assert_eq!(
-        paid_to_workers(&s.tb).await,
-        paid_after_delete,
+        paid,
+        U256::from(10_000 * at_delete as u64),
         "paid after the campaign was deleted"
     );
 
     // Every experiment paid for has its line in results.jsonl, once.
-    let lines = results(s.data.path());
-    let paid = paid_after_delete - payees_before;
-    assert_eq!(
-        paid,
-        U256::from(10_000 * lines.len() as u64),
-        "payments and results disagree: {lines:#?}"
-    );
+    assert_eq!(lines.len(), at_delete, "{lines:#?}");
+    assert_eq!(results(s.data.path()).len(), at_delete);
     assert_eq!(unique_ids(&lines), lines.len());
 }
 

@@ -8,10 +8,10 @@ mod support;
 
 use autoresearch_coordinator::crd::Phase;
 use autoresearch_coordinator::failpoint::Window;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use support::controller::{Controller, campaign, setup, three_workers, wait_done};
-use support::onchain::{assert_books_match_chain, baseline};
+use support::controller::{Controller, campaign, setup, three_workers, wait_done, wait_for};
+use support::onchain::{assert_books_match_chain, assert_lines_match_chain, baseline};
 
 /// Runs a 4-experiment campaign with a controller armed to abort at `window`, then finishes it
 /// with a second controller and checks the books against the chain.
@@ -68,4 +68,63 @@ async fn crash_after_the_results_append_before_the_status_write() {
 #[tokio::test]
 async fn crash_after_the_status_write() {
     crash_and_resume(Window::AfterStatus).await;
+}
+
+/// Deletion keeps paid work, across a crash: the campaign is deleted with two paid experiments
+/// in flight, the controller aborts while draining it, and the next one records both before
+/// the finalizer lets the campaign go. Nothing new is paid after the delete.
+#[tokio::test]
+async fn a_crash_while_deleting_keeps_the_campaign_until_its_paid_experiments_are_recorded() {
+    let s = setup("crash-delete", three_workers(3000)).await;
+    let before = baseline(&s).await;
+    let finalizer = ("CAMPAIGN_FINALIZER", "true");
+    let armed = [finalizer, ("FAILPOINTS", "delete.draining=return")];
+    let mut first = Controller::start_with(&s.ns, s.data.path(), "ctl-armed", &armed);
+    let spec = json!({"maxExperiments": 20, "parallelism": 2});
+    s.api
+        .create(&PostParams::default(), &campaign("doomed", &s.tb, spec))
+        .await
+        .unwrap();
+    let running = wait_for(&s.api, "doomed", 60, "2 in flight", &[&first], |c| {
+        c.status.as_ref().is_some_and(|st| st.ledger.len() == 2)
+    })
+    .await;
+    let in_flight: Vec<String> = running
+        .status
+        .unwrap()
+        .ledger
+        .into_iter()
+        .map(|e| e.experiment_id)
+        .collect();
+    s.api
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let exit = first.wait_exit(30);
+    assert!(!exit.success(), "{exit:?}\n{}", first.log_text());
+    let kept = s.api.get("doomed").await.expect("kept by the finalizer");
+    assert!(kept.metadata.deletion_timestamp.is_some());
+
+    let second = Controller::start_with(&s.ns, s.data.path(), "ctl-after", &[finalizer]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s.api.get_opt("doomed").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never released:\n{}",
+            second.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let lines = assert_lines_match_chain(&s, &["doomed"], &before).await;
+    for id in &in_flight {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["experiment_id"] == id.as_str() && l["status"] == "completed"),
+            "in flight at the delete, not recorded: {id}\n{lines:#?}"
+        );
+    }
+    // Nothing started after the delete: only what was finished or in flight then is recorded.
+    let finished_then = kept.status.unwrap().succeeded as usize;
+    assert_eq!(lines.len(), finished_then + in_flight.len(), "{lines:#?}");
 }

@@ -6,6 +6,7 @@
 //! tasks: every payment in flight is in a campaign's ledger, and the next leader resumes it.
 
 pub mod best;
+pub mod delete;
 pub mod events;
 pub mod server;
 pub mod stall;
@@ -65,6 +66,10 @@ pub struct ControllerArgs {
     /// Remote signer token when a campaign names no Secret (obol-stack mounts it as env).
     #[arg(long, env = "REMOTE_SIGNER_TOKEN", hide_env_values = true)]
     pub signer_token: Option<String>,
+    /// Keep a deleted campaign (a finalizer) until its paid experiments in flight are recorded.
+    /// Needs `patch` on experimentcampaigns.
+    #[arg(long, env = "CAMPAIGN_FINALIZER", default_value_t = false)]
+    pub finalizer: bool,
     /// Milliseconds between polls of a worker's running job or stored result.
     #[arg(long, env = "JOB_POLL_MS", default_value_t = 10_000, hide = true)]
     pub job_poll_ms: u64,
@@ -76,6 +81,8 @@ struct Context {
     identity: String,
     default_token: Option<String>,
     default_signer_url: Option<String>,
+    /// Whether campaigns carry the finalizer of [`delete`].
+    finalizer: bool,
     // One signer client (and its connection pool) per signer URL and token, shared by every
     // campaign and reconcile that uses it.
     signers: Mutex<HashMap<SignerKey, Arc<RemoteSigner>>>,
@@ -207,6 +214,7 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         identity: identity.clone(),
         default_token: args.signer_token.clone(),
         default_signer_url: args.signer_url.clone(),
+        finalizer: args.finalizer,
         signers: Default::default(),
         campaigns: Default::default(),
     });
@@ -404,9 +412,27 @@ pub enum ReconcileError {
     /// The engine failed to read or write status.
     #[error(transparent)]
     Engine(#[from] crate::engine::UpdateError),
+    /// A deleted campaign still has paid experiments in flight: it is kept until they are
+    /// recorded (not an error: the finalizer waits).
+    #[error("deleted; waiting for {0} paid experiments in flight to be recorded")]
+    Draining(usize),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
 }
 
 async fn reconcile(
+    campaign: Arc<ExperimentCampaign>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if ctx.finalizer {
+        return delete::with_finalizer(campaign, ctx).await;
+    }
+    reconcile_live(campaign, ctx).await
+}
+
+/// One step of a campaign that is not being deleted.
+async fn reconcile_live(
     campaign: Arc<ExperimentCampaign>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -450,6 +476,9 @@ fn error_policy(
     error: &ReconcileError,
     _ctx: Arc<Context>,
 ) -> Action {
+    if let Some(wait) = delete::retry_after(error) {
+        return Action::requeue(wait);
+    }
     tracing::warn!(campaign = %campaign.name_any(), error = %error, "reconcile failed; retrying in 15 s");
     Action::requeue(Duration::from_secs(15))
 }

@@ -23,7 +23,9 @@ pub fn input_condition(error: &ReconcileError) -> Option<ConditionUpdate> {
         ReconcileError::NotText { .. } => "InputNotText",
         ReconcileError::Read { .. } => "InputUnreadable",
         ReconcileError::SignerUrl(_) | ReconcileError::Proposer(_) => "InputInvalid",
-        ReconcileError::Engine(_) => return None,
+        ReconcileError::Engine(_) | ReconcileError::Draining(_) | ReconcileError::Finalizer(_) => {
+            return None;
+        }
     };
     Some(ConditionUpdate {
         kind: ConditionType::InputsReady,

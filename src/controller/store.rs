@@ -66,11 +66,15 @@ impl StatusStore {
             else {
                 return Err(UpdateError::Gone(self.name.clone()));
             };
-            if campaign.metadata.deletion_timestamp.is_some() {
+            if is_deleting(&campaign) && !is_kept(&campaign) {
                 return Err(UpdateError::Gone(self.name.clone()));
             }
             let mut status = campaign.status.clone().unwrap_or_default();
             transition(&campaign, &mut status).map_err(UpdateError::Refused)?;
+            if is_deleting(&campaign) && adds_to_ledger(&campaign, &status) {
+                // A campaign kept for its paid work finishes that work; it pays for nothing new.
+                return Err(UpdateError::Gone(self.name.clone()));
+            }
             if campaign.status.as_ref() == Some(&status) {
                 return Ok(campaign);
             }
@@ -98,6 +102,31 @@ impl StatusStore {
     }
 }
 
+fn is_deleting(campaign: &ExperimentCampaign) -> bool {
+    campaign.metadata.deletion_timestamp.is_some()
+}
+
+/// Whether the finalizer keeps the (deleted) campaign until its paid work is recorded.
+fn is_kept(campaign: &ExperimentCampaign) -> bool {
+    campaign
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == super::delete::FINALIZER))
+}
+
+/// Whether `status` has a ledger entry (a voucher about to be sent) the stored one has not.
+fn adds_to_ledger(
+    campaign: &ExperimentCampaign,
+    status: &crate::crd::ExperimentCampaignStatus,
+) -> bool {
+    let before = campaign.status.as_ref().map_or(&[][..], |s| &s.ledger[..]);
+    status
+        .ledger
+        .iter()
+        .any(|e| !before.iter().any(|b| b.nonce == e.nonce))
+}
+
 impl CampaignStore for StatusStore {
     fn get(&self) -> BoxFuture<'_, Result<Option<ExperimentCampaign>, UpdateError>> {
         Box::pin(async move {
@@ -106,7 +135,9 @@ impl CampaignStore for StatusStore {
                 .get_opt(&self.name)
                 .await
                 .map_err(|e| self.failed(e))?;
-            Ok(campaign.filter(|c| c.metadata.deletion_timestamp.is_none()))
+            // A deleted campaign kept by the finalizer is still there for the tasks finishing
+            // its paid experiments (they read its spec); any other deleted one is gone.
+            Ok(campaign.filter(|c| !is_deleting(c) || is_kept(c)))
         })
     }
 

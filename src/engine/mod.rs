@@ -238,6 +238,12 @@ impl Engine {
         self.memory.retain(exists);
     }
 
+    /// A campaign being deleted: its ledger entries (paid experiments in flight) get a task
+    /// if none runs them (after a restart); nothing new is proposed, claimed or started.
+    pub fn drain(self: &Arc<Self>, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
+        self.resume_orphans(handle, status);
+    }
+
     /// One step of a campaign: resume, THINK, CLAIM, PUBLISH the decision, spawn RUN tasks.
     pub async fn reconcile(self: &Arc<Self>, handle: &CampaignHandle) -> Result<Step, UpdateError> {
         let Some(campaign) = handle.store.get().await? else {

@@ -128,43 +128,61 @@ pub async fn assert_campaigns_match_chain(
     campaigns: &[(&str, &ExperimentCampaignStatus)],
     before: &Baseline,
 ) {
-    let all = results(s.data.path());
-    let mut by_nonce: BTreeMap<B256, Value> = BTreeMap::new();
+    let names: Vec<&str> = campaigns.iter().map(|(n, _)| *n).collect();
+    let lines = assert_lines_match_chain(s, &names, before).await;
     for (name, status) in campaigns {
-        let lines: Vec<Value> = all
+        let mine: Vec<&Value> = lines
             .iter()
             .filter(|l| l["campaign_name"] == *name)
-            .cloned()
             .collect();
         assert_eq!(
-            unique_ids(&lines),
-            lines.len(),
-            "{name}: recorded twice: {lines:#?}"
-        );
-        assert_eq!(
-            lines.len() as u32,
+            mine.len() as u32,
             status.succeeded + status.failed,
-            "{name}: results.jsonl and status disagree: {lines:#?}\n{status:?}"
+            "{name}: results.jsonl and status disagree: {mine:#?}\n{status:?}"
         );
         assert!(
             status.ledger.is_empty(),
             "{name}: left in the ledger: {status:?}"
         );
-        let recorded: U256 = lines.iter().map(amount).sum();
+        let recorded: U256 = mine.iter().map(|l| amount(l)).sum();
         let spent = autoresearch_coordinator::usdc::Usdc::from_atomic(recorded.to::<u128>());
         assert_eq!(
             status.spent.as_deref(),
             Some(spent.to_string().as_str()),
             "{name}"
         );
-        for l in lines {
-            by_nonce.insert(l["nonce"].as_str().unwrap().parse().unwrap(), l);
-        }
     }
+}
+
+/// results.jsonl of campaigns `names` against the chain, whatever their status says (or after
+/// they are deleted): each experiment recorded once, every settled voucher since `before`
+/// recorded with its amount, every line's claim of payment true on chain, and the payees
+/// received exactly that. Returns the lines.
+pub async fn assert_lines_match_chain(s: &Setup, names: &[&str], before: &Baseline) -> Vec<Value> {
+    let lines: Vec<Value> = results(s.data.path())
+        .into_iter()
+        .filter(|l| names.iter().any(|n| l["campaign_name"] == *n))
+        .collect();
+    for name in names {
+        let mine: Vec<Value> = lines
+            .iter()
+            .filter(|l| l["campaign_name"] == *name)
+            .cloned()
+            .collect();
+        assert_eq!(
+            unique_ids(&mine),
+            mine.len(),
+            "{name}: recorded twice: {mine:#?}"
+        );
+    }
+    let by_nonce: BTreeMap<B256, &Value> = lines
+        .iter()
+        .map(|l| (l["nonce"].as_str().unwrap().parse().unwrap(), l))
+        .collect();
     let settled = settled_since(s, before).await;
     for (nonce, paid) in &settled {
         let line = by_nonce.get(nonce).unwrap_or_else(|| {
-            panic!("voucher {nonce} was settled ({paid:?}) but no experiment records it: paid twice or lost\n{by_nonce:#?}")
+            panic!("voucher {nonce} was settled ({paid:?}) but no experiment records it: paid twice or lost\n{lines:#?}")
         });
         assert_eq!(amount(line), paid.amount, "{line}");
     }
@@ -179,6 +197,7 @@ pub async fn assert_campaigns_match_chain(
     }
     let moved: U256 = settled.values().map(|p| p.amount).sum();
     assert_eq!(paid_to_workers(&s.tb).await - before.paid_to_workers, moved);
-    let recorded: U256 = by_nonce.values().map(amount).sum();
+    let recorded: U256 = lines.iter().map(amount).sum();
     assert_eq!(recorded, moved, "results.jsonl's amounts against the chain");
+    lines
 }
