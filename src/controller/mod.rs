@@ -468,7 +468,15 @@ async fn reconcile_live(
         .reconciles
         .with_label_values(&[outcome])
         .inc();
-    Ok(Action::requeue(step?.requeue))
+    match step {
+        Ok(step) => Ok(Action::requeue(step.requeue)),
+        Err(e) => {
+            let e = ReconcileError::from(e);
+            let parts = ctx.parts(&handle.key, &campaign, &namespace, &name);
+            stall::status_too_large(&parts.store, &parts.notify, &e).await;
+            Err(e)
+        }
+    }
 }
 
 fn error_policy(

@@ -37,6 +37,16 @@ pub fn input_condition(error: &ReconcileError) -> Option<ConditionUpdate> {
     })
 }
 
+/// Raises StatusTooLarge=True when the API server refused a status write for its size; the
+/// message says what to do.
+pub async fn status_too_large(store: &StatusStore, notify: &EventSink, error: &ReconcileError) {
+    let ReconcileError::Engine(crate::engine::UpdateError::TooLarge { message, .. }) = error else {
+        return;
+    };
+    let update = publish::too_large(message);
+    publish::raise(store, notify, &update, "Publish").await;
+}
+
 /// Raises InputsReady=False for a reconcile that could not read what the spec names.
 pub async fn inputs_failed(store: &StatusStore, notify: &EventSink, error: &ReconcileError) {
     if let Some(update) = input_condition(error) {

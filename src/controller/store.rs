@@ -96,10 +96,26 @@ impl StatusStore {
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     return Err(UpdateError::Gone(self.name.clone()));
                 }
+                Err(kube::Error::Api(s)) if is_too_large(s.code, &s.message) => {
+                    return Err(UpdateError::TooLarge {
+                        name: self.name.clone(),
+                        message: s.message,
+                    });
+                }
                 Err(e) => return Err(self.failed(e)),
             }
         }
     }
+}
+
+/// Whether the API server refused a write for its size: 413 from the API server itself, or
+/// etcd's limit (`etcdserver: request is too large`, gRPC ResourceExhausted) passed on as 500.
+pub fn is_too_large(code: u16, message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    code == 413
+        || message.contains("request is too large")
+        || message.contains("resourceexhausted")
+        || message.contains("larger than max")
 }
 
 fn is_deleting(campaign: &ExperimentCampaign) -> bool {
@@ -146,5 +162,25 @@ impl CampaignStore for StatusStore {
         transition: Transition<'a>,
     ) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>> {
         Box::pin(self.update_inner(transition))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_too_large;
+
+    #[test]
+    fn size_refusals_are_told_from_other_errors() {
+        assert!(is_too_large(500, "etcdserver: request is too large"));
+        assert!(is_too_large(
+            413,
+            "Request entity too large: limit is 3145728"
+        ));
+        assert!(is_too_large(
+            500,
+            "rpc error: code = ResourceExhausted desc = trying to send message larger than max"
+        ));
+        assert!(!is_too_large(500, "etcdserver: leader changed"));
+        assert!(!is_too_large(422, "spec.maxExperiments: Invalid value"));
     }
 }

@@ -92,6 +92,11 @@ pub async fn decision(
                 s.workers = Some(counts.clone());
             }
             s.observed_generation = c.metadata.generation;
+            // With experiments in flight, only their completion proves the status fits again
+            // (this write may succeed merely because it adds nothing).
+            if s.ledger.is_empty() {
+                clear(s, ConditionType::StatusTooLarge, "Fits", FITS);
+            }
             ledger::refresh_derived(s, &limits);
             let verdict = status::verdict(c, s, &limits, decided.exhausted, &decided.seen);
             status::apply(s, verdict, c.metadata.generation);
@@ -207,6 +212,16 @@ pub async fn complete(
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
+            // The entry this task paid for, by its voucher: if the experiment's entry now holds
+            // another voucher (it was retried meanwhile), this completion is not its.
+            if !s
+                .ledger
+                .iter()
+                .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce)
+            {
+                recorded = Some(Recorded::AlreadyCounted);
+                return Ok(());
+            }
             recorded = Some(ledger::complete(
                 s,
                 &limits,
@@ -221,6 +236,7 @@ pub async fn complete(
                     "results.jsonl takes appends",
                 );
             }
+            clear(s, ConditionType::StatusTooLarge, "Fits", FITS);
             Ok(())
         })
         .await;
@@ -232,6 +248,15 @@ pub async fn complete(
         Ok(stored) => stored.status.map_or(0, |s| s.running),
         Err(e) => {
             tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
+            if let UpdateError::TooLarge { message, .. } = &e {
+                raise(
+                    &*handle.store,
+                    &*handle.notify,
+                    &too_large(message),
+                    "Record",
+                )
+                .await;
+            }
             return;
         }
     };
@@ -313,6 +338,21 @@ pub async fn raise(
             .await;
     }
     changed
+}
+
+/// StatusTooLarge's message once a write fits again.
+const FITS: &str = "the status fits the API server's limit";
+
+/// StatusTooLarge=True for a status write the API server refused for its size, saying what to do.
+pub fn too_large(message: &str) -> ConditionUpdate {
+    ConditionUpdate {
+        kind: ConditionType::StatusTooLarge,
+        ok: true,
+        reason: "StatusTooLarge",
+        message: format!(
+            "the API server refused the status write as too large ({message}); status copies the config into each pending and in-flight experiment: shrink spec.baseConfig, lower spec.parallelism, or move large data out of the config"
+        ),
+    }
 }
 
 /// Sets a blocking condition back to its good state, if it is in its bad one (see
