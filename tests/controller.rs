@@ -12,7 +12,7 @@ use autoresearch_coordinator::crd::Phase;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controller::{
-    Controller, campaign, campaign_events, is_final, paid_to_workers, results, setup,
+    Controller, campaign, campaign_events, in_flight, is_final, paid_to_workers, results, setup,
     three_workers, unique_ids, wait_done, wait_for,
 };
 use support::testbed::Testbed;
@@ -134,17 +134,7 @@ async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result(
     .await;
     first.kill();
     // The ledger as the dead controller left it: nobody writes status until the next starts.
-    let left_in_flight: HashSet<String> = s
-        .api
-        .get("resume")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .ledger
-        .into_iter()
-        .map(|e| e.experiment_id)
-        .collect();
+    let left_in_flight = in_flight(&s.api.get("resume").await.unwrap());
     assert!(!left_in_flight.is_empty());
     // An entry whose line was appended before the kill is finished from that line, not resumed.
     let appended: HashSet<String> = results(s.data.path())
@@ -192,19 +182,7 @@ async fn only_the_leader_works_and_a_standby_takes_over() {
     let payees_before = paid_to_workers(&s.tb).await;
     let mut a = Controller::start(&s.ns, s.data.path(), "ctl-a");
     // Let `a` take the lease before `b` starts, so we know who leads.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !a
-        .http_get("/readyz")
-        .await
-        .is_some_and(|(_, b)| b.contains("leader"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a never led:\n{}",
-            a.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a.wait_leader(30).await;
     let b = Controller::start(&s.ns, s.data.path(), "ctl-b");
     s.api
         .create(

@@ -10,7 +10,9 @@ use autoresearch_coordinator::crd::Phase;
 use autoresearch_coordinator::failpoint::Window;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use support::controller::{Controller, campaign, setup, three_workers, wait_done, wait_for};
+use support::controller::{
+    Controller, campaign, in_flight, setup, three_workers, wait_done, wait_for,
+};
 use support::onchain::{assert_books_match_chain, assert_lines_match_chain, baseline};
 
 /// Runs a 4-experiment campaign with a controller armed to abort at `window`, then finishes it
@@ -89,13 +91,7 @@ async fn a_crash_while_deleting_keeps_the_campaign_until_its_paid_experiments_ar
         c.status.as_ref().is_some_and(|st| st.ledger.len() == 2)
     })
     .await;
-    let in_flight: Vec<String> = running
-        .status
-        .unwrap()
-        .ledger
-        .into_iter()
-        .map(|e| e.experiment_id)
-        .collect();
+    let in_flight = in_flight(&running);
     s.api
         .delete("doomed", &DeleteParams::default())
         .await

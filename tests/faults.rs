@@ -47,6 +47,26 @@ async fn wait_stalled(
     stalled
 }
 
+/// Once the cause is fixed: the campaign finishes with `succeeded` results, condition `kind` is
+/// back to `good`, and the books match the chain.
+async fn assert_recovers(
+    s: &Setup,
+    (name, succeeded): (&str, u32),
+    (kind, good): (&str, &str),
+    before: &support::onchain::Baseline,
+    controller: &Controller,
+) {
+    let status = wait_done(&s.api, name, 120, &[controller]).await;
+    assert_eq!(
+        (status.phase, status.succeeded),
+        (Some(Phase::Succeeded), succeeded),
+        "{status:?}"
+    );
+    let condition = status.conditions.iter().find(|c| c.type_ == kind);
+    assert_eq!(condition.map(|c| c.status.as_str()), Some(good), "{kind}");
+    assert_books_match_chain(s, name, &status, before).await;
+}
+
 async fn set_token(s: &Setup, token: &str) {
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
     let patch = json!({"stringData": {"authToken": token}});
@@ -90,14 +110,14 @@ async fn a_missing_token_secret_is_a_condition_and_an_event_until_it_exists() {
         .patch("nosecret", &PatchParams::default(), &Patch::Merge(&fix))
         .await
         .unwrap();
-    let status = wait_done(&s.api, "nosecret", 60, &[&controller]).await;
-    assert_eq!(
-        (status.phase, status.succeeded),
-        (Some(Phase::Succeeded), 2)
-    );
-    let inputs = status.conditions.iter().find(|c| c.type_ == "InputsReady");
-    assert_eq!(inputs.map(|c| c.status.as_str()), Some("True"));
-    assert_books_match_chain(&s, "nosecret", &status, &before).await;
+    assert_recovers(
+        &s,
+        ("nosecret", 2),
+        ("InputsReady", "True"),
+        &before,
+        &controller,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -129,14 +149,14 @@ async fn a_signer_answering_401_mid_campaign_is_signer_failed_until_the_token_is
     assert_eq!(later.spent, paid, "paid while the signer refused");
 
     set_token(&s, s.tb.m["signer"]["token"].as_str().unwrap()).await;
-    let status = wait_done(&s.api, "signer", 90, &[&controller]).await;
-    assert_eq!(
-        (status.phase, status.succeeded),
-        (Some(Phase::Succeeded), 6)
-    );
-    let ready = status.conditions.iter().find(|c| c.type_ == "SignerReady");
-    assert_eq!(ready.map(|c| c.status.as_str()), Some("True"));
-    assert_books_match_chain(&s, "signer", &status, &before).await;
+    assert_recovers(
+        &s,
+        ("signer", 6),
+        ("SignerReady", "True"),
+        &before,
+        &controller,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -164,17 +184,14 @@ async fn an_unwritable_results_file_is_a_condition_and_loses_nothing() {
     assert_eq!((held.succeeded, held.ledger.len()), (0, 1), "{held:?}");
 
     std::fs::remove_dir(&path).unwrap();
-    let status = wait_done(&s.api, "unwritable", 120, &[&controller]).await;
-    assert_eq!(
-        (status.phase, status.succeeded),
-        (Some(Phase::Succeeded), 3)
-    );
-    let writable = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ResultsWritable");
-    assert_eq!(writable.map(|c| c.status.as_str()), Some("True"));
-    assert_books_match_chain(&s, "unwritable", &status, &before).await;
+    assert_recovers(
+        &s,
+        ("unwritable", 3),
+        ("ResultsWritable", "True"),
+        &before,
+        &controller,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -337,23 +354,6 @@ async fn two_leaders_at_once_pay_each_experiment_once() {
     assert_books_match_chain(&s, "twoctl", &status, &before).await;
 }
 
-/// Waits until the controller's /readyz says it leads.
-async fn wait_leader(controller: &Controller, secs: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !controller
-        .http_get("/readyz")
-        .await
-        .is_some_and(|(_, b)| b.contains("leader"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never led:\n{}",
-            controller.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn signal(controller: &Controller, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &controller.pid().to_string()])
@@ -367,7 +367,7 @@ async fn a_leader_frozen_past_its_lease_pays_nothing_the_new_leader_pays() {
     let s = setup("frozen", three_workers(1500)).await;
     let before = baseline(&s).await;
     let a = Controller::start(&s.ns, s.data.path(), "ctl-a");
-    wait_leader(&a, 30).await;
+    a.wait_leader(30).await;
     let b = Controller::start(&s.ns, s.data.path(), "ctl-b");
     let spec = json!({"maxExperiments": 8, "parallelism": 2});
     s.api
@@ -389,7 +389,7 @@ async fn a_leader_frozen_past_its_lease_pays_nothing_the_new_leader_pays() {
     .await;
     signal(&a, "-STOP");
     // Past the 4 s lease: the standby takes over and resumes what `a` had in flight.
-    wait_leader(&b, 30).await;
+    b.wait_leader(30).await;
     let progressed = s.api.get("frozen").await.unwrap().status.unwrap().succeeded;
     wait_for(
         &s.api,

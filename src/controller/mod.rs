@@ -148,7 +148,11 @@ impl Context {
         ));
         let parts = Arc::new(CampaignParts {
             uid,
-            signer_watch: Arc::new(stall::SignerWatch::new(notify.clone(), store.clone())),
+            signer_watch: Arc::new(stall::SignerWatch::new(
+                notify.clone(),
+                store.clone(),
+                campaign,
+            )),
             store,
             notify,
             best: Arc::new(best::BestConfigMap::new(self.client.clone(), campaign)),

@@ -102,12 +102,22 @@ pub struct SignerWatch {
 }
 
 impl SignerWatch {
-    /// Watches the notices going to `events` for campaign `store`.
-    pub fn new(events: Arc<EventSink>, store: Arc<StatusStore>) -> Self {
+    /// Watches the notices going to `events` for `campaign` (whose status may already say the
+    /// signer failed, before a restart) in `store`.
+    pub fn new(
+        events: Arc<EventSink>,
+        store: Arc<StatusStore>,
+        campaign: &ExperimentCampaign,
+    ) -> Self {
+        let failing = campaign.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == ConditionType::SignerReady.as_str() && c.status == "False")
+        });
         Self {
             events,
             store,
-            failing: AtomicBool::new(false),
+            failing: AtomicBool::new(failing),
         }
     }
 

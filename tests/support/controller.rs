@@ -59,6 +59,15 @@ pub async fn paid_to_workers(tb: &Testbed) -> alloy::primitives::U256 {
     total
 }
 
+/// The experiment ids in a campaign's ledger (paid, in flight).
+pub fn in_flight(campaign: &ExperimentCampaign) -> std::collections::HashSet<String> {
+    campaign
+        .status
+        .iter()
+        .flat_map(|s| s.ledger.iter().map(|e| e.experiment_id.clone()))
+        .collect()
+}
+
 /// How many distinct experiment ids the result lines hold.
 pub fn unique_ids(lines: &[Value]) -> usize {
     lines
@@ -198,6 +207,23 @@ impl Controller {
             "controller still running after {secs} s; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// Waits until /readyz says this controller leads; panics with its log after `secs`.
+    pub async fn wait_leader(&self, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !self
+            .http_get("/readyz")
+            .await
+            .is_some_and(|(_, b)| b.contains("leader"))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never led:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The process id (for signals).
