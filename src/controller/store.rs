@@ -167,7 +167,43 @@ impl CampaignStore for StatusStore {
 
 #[cfg(test)]
 mod tests {
-    use super::is_too_large;
+    use super::{adds_to_ledger, is_too_large};
+    use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, LedgerEntry};
+
+    fn entry(nonce: &str) -> LedgerEntry {
+        LedgerEntry {
+            experiment_id: "exp-1".into(),
+            nonce: nonce.into(),
+            ..LedgerEntry::default()
+        }
+    }
+
+    fn with_ledger(nonces: &[&str]) -> ExperimentCampaignStatus {
+        ExperimentCampaignStatus {
+            ledger: nonces.iter().map(|n| entry(n)).collect(),
+            ..ExperimentCampaignStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_deleted_campaign_may_finish_its_ledger_but_not_grow_it() {
+        let mut campaign: ExperimentCampaign = serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoresearch.obol.org/v1alpha1",
+            "kind": "ExperimentCampaign",
+            "metadata": {"name": "c"},
+            "spec": {"trainScript": {"inline": "x"}, "search": {"strategy": "list", "experiments": [{}]},
+                     "maxExperiments": 1, "budget": {"total": "1", "maxPricePerExperiment": "0.1"}}
+        }))
+        .unwrap();
+        campaign.status = Some(with_ledger(&["0x01", "0x02"]));
+        assert!(
+            !adds_to_ledger(&campaign, &with_ledger(&["0x02"])),
+            "finishing one"
+        );
+        assert!(!adds_to_ledger(&campaign, &with_ledger(&[])));
+        // The same experiment with a new voucher is a new payment.
+        assert!(adds_to_ledger(&campaign, &with_ledger(&["0x02", "0x03"])));
+    }
 
     #[test]
     fn size_refusals_are_told_from_other_errors() {

@@ -528,3 +528,87 @@ fn result_record(
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::engine::{MemoryStore, Notify};
+
+    struct Silent;
+
+    impl Notify for Silent {
+        fn notify(&self, _: Notice) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn campaign_at(state: &[(&str, &str)]) -> CampaignHandle {
+        let mut campaign: ExperimentCampaign = serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoresearch.obol.org/v1alpha1",
+            "kind": "ExperimentCampaign",
+            "metadata": {"name": "c"},
+            "spec": {
+                "trainScript": {"inline": "x"},
+                "search": {"strategy": "list", "experiments": [{}]},
+                "maxExperiments": 4,
+                "budget": {"total": "1", "maxPricePerExperiment": "0.1"}
+            }
+        }))
+        .unwrap();
+        let mut status = crate::crd::ExperimentCampaignStatus::default();
+        for (k, v) in state {
+            status.strategy_state.insert(k.to_string(), v.to_string());
+        }
+        campaign.status = Some(status);
+        CampaignHandle {
+            key: "local/c".into(),
+            namespace: None,
+            name: "c".into(),
+            store: Arc::new(MemoryStore::new(campaign)),
+            notify: Arc::new(Silent),
+            signer: Arc::new(
+                crate::payment::RemoteSigner::new("http://127.0.0.1:9", None).unwrap(),
+            ),
+            train_py: "x".into(),
+            best: None,
+            proposer: None,
+        }
+    }
+
+    async fn decide(handle: &CampaignHandle, base: &State) -> crate::crd::ExperimentCampaignStatus {
+        let proposal = PendingExperiment {
+            experiment_id: "exp-1".into(),
+            ..PendingExperiment::default()
+        };
+        let after: State = [("next".to_string(), "1".to_string())].into();
+        let decided = Decision {
+            proposals: &[proposal],
+            state: &after,
+            base,
+            exhausted: false,
+            counts: None,
+            seen: Sighting::default(),
+        };
+        decision(handle, &decided).await.unwrap().status.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_decision_from_a_stale_strategy_state_writes_neither_its_proposals_nor_its_state() {
+        // Another writer moved the strategy to next=5 after this reconcile read next=0.
+        let handle = campaign_at(&[("next", "5")]);
+        let stale: State = [("next".to_string(), "0".to_string())].into();
+        let status = decide(&handle, &stale).await;
+        assert!(status.pending.is_empty(), "{status:?}");
+        assert_eq!(status.strategy_state["next"], "5");
+
+        // From the state as stored, the same decision is written.
+        let handle = campaign_at(&[("next", "0")]);
+        let status = decide(&handle, &stale).await;
+        assert_eq!(status.pending.len(), 1);
+        assert_eq!(status.strategy_state["next"], "1");
+    }
+}
