@@ -122,7 +122,51 @@ async fn a_missing_token_secret_is_a_condition_and_an_event_until_it_exists() {
 
 #[tokio::test]
 async fn a_signer_answering_401_mid_campaign_is_signer_failed_until_the_token_is_fixed() {
-    let s = setup("signer401", three_workers(300)).await;
+    signer_outage("signer401", Outage::WrongToken).await;
+}
+
+#[tokio::test]
+async fn a_signer_down_mid_campaign_is_signer_failed_until_it_is_back() {
+    signer_outage("signerdown", Outage::Down).await;
+}
+
+/// How the signer fails mid-campaign.
+#[derive(Clone, Copy)]
+enum Outage {
+    /// The token Secret holds a wrong token: every request answers 401.
+    WrongToken,
+    /// Nothing listens at the signer's address (connection refused).
+    Down,
+}
+
+impl Outage {
+    async fn start(self, s: &Setup) {
+        match self {
+            Outage::WrongToken => set_token(s, "not-the-token").await,
+            Outage::Down => set_signer_url(s, "http://127.0.0.1:9").await,
+        }
+    }
+
+    async fn end(self, s: &Setup) {
+        match self {
+            Outage::WrongToken => set_token(s, s.tb.m["signer"]["token"].as_str().unwrap()).await,
+            Outage::Down => set_signer_url(s, s.tb.m["signer"]["url"].as_str().unwrap()).await,
+        }
+    }
+}
+
+async fn set_signer_url(s: &Setup, url: &str) {
+    let patch = json!({"spec": {"payment": {"remoteSignerUrl": url}}});
+    s.api
+        .patch("signer", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// Two experiments in, the signer fails: SignerFailed (Event and condition), Progressing=False,
+/// nothing paid meanwhile; once it is back the campaign finishes, each experiment paid once.
+async fn signer_outage(prefix: &str, outage: Outage) {
+    let s = setup(prefix, three_workers(300)).await;
     let before = baseline(&s).await;
     let controller = Controller::start(&s.ns, s.data.path(), "ctl");
     let spec = json!({"maxExperiments": 6, "parallelism": 1});
@@ -134,7 +178,7 @@ async fn a_signer_answering_401_mid_campaign_is_signer_failed_until_the_token_is
         c.status.as_ref().is_some_and(|st| st.succeeded >= 2)
     })
     .await;
-    set_token(&s, "not-the-token").await;
+    outage.start(&s).await;
     let stalled = wait_stalled(
         &s,
         "signer",
@@ -146,9 +190,9 @@ async fn a_signer_answering_401_mid_campaign_is_signer_failed_until_the_token_is
     let paid = stalled.status.unwrap().spent;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = s.api.get("signer").await.unwrap().status.unwrap();
-    assert_eq!(later.spent, paid, "paid while the signer refused");
+    assert_eq!(later.spent, paid, "paid while the signer failed");
 
-    set_token(&s, s.tb.m["signer"]["token"].as_str().unwrap()).await;
+    outage.end(&s).await;
     assert_recovers(
         &s,
         ("signer", 6),
