@@ -25,16 +25,19 @@ pub enum Window {
     AfterAppend,
     /// The result is in status too.
     AfterStatus,
+    /// A deleted campaign still has paid experiments in flight; the controller drains it.
+    DeleteDraining,
 }
 
 impl Window {
-    pub const ALL: [Window; 6] = [
+    pub const ALL: [Window; 7] = [
         Window::AfterSign,
         Window::AfterReserve,
         Window::AfterSend,
         Window::AfterAnswer,
         Window::AfterAppend,
         Window::AfterStatus,
+        Window::DeleteDraining,
     ];
 
     /// The failpoint's name, as FAILPOINTS spells it.
@@ -46,6 +49,7 @@ impl Window {
             Window::AfterAnswer => "run.after_answer",
             Window::AfterAppend => "publish.after_append",
             Window::AfterStatus => "publish.after_status",
+            Window::DeleteDraining => "delete.draining",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! keep their names; the rest are additions. Every append is flushed to disk before it returns,
 //! so a result that was reported is never lost to a crash.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -127,12 +128,21 @@ pub fn default_path(data_dir: &Path) -> PathBuf {
     data_dir.join("autoresearch").join("results.jsonl")
 }
 
-/// An append-only results file shared by concurrent tasks.
+/// An append-only results file shared by concurrent tasks, and by the processes that share its
+/// volume: each line is written at most once per voucher nonce.
 #[derive(Debug)]
 pub struct ResultsLog {
     path: PathBuf,
-    // Serialises appends so that two lines never interleave.
-    lock: Mutex<()>,
+    // Serialises this process's appends; the file lock (flock) serialises them with other
+    // processes'. Holds what this process has read of the file so far.
+    lock: Mutex<Seen>,
+}
+
+/// The nonces of the lines read so far, and how far the file was read.
+#[derive(Debug, Default)]
+struct Seen {
+    offset: u64,
+    nonces: HashSet<String>,
 }
 
 impl ResultsLog {
@@ -140,7 +150,7 @@ impl ResultsLog {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            lock: Mutex::new(()),
+            lock: Mutex::new(Seen::default()),
         }
     }
 
@@ -149,15 +159,22 @@ impl ResultsLog {
         &self.path
     }
 
-    /// Appends one record and flushes it to disk.
+    /// Appends one record and flushes it to disk. A record whose voucher nonce already has a
+    /// line (another process finished the same ledger entry: a frozen leader come back, a
+    /// second controller) is not written again.
     pub async fn append(&self, record: &ResultRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        let _guard = self.lock.lock().await;
+        let mut guard = self.lock.lock().await;
+        let seen = std::mem::take(&mut *guard);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || append_line(&path, &line))
-            .await
-            .map_err(std::io::Error::other)?
+        let nonce = record.nonce.clone();
+        let (seen, written) =
+            tokio::task::spawn_blocking(move || append_line(&path, &line, nonce, seen))
+                .await
+                .map_err(std::io::Error::other)?;
+        *guard = seen;
+        written
     }
 
     /// Every record in the file, oldest first. Lines that do not parse (a torn last line after
@@ -172,13 +189,92 @@ impl ResultsLog {
     }
 }
 
-fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+fn append_line(
+    path: &Path,
+    line: &str,
+    nonce: Option<String>,
+    mut seen: Seen,
+) -> (Seen, std::io::Result<()>) {
+    let written = append_locked(path, line, nonce.as_deref(), &mut seen);
+    if written.is_err() {
+        // Read again from the start next time: what was read may be out of date.
+        seen = Seen::default();
+    }
+    (seen, written)
+}
+
+fn append_locked(
+    path: &Path,
+    line: &str,
+    nonce: Option<&str>,
+    seen: &mut Seen,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    // Released when `file` is dropped.
+    file.lock()?;
+    read_new_lines(&mut file, seen)?;
+    if let Some(nonce) = nonce
+        && seen.nonces.contains(nonce)
+    {
+        tracing::info!(path = %path.display(), %nonce, "this voucher's result is already in results.jsonl; not written again");
+        return Ok(());
+    }
+    // A crash mid-write (a power cut, a full disk) can leave a torn last line. Ending it first
+    // keeps the new record on a line of its own, so it is readable; the torn one is skipped.
+    if ends_torn(&mut file)? {
+        tracing::warn!(path = %path.display(), "results.jsonl ended in a torn line; ending it before the next record");
+        file.write_all(b"\n")?;
+    }
     file.write_all(line.as_bytes())?;
-    file.sync_data()
+    file.sync_data()?;
+    seen.offset = file.metadata()?.len();
+    seen.nonces.extend(nonce.map(str::to_string));
+    Ok(())
+}
+
+/// Reads the complete lines added since `seen.offset` (by this process or another) and notes
+/// their nonces. A file that shrank (replaced by hand) is read again from the start.
+fn read_new_lines(file: &mut File, seen: &mut Seen) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len < seen.offset {
+        *seen = Seen::default();
+    }
+    file.seek(SeekFrom::Start(seen.offset))?;
+    let mut reader = BufReader::new(&*file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        // A last line without its newline is torn (or being written): not read yet.
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        seen.offset += n as u64;
+        if let Ok(record) = serde_json::from_str::<ResultRecord>(&line) {
+            seen.nonces.extend(record.nonce);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a non-empty file's last byte is not a newline.
+fn ends_torn(file: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// Reads records from a results file; a missing file is an empty history.
@@ -273,7 +369,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_appends_never_interleave_and_torn_lines_are_skipped() {
+    async fn a_voucher_is_recorded_once_whichever_process_appends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        // Two logs on one file: two processes sharing the volume.
+        let (a, b) = (ResultsLog::new(&path), ResultsLog::new(&path));
+        let paid = |id: &str, nonce: &str| ResultRecord {
+            nonce: Some(nonce.into()),
+            ..record(id, Some(1.0))
+        };
+        a.append(&paid("exp-1", "0x01")).await.unwrap();
+        b.append(&paid("exp-1", "0x01")).await.unwrap();
+        b.append(&paid("exp-2", "0x02")).await.unwrap();
+        a.append(&paid("exp-2", "0x02")).await.unwrap();
+        // The same experiment paid with another voucher (a re-created campaign) is a new line.
+        a.append(&paid("exp-1", "0x03")).await.unwrap();
+        let ids: Vec<String> = read_records(&path)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.experiment_id)
+            .collect();
+        assert_eq!(ids, ["exp-1", "exp-2", "exp-1"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_never_interleave_and_a_torn_line_is_ended_before_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let log = std::sync::Arc::new(ResultsLog::new(dir.path().join("r.jsonl")));
         let tasks: Vec<_> = (0..20)
@@ -294,6 +414,11 @@ mod tests {
             .write_all(b"{\"experiment_id\": \"tor")
             .unwrap();
         assert_eq!(log.read_all().unwrap().len(), 20);
+        // The next append ends the torn line first: the new record is not glued to it.
+        log.append(&record("exp-after", Some(0.5))).await.unwrap();
+        let all = log.read_all().unwrap();
+        assert_eq!(all.len(), 21);
+        assert_eq!(all[20].experiment_id, "exp-after");
         assert!(
             read_records(&dir.path().join("missing.jsonl"))
                 .unwrap()

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub campaign_spent_usdc: GaugeVec,
     /// `budget.total` per campaign and network (set at scrape time).
     pub campaign_budget_usdc: GaugeVec,
+    /// Status writes that met a concurrent write (409 Conflict) and were applied again.
+    pub status_conflicts: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -137,6 +139,11 @@ impl Metrics {
             &["namespace", "campaign", "network"],
         )
         .expect("valid metric");
+        let status_conflicts = prometheus::IntCounter::new(
+            "autoresearch_status_conflicts_total",
+            "Status writes that met a concurrent write (409 Conflict) and were applied again",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(experiments.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
@@ -149,6 +156,7 @@ impl Metrics {
             Box::new(campaign_spent_usdc.clone()),
             Box::new(campaign_budget_usdc.clone()),
             Box::new(proposals_refused.clone()),
+            Box::new(status_conflicts.clone()),
         ] {
             registry
                 .register(collector)
@@ -167,6 +175,7 @@ impl Metrics {
             proposals_refused,
             campaign_spent_usdc,
             campaign_budget_usdc,
+            status_conflicts,
         }
     }
 

@@ -8,62 +8,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use alloy::primitives::U256;
-use autoresearch_coordinator::crd::{ExperimentCampaign, Phase};
+use autoresearch_coordinator::crd::Phase;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controller::{
-    Controller, campaign, is_final, results, signer_secret, wait_done, wait_for,
+    Controller, campaign, campaign_events, in_flight, is_final, paid_to_workers, results, setup,
+    three_workers, unique_ids, wait_done, wait_for,
 };
 use support::testbed::Testbed;
-
-struct Setup {
-    ns: String,
-    api: Api<ExperimentCampaign>,
-    tb: Testbed,
-    data: tempfile::TempDir,
-}
-
-async fn setup(prefix: &str, testbed: Value) -> Setup {
-    let client = support::client().await;
-    support::install_crd(&client).await;
-    let ns = support::namespace(&client, prefix).await;
-    let tb = Testbed::start(testbed);
-    signer_secret(&client, &ns, &tb).await;
-    let api = Api::namespaced(client.clone(), &ns);
-    Setup {
-        ns,
-        api,
-        tb,
-        data: tempfile::tempdir().unwrap(),
-    }
-}
-
-/// Sum of USDC received by every worker's payee.
-async fn paid_to_workers(tb: &Testbed) -> U256 {
-    let mut total = U256::ZERO;
-    for w in tb.m["workers"].as_array().unwrap() {
-        total += tb
-            .balance(w["payTo"].as_str().unwrap().parse().unwrap())
-            .await;
-    }
-    total
-}
-
-fn three_workers(duration_ms: u64) -> Value {
-    json!({"workers": [
-        {"name": "w-v2", "gate": "v2", "price": "10000", "durationMs": duration_ms},
-        {"name": "w-v1", "gate": "v1", "price": "10000", "durationMs": duration_ms},
-        {"name": "w-obol", "gate": "obol", "price": "10000", "durationMs": duration_ms}
-    ]})
-}
-
-fn unique_ids(lines: &[Value]) -> usize {
-    lines
-        .iter()
-        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
-        .collect::<HashSet<_>>()
-        .len()
-}
 
 #[tokio::test]
 async fn twelve_experiments_over_three_workers_are_each_paid_once() {
@@ -181,6 +133,14 @@ async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result(
     })
     .await;
     first.kill();
+    // The ledger as the dead controller left it: nobody writes status until the next starts.
+    let left_in_flight = in_flight(&s.api.get("resume").await.unwrap());
+    assert!(!left_in_flight.is_empty());
+    // An entry whose line was appended before the kill is finished from that line, not resumed.
+    let appended: HashSet<String> = results(s.data.path())
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
+        .collect();
     let second = Controller::start(&s.ns, s.data.path(), "ctl-second");
     let status = wait_done(&s.api, "resume", 180, &[&first, &second]).await;
     assert_eq!(
@@ -188,7 +148,22 @@ async fn a_killed_controller_is_resumed_without_paying_twice_or_losing_a_result(
         (Some(Phase::Succeeded), 9, 0),
         "{status:?}"
     );
-    assert!(second.log_text().contains("ExperimentResumed") || status.worker_failures == 0);
+    // The second controller resumed each entry the first left in the ledger (Events from the
+    // API server, not a log line).
+    let resumed: HashSet<String> = campaign_events(&s.client, &s.ns, "resume")
+        .await
+        .into_iter()
+        .filter(|e| e.reason == "ExperimentResumed" && e.instance == "ctl-second")
+        .map(|e| {
+            e.note
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let expected: HashSet<String> = left_in_flight.difference(&appended).cloned().collect();
+    assert_eq!(resumed, expected, "resumed experiments");
 
     // Each of the 9 experiments was paid exactly once and recorded exactly once.
     assert_eq!(
@@ -207,19 +182,7 @@ async fn only_the_leader_works_and_a_standby_takes_over() {
     let payees_before = paid_to_workers(&s.tb).await;
     let mut a = Controller::start(&s.ns, s.data.path(), "ctl-a");
     // Let `a` take the lease before `b` starts, so we know who leads.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !a
-        .http_get("/readyz")
-        .await
-        .is_some_and(|(_, b)| b.contains("leader"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a never led:\n{}",
-            a.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a.wait_leader(30).await;
     let b = Controller::start(&s.ns, s.data.path(), "ctl-b");
     s.api
         .create(
@@ -234,9 +197,18 @@ async fn only_the_leader_works_and_a_standby_takes_over() {
     .await;
     let (_, ready_b) = b.http_get("/readyz").await.unwrap();
     assert!(ready_b.contains("standby"), "{ready_b}");
+    let from_b: Vec<_> = campaign_events(&s.client, &s.ns, "ha")
+        .await
+        .into_iter()
+        .filter(|e| e.instance == "ctl-b")
+        .collect();
+    assert!(from_b.is_empty(), "the standby published: {from_b:#?}");
+    let from_a = campaign_events(&s.client, &s.ns, "ha").await;
     assert!(
-        !b.log_text().contains("ExperimentStarted"),
-        "the standby started work"
+        from_a
+            .iter()
+            .any(|e| e.reason == "ExperimentStarted" && e.instance == "ctl-a"),
+        "{from_a:#?}"
     );
 
     a.kill();
@@ -413,6 +385,23 @@ fn ledger_total(lines: &[Value]) -> String {
     autoresearch_coordinator::usdc::Usdc::from_atomic(atomic_total(lines)).to_string()
 }
 
+/// Experiments a campaign knows of (finished or in flight) in `status`.
+fn known(status: &autoresearch_coordinator::crd::ExperimentCampaignStatus) -> usize {
+    (status.succeeded + status.failed) as usize + status.ledger.len()
+}
+
+/// Waits until results.jsonl holds `n` lines (in-flight experiments finishing), up to 30 s.
+async fn wait_lines(data: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = results(data);
+        if lines.len() >= n || tokio::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its_results() {
     let s = setup("lifecycle", three_workers(700)).await;
@@ -428,8 +417,10 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
     })
     .await;
 
-    // Suspend: in-flight experiments finish, nothing new starts.
-    s.api
+    // Suspend: in-flight experiments finish, nothing new starts. The baseline is the status
+    // the patch itself stored: any experiment started after it would show up as one more.
+    let patched = s
+        .api
         .patch(
             "life",
             &PatchParams::default(),
@@ -437,17 +428,23 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
         )
         .await
         .unwrap();
+    let at_suspend = known(&patched.status.unwrap());
     let suspended = wait_for(&s.api, "life", 60, "Suspended", &[&controller], |c| {
         c.status
             .as_ref()
             .is_some_and(|st| st.phase == Some(Phase::Suspended))
     })
     .await;
-    let paid_at_suspend = paid_to_workers(&s.tb).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = s.api.get("life").await.unwrap().status.unwrap();
     assert_eq!(
-        paid_to_workers(&s.tb).await,
-        paid_at_suspend,
+        known(&status),
+        at_suspend,
+        "started while suspended: {status:?}"
+    );
+    assert_eq!(
+        paid_to_workers(&s.tb).await - payees_before,
+        U256::from(10_000 * at_suspend as u64),
         "paid while suspended"
     );
     let done_at_suspend = suspended.status.unwrap().succeeded;
@@ -474,28 +471,36 @@ async fn suspend_pauses_and_deleting_a_campaign_stops_its_payments_but_keeps_its
         },
     )
     .await;
-    s.api
-        .delete("life", &DeleteParams::default())
-        .await
-        .unwrap();
+    // The baseline is the campaign as it was deleted: the delete carries its resourceVersion
+    // as a precondition, so it only happens if nothing changed since this read.
+    let at_delete = loop {
+        let c = s.api.get("life").await.unwrap();
+        let pre = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: c.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match s.api.delete("life", &pre).await {
+            Ok(_) => break known(&c.status.unwrap()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("delete: {e}"),
+        }
+    };
     // What was in flight finishes (it is paid) and is recorded; nothing new is paid.
+    let lines = wait_lines(s.data.path(), at_delete).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let paid_after_delete = paid_to_workers(&s.tb).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paid = paid_to_workers(&s.tb).await - payees_before;
     assert_eq!(
-        paid_to_workers(&s.tb).await,
-        paid_after_delete,
+        paid,
+        U256::from(10_000 * at_delete as u64),
         "paid after the campaign was deleted"
     );
 
     // Every experiment paid for has its line in results.jsonl, once.
-    let lines = results(s.data.path());
-    let paid = paid_after_delete - payees_before;
-    assert_eq!(
-        paid,
-        U256::from(10_000 * lines.len() as u64),
-        "payments and results disagree: {lines:#?}"
-    );
+    assert_eq!(lines.len(), at_delete, "{lines:#?}");
+    assert_eq!(results(s.data.path()).len(), at_delete);
     assert_eq!(unique_ids(&lines), lines.len());
 }
 

@@ -20,6 +20,7 @@ pub fn voucher_fields(entry: &LedgerEntry) -> ResultRecord {
         payer: voucher.as_ref().map(|v| v.from.to_string()),
         asset: voucher.as_ref().map(|v| v.asset.to_string()),
         valid_before: Some(entry.valid_before),
+        pay_to: voucher.as_ref().map(|v| v.pay_to.to_string()),
         ..ResultRecord::default()
     }
 }

@@ -6,8 +6,10 @@
 //! tasks: every payment in flight is in a campaign's ledger, and the next leader resumes it.
 
 pub mod best;
+pub mod delete;
 pub mod events;
 pub mod server;
+pub mod stall;
 pub mod store;
 
 use std::collections::HashMap;
@@ -64,6 +66,13 @@ pub struct ControllerArgs {
     /// Remote signer token when a campaign names no Secret (obol-stack mounts it as env).
     #[arg(long, env = "REMOTE_SIGNER_TOKEN", hide_env_values = true)]
     pub signer_token: Option<String>,
+    /// Keep a deleted campaign (a finalizer) until its paid experiments in flight are recorded.
+    /// Needs `patch` on experimentcampaigns.
+    #[arg(long, env = "CAMPAIGN_FINALIZER", default_value_t = false)]
+    pub finalizer: bool,
+    /// Milliseconds between polls of a worker's running job or stored result.
+    #[arg(long, env = "JOB_POLL_MS", default_value_t = 10_000, hide = true)]
+    pub job_poll_ms: u64,
 }
 
 struct Context {
@@ -72,6 +81,8 @@ struct Context {
     identity: String,
     default_token: Option<String>,
     default_signer_url: Option<String>,
+    /// Whether campaigns carry the finalizer of [`delete`].
+    finalizer: bool,
     // One signer client (and its connection pool) per signer URL and token, shared by every
     // campaign and reconcile that uses it.
     signers: Mutex<HashMap<SignerKey, Arc<RemoteSigner>>>,
@@ -85,6 +96,8 @@ struct CampaignParts {
     uid: Option<String>,
     store: Arc<store::StatusStore>,
     notify: Arc<events::EventSink>,
+    /// The event sink as RUN uses it: signer failures also raise SignerReady=False.
+    signer_watch: Arc<stall::SignerWatch>,
     best: Arc<best::BestConfigMap>,
     /// The llm proposer and the fingerprint of what it was built from.
     proposer: Mutex<Option<(String, Arc<LlmProposer>)>>,
@@ -124,18 +137,24 @@ impl Context {
         if let Some(parts) = map.get(key).filter(|p| p.uid == uid) {
             return parts.clone();
         }
+        let store = Arc::new(
+            store::StatusStore::new(self.client.clone(), namespace, name)
+                .counting_conflicts(self.engine.metrics().status_conflicts.clone()),
+        );
+        let notify = Arc::new(events::EventSink::new(
+            self.client.clone(),
+            &self.identity,
+            campaign,
+        ));
         let parts = Arc::new(CampaignParts {
             uid,
-            store: Arc::new(store::StatusStore::new(
-                self.client.clone(),
-                namespace,
-                name,
-            )),
-            notify: Arc::new(events::EventSink::new(
-                self.client.clone(),
-                &self.identity,
+            signer_watch: Arc::new(stall::SignerWatch::new(
+                notify.clone(),
+                store.clone(),
                 campaign,
             )),
+            store,
+            notify,
             best: Arc::new(best::BestConfigMap::new(self.client.clone(), campaign)),
             proposer: Mutex::new(None),
         });
@@ -188,13 +207,18 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         .clone()
         .unwrap_or_else(|| format!("autoresearch-coordinator-{}", std::process::id()));
     let results = ResultsLog::new(default_path(&args.data_dir));
-    let engine = Engine::new(workers, results, metrics, Settings::default());
+    let settings = Settings {
+        job_poll: Duration::from_millis(args.job_poll_ms),
+        ..Settings::default()
+    };
+    let engine = Engine::new(workers, results, metrics, settings);
     let ctx = Arc::new(Context {
         client: client.clone(),
         engine: engine.clone(),
         identity: identity.clone(),
         default_token: args.signer_token.clone(),
         default_signer_url: args.signer_url.clone(),
+        finalizer: args.finalizer,
         signers: Default::default(),
         campaigns: Default::default(),
     });
@@ -392,9 +416,27 @@ pub enum ReconcileError {
     /// The engine failed to read or write status.
     #[error(transparent)]
     Engine(#[from] crate::engine::UpdateError),
+    /// A deleted campaign still has paid experiments in flight: it is kept until they are
+    /// recorded (not an error: the finalizer waits).
+    #[error("deleted; waiting for {0} paid experiments in flight to be recorded")]
+    Draining(usize),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
 }
 
 async fn reconcile(
+    campaign: Arc<ExperimentCampaign>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if ctx.finalizer {
+        return delete::with_finalizer(campaign, ctx).await;
+    }
+    reconcile_live(campaign, ctx).await
+}
+
+/// One step of a campaign that is not being deleted.
+async fn reconcile_live(
     campaign: Arc<ExperimentCampaign>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -408,9 +450,21 @@ async fn reconcile(
                 .reconciles
                 .with_label_values(&["error"])
                 .inc();
+            let parts = ctx.parts(
+                &campaign_key(&namespace, &name),
+                &campaign,
+                &namespace,
+                &name,
+            );
+            stall::inputs_failed(&parts.store, &parts.notify, &e).await;
             return Err(e);
         }
     };
+    stall::inputs_ok(
+        &ctx.parts(&handle.key, &campaign, &namespace, &name).store,
+        &campaign,
+    )
+    .await;
     let step = ctx.engine.reconcile(&handle).await;
     let outcome = if step.is_ok() { "ok" } else { "error" };
     ctx.engine
@@ -418,7 +472,15 @@ async fn reconcile(
         .reconciles
         .with_label_values(&[outcome])
         .inc();
-    Ok(Action::requeue(step?.requeue))
+    match step {
+        Ok(step) => Ok(Action::requeue(step.requeue)),
+        Err(e) => {
+            let e = ReconcileError::from(e);
+            let parts = ctx.parts(&handle.key, &campaign, &namespace, &name);
+            stall::status_too_large(&parts.store, &parts.notify, &e).await;
+            Err(e)
+        }
+    }
 }
 
 fn error_policy(
@@ -426,6 +488,9 @@ fn error_policy(
     error: &ReconcileError,
     _ctx: Arc<Context>,
 ) -> Action {
+    if let Some(wait) = delete::retry_after(error) {
+        return Action::requeue(wait);
+    }
     tracing::warn!(campaign = %campaign.name_any(), error = %error, "reconcile failed; retrying in 15 s");
     Action::requeue(Duration::from_secs(15))
 }
@@ -483,7 +548,7 @@ async fn handle_for(
         namespace: Some(namespace.to_string()),
         name: name.to_string(),
         store: parts.store.clone(),
-        notify: parts.notify.clone(),
+        notify: parts.signer_watch.clone(),
         signer,
         train_py: train_py.into(),
         best: Some(parts.best.clone()),

@@ -24,6 +24,7 @@ pub struct StatusStore {
     // Serialises this process's writes to one campaign, so that its own tasks do not make each
     // other conflict; conflicts with other writers are handled by the resourceVersion check.
     lock: Mutex<()>,
+    conflicts: Option<prometheus::IntCounter>,
 }
 
 impl StatusStore {
@@ -33,7 +34,14 @@ impl StatusStore {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             lock: Mutex::new(()),
+            conflicts: None,
         }
+    }
+
+    /// Counts the write conflicts it meets on `counter`.
+    pub fn counting_conflicts(mut self, counter: prometheus::IntCounter) -> Self {
+        self.conflicts = Some(counter);
+        self
     }
 
     fn failed(&self, source: kube::Error) -> UpdateError {
@@ -58,11 +66,15 @@ impl StatusStore {
             else {
                 return Err(UpdateError::Gone(self.name.clone()));
             };
-            if campaign.metadata.deletion_timestamp.is_some() {
+            if is_deleting(&campaign) && !is_kept(&campaign) {
                 return Err(UpdateError::Gone(self.name.clone()));
             }
             let mut status = campaign.status.clone().unwrap_or_default();
             transition(&campaign, &mut status).map_err(UpdateError::Refused)?;
+            if is_deleting(&campaign) && adds_to_ledger(&campaign, &status) {
+                // A campaign kept for its paid work finishes that work; it pays for nothing new.
+                return Err(UpdateError::Gone(self.name.clone()));
+            }
             if campaign.status.as_ref() == Some(&status) {
                 return Ok(campaign);
             }
@@ -76,15 +88,59 @@ impl StatusStore {
             {
                 Ok(stored) => return Ok(stored),
                 Err(kube::Error::Api(s)) if s.code == 409 && conflicts < MAX_CONFLICTS => {
-                    conflicts += 1
+                    conflicts += 1;
+                    if let Some(counter) = &self.conflicts {
+                        counter.inc();
+                    }
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     return Err(UpdateError::Gone(self.name.clone()));
+                }
+                Err(kube::Error::Api(s)) if is_too_large(s.code, &s.message) => {
+                    return Err(UpdateError::TooLarge {
+                        name: self.name.clone(),
+                        message: s.message,
+                    });
                 }
                 Err(e) => return Err(self.failed(e)),
             }
         }
     }
+}
+
+/// Whether the API server refused a write for its size: 413 from the API server itself, or
+/// etcd's limit (`etcdserver: request is too large`, gRPC ResourceExhausted) passed on as 500.
+pub fn is_too_large(code: u16, message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    code == 413
+        || message.contains("request is too large")
+        || message.contains("resourceexhausted")
+        || message.contains("larger than max")
+}
+
+fn is_deleting(campaign: &ExperimentCampaign) -> bool {
+    campaign.metadata.deletion_timestamp.is_some()
+}
+
+/// Whether the finalizer keeps the (deleted) campaign until its paid work is recorded.
+fn is_kept(campaign: &ExperimentCampaign) -> bool {
+    campaign
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == super::delete::FINALIZER))
+}
+
+/// Whether `status` has a ledger entry (a voucher about to be sent) the stored one has not.
+fn adds_to_ledger(
+    campaign: &ExperimentCampaign,
+    status: &crate::crd::ExperimentCampaignStatus,
+) -> bool {
+    let before = campaign.status.as_ref().map_or(&[][..], |s| &s.ledger[..]);
+    status
+        .ledger
+        .iter()
+        .any(|e| !before.iter().any(|b| b.nonce == e.nonce))
 }
 
 impl CampaignStore for StatusStore {
@@ -95,7 +151,9 @@ impl CampaignStore for StatusStore {
                 .get_opt(&self.name)
                 .await
                 .map_err(|e| self.failed(e))?;
-            Ok(campaign.filter(|c| c.metadata.deletion_timestamp.is_none()))
+            // A deleted campaign kept by the finalizer is still there for the tasks finishing
+            // its paid experiments (they read its spec); any other deleted one is gone.
+            Ok(campaign.filter(|c| !is_deleting(c) || is_kept(c)))
         })
     }
 
@@ -104,5 +162,61 @@ impl CampaignStore for StatusStore {
         transition: Transition<'a>,
     ) -> BoxFuture<'a, Result<ExperimentCampaign, UpdateError>> {
         Box::pin(self.update_inner(transition))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{adds_to_ledger, is_too_large};
+    use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, LedgerEntry};
+
+    fn entry(nonce: &str) -> LedgerEntry {
+        LedgerEntry {
+            experiment_id: "exp-1".into(),
+            nonce: nonce.into(),
+            ..LedgerEntry::default()
+        }
+    }
+
+    fn with_ledger(nonces: &[&str]) -> ExperimentCampaignStatus {
+        ExperimentCampaignStatus {
+            ledger: nonces.iter().map(|n| entry(n)).collect(),
+            ..ExperimentCampaignStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_deleted_campaign_may_finish_its_ledger_but_not_grow_it() {
+        let mut campaign: ExperimentCampaign = serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoresearch.obol.org/v1alpha1",
+            "kind": "ExperimentCampaign",
+            "metadata": {"name": "c"},
+            "spec": {"trainScript": {"inline": "x"}, "search": {"strategy": "list", "experiments": [{}]},
+                     "maxExperiments": 1, "budget": {"total": "1", "maxPricePerExperiment": "0.1"}}
+        }))
+        .unwrap();
+        campaign.status = Some(with_ledger(&["0x01", "0x02"]));
+        assert!(
+            !adds_to_ledger(&campaign, &with_ledger(&["0x02"])),
+            "finishing one"
+        );
+        assert!(!adds_to_ledger(&campaign, &with_ledger(&[])));
+        // The same experiment with a new voucher is a new payment.
+        assert!(adds_to_ledger(&campaign, &with_ledger(&["0x02", "0x03"])));
+    }
+
+    #[test]
+    fn size_refusals_are_told_from_other_errors() {
+        assert!(is_too_large(500, "etcdserver: request is too large"));
+        assert!(is_too_large(
+            413,
+            "Request entity too large: limit is 3145728"
+        ));
+        assert!(is_too_large(
+            500,
+            "rpc error: code = ResourceExhausted desc = trying to send message larger than max"
+        ));
+        assert!(!is_too_large(500, "etcdserver: leader changed"));
+        assert!(!is_too_large(422, "spec.maxExperiments: Invalid value"));
     }
 }

@@ -246,6 +246,12 @@ impl Engine {
         self.memory.retain(exists);
     }
 
+    /// A campaign being deleted: its ledger entries (paid experiments in flight) get a task
+    /// if none runs them (after a restart); nothing new is proposed, claimed or started.
+    pub fn drain(self: &Arc<Self>, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
+        self.resume_orphans(handle, status);
+    }
+
     /// One step of a campaign: resume, THINK, CLAIM, PUBLISH the decision, spawn RUN tasks.
     pub async fn reconcile(self: &Arc<Self>, handle: &CampaignHandle) -> Result<Step, UpdateError> {
         let Some(campaign) = handle.store.get().await? else {
@@ -267,7 +273,9 @@ impl Engine {
         let claim = self
             .claim(handle, &campaign, &status, &limits, &thought, capacity)
             .await;
-        let stored = self.publish(handle, &thought, &claim).await?;
+        let stored = self
+            .publish(handle, &thought, &claim, &status.strategy_state)
+            .await?;
         let status = stored.status.clone().unwrap_or_default();
         self.spawn_runs(handle, Arc::new(stored), &status, claim.assignments);
         Ok(Step {
@@ -414,10 +422,12 @@ impl Engine {
         handle: &CampaignHandle,
         thought: &Thought,
         claim: &Claim,
+        base: &strategy::State,
     ) -> Result<ExperimentCampaign, UpdateError> {
         let decided = publish::Decision {
             proposals: &thought.proposals,
             state: &thought.state,
+            base,
             exhausted: thought.exhausted,
             counts: claim.counts.as_ref(),
             seen: Sighting {

@@ -61,6 +61,8 @@ pub struct Decision<'a> {
     pub proposals: &'a [PendingExperiment],
     /// The strategy's state after proposing.
     pub state: &'a State,
+    /// The strategy's state THINK proposed from (the status the reconcile read).
+    pub base: &'a State,
     /// Whether the strategy has nothing left to propose.
     pub exhausted: bool,
     /// Worker counts, when discovery ran.
@@ -80,13 +82,24 @@ pub async fn decision(
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
-            ledger::propose(s, decided.proposals.to_vec());
-            s.strategy_state = decided.state.clone();
+            // THINK proposed from the state it read. If another writer moved the strategy on
+            // meanwhile (a second controller, the model task), these proposals and this state
+            // are stale: writing them would rewind the search and re-propose, and pay again
+            // for, experiments already run. Keep what is stored; the next reconcile proposes.
+            if s.strategy_state == *decided.base {
+                ledger::propose(s, decided.proposals.to_vec());
+                s.strategy_state = decided.state.clone();
+            }
             if let Some(counts) = decided.counts {
                 s.workers = Some(counts.clone());
             }
             s.observed_generation = c.metadata.generation;
             (decided.trust)(s);
+            // With experiments in flight, only their completion proves the status fits again
+            // (this write may succeed merely because it adds nothing).
+            if s.ledger.is_empty() {
+                clear(s, ConditionType::StatusTooLarge, "Fits", FITS);
+            }
             ledger::refresh_derived(s, &limits);
             let verdict = status::verdict(c, s, &limits, decided.exhausted, &decided.seen);
             status::apply(s, verdict, c.metadata.generation);
@@ -186,6 +199,18 @@ pub async fn complete(
         engine
             .board
             .release(&entry.worker, &entry.experiment_id, false);
+        let message = format!(
+            "cannot append to {}: {e}; experiment {} stays in the ledger and is recorded when the file is writable again (check the volume: space, permissions)",
+            engine.results.path().display(),
+            entry.experiment_id
+        );
+        let update = ConditionUpdate {
+            kind: ConditionType::ResultsWritable,
+            ok: false,
+            reason: "ResultsUnwritable",
+            message,
+        };
+        raise(&*handle.store, &*handle.notify, &update, "Record").await;
         return;
     }
     failpoint::crash_at(Window::AfterAppend);
@@ -194,6 +219,16 @@ pub async fn complete(
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
+            // The entry this task paid for, by its voucher: if the experiment's entry now holds
+            // another voucher (it was retried meanwhile), this completion is not its.
+            if !s
+                .ledger
+                .iter()
+                .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce)
+            {
+                recorded = Some(Recorded::AlreadyCounted);
+                return Ok(());
+            }
             let before = s.best.as_ref().map(|b| b.experiment_id.clone());
             recorded = Some(ledger::complete(
                 s,
@@ -208,6 +243,15 @@ pub async fn complete(
             {
                 *new_best = changed;
             }
+            if !retried {
+                clear(
+                    s,
+                    ConditionType::ResultsWritable,
+                    "Appended",
+                    "results.jsonl takes appends",
+                );
+            }
+            clear(s, ConditionType::StatusTooLarge, "Fits", FITS);
             Ok(())
         })
         .await;
@@ -219,6 +263,15 @@ pub async fn complete(
         Ok(stored) => stored.status.map_or(0, |s| s.running),
         Err(e) => {
             tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
+            if let UpdateError::TooLarge { message, .. } = &e {
+                raise(
+                    &*handle.store,
+                    &*handle.notify,
+                    &too_large(message),
+                    "Record",
+                )
+                .await;
+            }
             return;
         }
     };
@@ -251,6 +304,100 @@ pub async fn complete(
     }
     handle.notify.notify(notice).await;
     super::trust::announce(engine, handle).await;
+}
+
+/// Sets a condition that stops the campaign (see `status::blocked`) and, when it was not already
+/// so, publishes it as a Warning Event with the condition's reason: every stall shows in
+/// `kubectl describe`, not only in the log. Failures to write are logged: the caller retries.
+/// Returns whether the condition changed (and the Event was published).
+pub async fn raise(
+    store: &dyn super::CampaignStore,
+    notify: &dyn super::Notify,
+    update: &ConditionUpdate,
+    action: &'static str,
+) -> bool {
+    let mut changed = false;
+    let stored = store
+        .update(&mut |c, s| {
+            let before = s.conditions.clone();
+            let generation = c.metadata.generation;
+            status::set_condition(&mut s.conditions, status::condition(update, generation));
+            // Progressing says so in the same write: a reconcile that fails before its
+            // decision (a missing Secret) would never update it.
+            if let Some((reason, message)) = status::blocked(s) {
+                let progressing = ConditionUpdate {
+                    kind: ConditionType::Progressing,
+                    ok: false,
+                    reason,
+                    message,
+                };
+                status::set_condition(
+                    &mut s.conditions,
+                    status::condition(&progressing, generation),
+                );
+            }
+            changed = s.conditions != before;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, condition = update.kind.as_str(), "could not write the condition");
+    }
+    if changed {
+        notify
+            .notify(Notice {
+                severity: Severity::Warning,
+                reason: update.reason,
+                action,
+                message: update.message.clone(),
+            })
+            .await;
+    }
+    changed
+}
+
+/// StatusTooLarge's message once a write fits again.
+const FITS: &str = "the status fits the API server's limit";
+
+/// StatusTooLarge=True for a status write the API server refused for its size, saying what to do.
+pub fn too_large(message: &str) -> ConditionUpdate {
+    ConditionUpdate {
+        kind: ConditionType::StatusTooLarge,
+        ok: true,
+        reason: "StatusTooLarge",
+        message: format!(
+            "the API server refused the status write as too large ({message}); status copies the config into each pending and in-flight experiment: shrink spec.baseConfig, lower spec.parallelism, or move large data out of the config"
+        ),
+    }
+}
+
+/// Sets a blocking condition back to its good state, if it is in its bad one (see
+/// `status::blocked`); a condition never raised is not added.
+pub fn clear(
+    s: &mut crate::crd::ExperimentCampaignStatus,
+    kind: ConditionType,
+    reason: &'static str,
+    message: &str,
+) {
+    let Some(old) = s.conditions.iter().find(|c| c.type_ == kind.as_str()) else {
+        return;
+    };
+    let good = if kind == ConditionType::StatusTooLarge {
+        "False"
+    } else {
+        "True"
+    };
+    if old.status == good {
+        return;
+    }
+    let update = ConditionUpdate {
+        kind,
+        ok: good == "True",
+        reason,
+        message: message.to_string(),
+    };
+    let generation = old.observed_generation;
+    status::set_condition(&mut s.conditions, status::condition(&update, generation));
 }
 
 /// Publishes the code of a new best experiment (when THINK changed the code) and says where.
@@ -388,9 +535,6 @@ fn result_record(
         params: entry.params.clone(),
         campaign_namespace: handle.namespace.clone(),
         campaign_name: Some(handle.name.clone()),
-        pay_to: serde_json::from_str::<Voucher>(&entry.payment)
-            .ok()
-            .map(|v| v.pay_to.to_string()),
         ..crate::chain::audit::voucher_fields(entry)
     }
 }
@@ -398,4 +542,88 @@ fn result_record(
 /// Now, as RFC 3339 in UTC.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::engine::{MemoryStore, Notify};
+
+    struct Silent;
+
+    impl Notify for Silent {
+        fn notify(&self, _: Notice) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn campaign_at(state: &[(&str, &str)]) -> CampaignHandle {
+        let mut campaign: ExperimentCampaign = serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoresearch.obol.org/v1alpha1",
+            "kind": "ExperimentCampaign",
+            "metadata": {"name": "c"},
+            "spec": {
+                "trainScript": {"inline": "x"},
+                "search": {"strategy": "list", "experiments": [{}]},
+                "maxExperiments": 4,
+                "budget": {"total": "1", "maxPricePerExperiment": "0.1"}
+            }
+        }))
+        .unwrap();
+        let mut status = crate::crd::ExperimentCampaignStatus::default();
+        for (k, v) in state {
+            status.strategy_state.insert(k.to_string(), v.to_string());
+        }
+        campaign.status = Some(status);
+        CampaignHandle {
+            key: "local/c".into(),
+            namespace: None,
+            name: "c".into(),
+            store: Arc::new(MemoryStore::new(campaign)),
+            notify: Arc::new(Silent),
+            signer: Arc::new(
+                crate::payment::RemoteSigner::new("http://127.0.0.1:9", None).unwrap(),
+            ),
+            train_py: "x".into(),
+            best: None,
+            proposer: None,
+        }
+    }
+
+    async fn decide(handle: &CampaignHandle, base: &State) -> crate::crd::ExperimentCampaignStatus {
+        let proposal = PendingExperiment {
+            experiment_id: "exp-1".into(),
+            ..PendingExperiment::default()
+        };
+        let after: State = [("next".to_string(), "1".to_string())].into();
+        let decided = Decision {
+            proposals: &[proposal],
+            state: &after,
+            base,
+            exhausted: false,
+            counts: None,
+            seen: Sighting::default(),
+        };
+        decision(handle, &decided).await.unwrap().status.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_decision_from_a_stale_strategy_state_writes_neither_its_proposals_nor_its_state() {
+        // Another writer moved the strategy to next=5 after this reconcile read next=0.
+        let handle = campaign_at(&[("next", "5")]);
+        let stale: State = [("next".to_string(), "0".to_string())].into();
+        let status = decide(&handle, &stale).await;
+        assert!(status.pending.is_empty(), "{status:?}");
+        assert_eq!(status.strategy_state["next"], "5");
+
+        // From the state as stored, the same decision is written.
+        let handle = campaign_at(&[("next", "0")]);
+        let status = decide(&handle, &stale).await;
+        assert_eq!(status.pending.len(), 1);
+        assert_eq!(status.strategy_state["next"], "1");
+    }
 }

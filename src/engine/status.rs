@@ -30,6 +30,14 @@ pub enum ConditionType {
     WalletFunded,
     /// The best result was reproduced by another worker.
     Verified,
+    /// The ConfigMaps and Secrets the spec names can be read.
+    InputsReady,
+    /// The remote signer signs for this campaign.
+    SignerReady,
+    /// results.jsonl can be appended to.
+    ResultsWritable,
+    /// The API server refused a status write as too large.
+    StatusTooLarge,
 }
 
 impl ConditionType {
@@ -44,6 +52,10 @@ impl ConditionType {
             ConditionType::IndexQuotaLow => "IndexQuotaLow",
             ConditionType::WalletFunded => "WalletFunded",
             ConditionType::Verified => "Verified",
+            ConditionType::InputsReady => "InputsReady",
+            ConditionType::SignerReady => "SignerReady",
+            ConditionType::ResultsWritable => "ResultsWritable",
+            ConditionType::StatusTooLarge => "StatusTooLarge",
         }
     }
 }
@@ -258,8 +270,33 @@ fn progressing(
         (None, false, false) if status.submitted == 0 && !workers.ok => {
             update(false, "NoWorkers", workers.message.clone())
         }
+        (None, false, false) if blocked(status).is_some() => {
+            let (reason, message) = blocked(status).unwrap_or_default();
+            update(false, reason, message)
+        }
         (None, false, false) => update(true, "Running", format!("{} running", status.ledger.len())),
     }
+}
+
+/// The conditions that stop a campaign from progressing when they are in their bad state, and
+/// the Progressing reason each one gives: (type, status meaning "blocked", reason).
+const BLOCKERS: [(ConditionType, &str, &str); 4] = [
+    (ConditionType::InputsReady, "False", "InputMissing"),
+    (ConditionType::SignerReady, "False", "SignerFailed"),
+    (ConditionType::ResultsWritable, "False", "ResultsUnwritable"),
+    (ConditionType::StatusTooLarge, "True", "StatusTooLarge"),
+];
+
+/// Why the campaign cannot progress, if a blocking condition says so: Progressing's reason and
+/// the blocking condition's message.
+pub fn blocked(status: &ExperimentCampaignStatus) -> Option<(&'static str, String)> {
+    BLOCKERS.iter().find_map(|(kind, bad, reason)| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind.as_str() && c.status == *bad)
+            .map(|c| (*reason, c.message.clone()))
+    })
 }
 
 /// Why the campaign stopped, in words.

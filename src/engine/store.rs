@@ -25,6 +25,15 @@ pub enum UpdateError {
     /// The campaign is gone (deleted): no further payments are made for it.
     #[error("campaign {0} no longer exists")]
     Gone(String),
+    /// The API server refused the write as too large ("etcdserver: request is too large",
+    /// 413, or gRPC ResourceExhausted): retrying the same write cannot help.
+    #[error("the status of campaign {name} is too large for the API server: {message}")]
+    TooLarge {
+        /// Campaign name.
+        name: String,
+        /// What the API server said.
+        message: String,
+    },
     /// The store failed (the API server, or too many write conflicts).
     #[error("updating the status of campaign {name}: {source}")]
     Store {

@@ -13,6 +13,102 @@ use serde_json::{Value, json};
 
 use super::testbed::Testbed;
 
+/// One test's world: a namespace with the signer's Secret, a testbed, a data folder.
+pub struct Setup {
+    pub ns: String,
+    pub client: Client,
+    pub api: Api<ExperimentCampaign>,
+    pub tb: Testbed,
+    pub data: tempfile::TempDir,
+}
+
+/// A fresh namespace (with the signer Secret) and testbed `testbed` (its config).
+pub async fn setup(prefix: &str, testbed: Value) -> Setup {
+    let client = super::client().await;
+    super::install_crd(&client).await;
+    let ns = super::namespace(&client, prefix).await;
+    let tb = Testbed::start(testbed);
+    signer_secret(&client, &ns, &tb).await;
+    let api = Api::namespaced(client.clone(), &ns);
+    Setup {
+        ns,
+        client,
+        api,
+        tb,
+        data: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Three workers, one per gate kind, at 0.01 USDC, each run taking `duration_ms`.
+pub fn three_workers(duration_ms: u64) -> Value {
+    json!({"workers": [
+        {"name": "w-v2", "gate": "v2", "price": "10000", "durationMs": duration_ms},
+        {"name": "w-v1", "gate": "v1", "price": "10000", "durationMs": duration_ms},
+        {"name": "w-obol", "gate": "obol", "price": "10000", "durationMs": duration_ms}
+    ]})
+}
+
+/// Sum of USDC received by every worker's payee.
+pub async fn paid_to_workers(tb: &Testbed) -> alloy::primitives::U256 {
+    let mut total = alloy::primitives::U256::ZERO;
+    for w in tb.m["workers"].as_array().unwrap() {
+        total += tb
+            .balance(w["payTo"].as_str().unwrap().parse().unwrap())
+            .await;
+    }
+    total
+}
+
+/// The experiment ids in a campaign's ledger (paid, in flight).
+pub fn in_flight(campaign: &ExperimentCampaign) -> std::collections::HashSet<String> {
+    campaign
+        .status
+        .iter()
+        .flat_map(|s| s.ledger.iter().map(|e| e.experiment_id.clone()))
+        .collect()
+}
+
+/// How many distinct experiment ids the result lines hold.
+pub fn unique_ids(lines: &[Value]) -> usize {
+    lines
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// One Event the API server holds about a campaign.
+#[derive(Clone, Debug)]
+pub struct SeenEvent {
+    pub reason: String,
+    /// The controller replica that published it.
+    pub instance: String,
+    pub note: String,
+}
+
+/// The Events the API server holds about campaign `name` (not what any log says).
+pub async fn campaign_events(client: &Client, namespace: &str, name: &str) -> Vec<SeenEvent> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(name))
+        })
+        .map(|e| SeenEvent {
+            reason: e.reason.unwrap_or_default(),
+            instance: e.reporting_instance.unwrap_or_default(),
+            note: e.note.unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// A running `autoresearch-coordinator controller`; killed when dropped.
 pub struct Controller {
     child: Child,
@@ -58,6 +154,8 @@ impl Controller {
             .env("WATCH_NAMESPACE", namespace)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,kube=warn")
+            // Resumed and uncertain experiments poll the testbed's fast workers quickly.
+            .env("JOB_POLL_MS", "200")
             .env_remove("REMOTE_SIGNER_TOKEN")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -93,6 +191,44 @@ impl Controller {
             "controller did not stop within 10 s of SIGTERM; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// Waits up to `secs` for the process to exit by itself (a failpoint aborting it); panics
+    /// with the log otherwise.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "controller still running after {secs} s; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Waits until /readyz says this controller leads; panics with its log after `secs`.
+    pub async fn wait_leader(&self, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !self
+            .http_get("/readyz")
+            .await
+            .is_some_and(|(_, b)| b.contains("leader"))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never led:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

@@ -7,6 +7,8 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod controller;
+pub mod onchain;
+pub mod proxy;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};
