@@ -607,6 +607,7 @@ mod tests {
             exhausted: false,
             counts: None,
             seen: Sighting::default(),
+            trust: &|_| {},
         };
         decision(handle, &decided).await.unwrap().status.unwrap()
     }
