@@ -180,6 +180,16 @@ async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retrie
     assert_eq!((status.succeeded, status.failed), (1, 0), "{status:?}");
     assert_eq!(status.spent.as_deref(), Some("0.01"));
     assert_eq!(status.spent_uncertain, None);
+    // The balance before the second voucher was signed: the first moved nothing, but a balance
+    // read less than 5 s earlier still has it taken off.
+    let balance = status.wallet_balance.as_deref();
+    assert!(matches!(balance, Some("1000" | "999.995")), "{balance:?}");
+    let funded = status.conditions.iter().find(|c| c.type_ == "WalletFunded");
+    assert_eq!(
+        funded.map(|c| c.status.as_str()),
+        Some("True"),
+        "{status:?}"
+    );
     let lines = controller::results(data.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(
