@@ -76,6 +76,7 @@ async fn payer_spend(tb: &Testbed, before: U256) -> U256 {
 
 /// A controller in a fresh namespace, judging payments through the testbed's chain.
 struct Judged {
+    ns: String,
     api: Api<ExperimentCampaign>,
     data: tempfile::TempDir,
     ctl: controller::Controller,
@@ -91,6 +92,7 @@ async fn judged_controller(prefix: &str, tb: &Testbed) -> Judged {
     let ctl = controller::Controller::start_with(&ns, data.path(), "c0", &[("ERPC_URL", rpc)]);
     Judged {
         api: Api::namespaced(client, &ns),
+        ns,
         data,
         ctl,
     }
@@ -144,7 +146,7 @@ async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retrie
          "edge": {"timeoutMs": 1000}},
         {"name": "good", "gate": "obol", "price": "10000", "durationMs": 100}
     ]}));
-    let Judged { api, data, ctl } = judged_controller("money-expiry", &tb).await;
+    let Judged { api, data, ctl, .. } = judged_controller("money-expiry", &tb).await;
     let before = tb.balance(tb.payer()).await;
     // The hanging worker is preferred, so it gets the experiment first; its edge gives up
     // after 1 s.
@@ -180,6 +182,16 @@ async fn a_voucher_that_expires_unused_is_not_spent_and_the_experiment_is_retrie
     assert_eq!((status.succeeded, status.failed), (1, 0), "{status:?}");
     assert_eq!(status.spent.as_deref(), Some("0.01"));
     assert_eq!(status.spent_uncertain, None);
+    // The balance before the second voucher was signed: the first moved nothing, but a balance
+    // read less than 5 s earlier still has it taken off.
+    let balance = status.wallet_balance.as_deref();
+    assert!(matches!(balance, Some("1000" | "999.995")), "{balance:?}");
+    let funded = status.conditions.iter().find(|c| c.type_ == "WalletFunded");
+    assert_eq!(
+        funded.map(|c| c.status.as_str()),
+        Some("True"),
+        "{status:?}"
+    );
     let lines = controller::results(data.path());
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(
@@ -202,7 +214,9 @@ async fn a_worker_never_hands_one_campaigns_result_to_another() {
     let tb = Testbed::start(json!({"workers": [
         {"name": "w", "gate": "v2", "price": "10000", "durationMs": 100}
     ]}));
-    let Judged { api, data, ctl } = judged_controller("money-scope", &tb).await;
+    let Judged {
+        ns, api, data, ctl, ..
+    } = judged_controller("money-scope", &tb).await;
     let before = tb.balance(tb.payer()).await;
     for name in ["first", "second"] {
         let c = controller::campaign(name, &tb, json!({"maxExperiments": 1, "parallelism": 1}));
@@ -224,6 +238,25 @@ async fn a_worker_never_hands_one_campaigns_result_to_another() {
         amount(&lines[0]) + amount(&lines[1])
     );
     assert_eq!(tb.worker_status("w").await["runs"], 2);
+    // `audit` reads the campaign from the cluster and checks its line only.
+    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
+        .args(["audit", "--namespace", &ns, "--name", "second"])
+        .arg("--results")
+        .arg(data.path().join("autoresearch/results.jsonl"))
+        .args(["--rpc-url", tb.m["rpcUrl"].as_str().unwrap()])
+        .env("KUBECONFIG", support::kubeconfig())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("paid 1, unpaid 0, uncertain 0, mismatches 0, unchecked 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 authorization(s) of the payer used on chain are in no line"),
+        "the first campaign's payment is not this campaign's: {text}"
+    );
 }
 
 async fn wait_for<F, Fut>(mut ok: F)

@@ -164,8 +164,22 @@ impl UsdcChain {
         authorizer: Address,
         nonce: B256,
     ) -> Result<bool, ChainError> {
+        self.authorization_used_at(asset, authorizer, nonce, None)
+            .await
+    }
+
+    /// [`UsdcChain::authorization_used`] as of block `at` (`None`: the latest). Asking at the
+    /// block whose time was read means a lagging upstream behind a load balancer errors instead
+    /// of answering from an older state.
+    pub async fn authorization_used_at(
+        &self,
+        asset: Address,
+        authorizer: Address,
+        nonce: B256,
+        at: Option<u64>,
+    ) -> Result<bool, ChainError> {
         let call = IUsdc::authorizationStateCall { authorizer, nonce };
-        let bytes = self.eth_call(asset, call.abi_encode()).await?;
+        let bytes = self.eth_call_at(asset, call.abi_encode(), at).await?;
         IUsdc::authorizationStateCall::abi_decode_returns(&bytes).map_err(|e| ChainError::Answer {
             method: "authorizationState".into(),
             why: e.to_string(),
@@ -258,8 +272,18 @@ impl UsdcChain {
     }
 
     async fn eth_call(&self, to: Address, data: Vec<u8>) -> Result<Vec<u8>, ChainError> {
+        self.eth_call_at(to, data, None).await
+    }
+
+    async fn eth_call_at(
+        &self,
+        to: Address,
+        data: Vec<u8>,
+        at: Option<u64>,
+    ) -> Result<Vec<u8>, ChainError> {
         let call = json!({"to": to.to_string(), "data": hex::encode_prefixed(data)});
-        let answer = self.rpc("eth_call", json!([call, "latest"])).await?;
+        let block = at.map_or_else(|| "latest".to_string(), |n| format!("0x{n:x}"));
+        let answer = self.rpc("eth_call", json!([call, block])).await?;
         answer
             .as_str()
             .and_then(|s| hex::decode(s).ok())

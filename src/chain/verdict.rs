@@ -145,10 +145,11 @@ enum Look {
 
 async fn look(chain: &UsdcChain, voucher: &Voucher) -> Result<Look, ChainError> {
     chain.check_network(voucher.network).await?;
-    // Time first: a nonce unused *after* the chain passed validBefore stays unused.
-    let (_, time) = chain.head().await?;
+    // The state as of the block whose time is read: a nonce unused in a block at or past
+    // validBefore stays unused (a later block is never earlier).
+    let (block, time) = chain.head().await?;
     if chain
-        .authorization_used(voucher.asset, voucher.from, voucher.nonce)
+        .authorization_used_at(voucher.asset, voucher.from, voucher.nonce, Some(block))
         .await?
     {
         return Ok(Look::Used);
@@ -169,6 +170,47 @@ mod tests {
             status,
             body: body.into(),
         }
+    }
+
+    fn voucher(valid_before: u64) -> Voucher {
+        Voucher {
+            experiment_id: "exp-1".into(),
+            version: crate::payment::X402Version::V2,
+            network: crate::crd::Network::BaseSepolia,
+            amount: crate::usdc::Usdc::from_atomic(10_000),
+            asset: alloy::primitives::Address::repeat_byte(1),
+            from: alloy::primitives::Address::repeat_byte(2),
+            pay_to: alloy::primitives::Address::repeat_byte(3),
+            nonce: B256::repeat_byte(4),
+            valid_after: 0,
+            valid_before,
+            header: String::new(),
+        }
+    }
+
+    /// An unreadable chain is waited for until well past validBefore, then the voucher is left
+    /// undecided (never called unpaid: that would pay twice if it settled).
+    #[tokio::test]
+    async fn an_unreadable_chain_past_valid_before_leaves_the_voucher_undecided() {
+        // Port 9 (discard) on loopback: nothing listens, every read fails at once.
+        let chain = UsdcChain::new("http://127.0.0.1:9").unwrap();
+        let client = WorkerClient::new("http://127.0.0.1:9/w", Duration::from_secs(5)).unwrap();
+        let request = ExperimentRequest {
+            experiment_id: "exp-1".into(),
+            train_py: String::new(),
+            config: serde_json::json!({}),
+        };
+        let late = || 100 + UNREADABLE_GRACE_SECS + 1;
+        let settled = tokio::time::timeout(
+            Duration::from_secs(20),
+            settle(&chain, &client, &voucher(100), &request, None, true, late),
+        )
+        .await
+        .expect("gives up at once past the grace");
+        assert!(
+            matches!(&settled, Settled::Undecided { reason } if reason.contains("127.0.0.1:9")),
+            "{settled:?}"
+        );
     }
 
     #[test]
