@@ -41,10 +41,17 @@ async fn twelve_experiments_over_three_workers_are_each_paid_once() {
     assert_eq!(status.progress.as_deref(), Some("12/12"));
     assert!(status.ledger.is_empty() && status.pending.is_empty());
     assert_eq!(status.leaderboard.len(), 10);
-    assert_eq!(
-        status.best.as_ref().unwrap().val_bpb,
-        status.leaderboard[0].val_bpb
+    // The best is the verified result: one of the ten, at the mean of its agreeing runs, so
+    // never below the lowest claim.
+    let best = status.best.as_ref().unwrap();
+    assert!(
+        status
+            .leaderboard
+            .iter()
+            .any(|r| r.experiment_id == best.experiment_id),
+        "{status:?}"
     );
+    assert!(best.val_bpb >= status.leaderboard[0].val_bpb, "{status:?}");
 
     // Exactly 12 × price left the payer and reached the payees, on chain.
     assert_eq!(

@@ -247,7 +247,6 @@ async fn two_campaigns_sharing_one_worker_never_both_claim_it() {
 /// (an id is train.py's and the config's hash): the worker board, keyed on the id, lets both
 /// claim the worker at once. Campaign-unique ids (salted with the campaign's uid) fix it.
 #[tokio::test]
-#[ignore = "needs experiment ids unique to the campaign (issue 11, item 2)"]
 async fn two_campaigns_with_the_same_experiment_ids_never_both_claim_one_worker() {
     share_one_worker("sameids", [11, 11]).await;
 }

@@ -117,7 +117,8 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         spec.payment.network
     );
     let proposer = loop_proposer(&spec)?;
-    let campaign = ExperimentCampaign::new("local", spec);
+    let mut campaign = ExperimentCampaign::new("local", spec);
+    campaign.metadata.uid = Some(run_uid());
     let store = Arc::new(MemoryStore::new(campaign));
     let signer = RemoteSigner::new(&args.signer_url, std::env::var("REMOTE_SIGNER_TOKEN").ok())
         .map_err(|e| anyhow::anyhow!("--signer-url: {e}"))?;
@@ -243,7 +244,14 @@ pub fn parse_campaign(text: &str) -> anyhow::Result<ExperimentCampaign> {
     }
     let mut campaign = ExperimentCampaign::new("local", manifest.spec);
     campaign.metadata = manifest.metadata;
+    campaign.metadata.uid.get_or_insert_with(run_uid);
     Ok(campaign)
+}
+
+/// A uid for one `loop` run, which has no API server to give it one: the ids sent to workers
+/// derive from it, so a worker cannot hand this run a result it stored for another.
+fn run_uid() -> String {
+    format!("loop-{}", hex::encode(rand::random::<[u8; 16]>()))
 }
 
 /// `spec.search.parameters.0.step`: serde_ignored's path without its `?` steps for optional

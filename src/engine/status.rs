@@ -280,11 +280,12 @@ fn progressing(
 
 /// The conditions that stop a campaign from progressing when they are in their bad state, and
 /// the Progressing reason each one gives: (type, status meaning "blocked", reason).
-const BLOCKERS: [(ConditionType, &str, &str); 4] = [
+const BLOCKERS: [(ConditionType, &str, &str); 5] = [
     (ConditionType::InputsReady, "False", "InputMissing"),
     (ConditionType::SignerReady, "False", "SignerFailed"),
     (ConditionType::ResultsWritable, "False", "ResultsUnwritable"),
     (ConditionType::StatusTooLarge, "True", "StatusTooLarge"),
+    (ConditionType::WalletFunded, "False", "InsufficientBalance"),
 ];
 
 /// Why the campaign cannot progress, if a blocking condition says so: Progressing's reason and
