@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real Kubernetes API server (kube-apiserver + etcd, built from Go modules) on loopback.
 #
-#   scripts/cluster.sh start DIR [--owner-pid PID] [--node [--nodes N]]
-#       start; writes DIR/kubeconfig, DIR/env
+#   scripts/cluster.sh start DIR [--owner-pid PID [--remove-on-exit]] [--node | --nodes N]
+#       start; writes DIR/kubeconfig, DIR/env (--remove-on-exit: the watchdog deletes DIR too)
 #   scripts/cluster.sh stop DIR   stop, leaving no process, mount, netdev or cgroup behind
 #
 # Without --node: no controller-manager, scheduler or kubelet, so no pods run. CRDs, validation
@@ -65,10 +65,11 @@ serving_cert() {
 start() {
   dir=$1
   shift
-  local owner="" nodes=0
+  local owner="" nodes=0 remove=0
   while (($#)); do
     case $1 in
       --owner-pid) owner=$2; shift 2 ;;
+      --remove-on-exit) remove=1; shift ;;
       --node) nodes=1; shift ;;
       --nodes) nodes=$2; shift 2 ;;
       *) echo "cluster: unknown option $1" >&2; return 2 ;;
@@ -159,6 +160,8 @@ EOF
       kill "$api_pid" "$etcd_pid" 2>/dev/null
       sleep 3
       kill -9 "$api_pid" "$etcd_pid" 2>/dev/null
+      # After the node's stop has unmounted everything; one file system only all the same.
+      ((remove == 0)) || rm -rf --one-file-system "$dir"
     ) </dev/null >/dev/null 2>&1 &
     echo $! >"$dir/watchdog.pid"
   fi
@@ -168,5 +171,5 @@ EOF
 case ${1:-} in
   start) shift; start "$@" ;;
   stop) stop "$(realpath -m "$2")" ;;
-  *) echo "usage: $0 start DIR [--owner-pid PID] [--node [--nodes N]] | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start DIR [--owner-pid PID [--remove-on-exit]] [--node | --nodes N] | stop DIR" >&2; exit 2 ;;
 esac

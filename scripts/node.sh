@@ -210,6 +210,8 @@ start() {
     echo "node: another test cluster has nodes on this machine ($(cat "$OWNER")); stop it first" >&2
     return 1
   fi
+  # Claim the names, clear what a crashed run of this folder left, claim them again (stop
+  # releases them).
   echo "$dir" >"$OWNER"
   stop "$dir"
   echo "$dir" >"$OWNER"
