@@ -20,8 +20,10 @@ build() {
     [[ -x $out/$name ]] && continue
     echo "building $name $version from Go modules (first run only, a minute or more)" >&2
     # -trimpath keeps machine paths out of the binaries; gitVersion makes /version truthful.
-    # CGO_ENABLED=0: static, so pause runs in an image holding nothing else.
-    CGO_ENABLED=0 go build -trimpath -o "$out/$name.tmp" \
+    # pause is static (no cgo), so it runs in an image holding nothing else.
+    local cgo=1
+    [[ $name == pause ]] && cgo=0
+    CGO_ENABLED=$cgo go build -trimpath -o "$out/$name.tmp" \
       -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$version" "./cmd/$name" >&2
     mv "$out/$name.tmp" "$out/$name"
   done
