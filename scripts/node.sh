@@ -20,21 +20,8 @@ source "$root/scripts/oci.sh"
 # The cgroup v1 hierarchies a kubelet uses (this machine mounts v1 controllers + an empty v2).
 hierarchies() { find /sys/fs/cgroup -mindepth 1 -maxdepth 1 -type d ! -name unified; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS > deadline)); then
-      echo "node: $what did not come up; see logs in $dir" >&2
-      return 1
-    fi
-    sleep 0.2
-  done
-}
+# shellcheck source=scripts/cluster-lib.sh
+source "$root/scripts/cluster-lib.sh"
 
 # make_cgroup PATH: PATH in every hierarchy. A new cpuset cgroup has no CPUs or memory nodes
 # (a process cannot join it) until it is given its parent's.

@@ -204,29 +204,24 @@ struct Release {
     name: String,
     tb: Testbed,
     api: Api<ExperimentCampaign>,
-    values: tempfile::NamedTempFile,
+    /// The test values and the test's own, in the order helm merges them.
+    values: [tempfile::NamedTempFile; 2],
 }
 
 impl Release {
-    /// `helm install` with the test values plus `extra` (merged over them), after the signer's
-    /// token Secret exists.
+    /// `helm install` with the test values plus `extra` (helm merges it over them), after the
+    /// signer's token Secret exists.
     async fn install(prefix: &str, workers: Value, extra: Value) -> Release {
         let nodes = nodes();
         let client = nodes.client().await;
         let ns = support::namespace(&client, prefix).await;
         let tb = Testbed::start(workers);
         signer_secret(&client, &ns, &tb).await;
-        let values = values_file(nodes, &ns, &tb, extra);
+        let values = [test_values(nodes, &ns, &tb), yaml_file(&extra)];
         let name = format!("{prefix}-arc");
-        nodes.helm(&[
-            "install",
-            &name,
-            CHART,
-            "--namespace",
-            &ns,
-            "-f",
-            values.path().to_str().unwrap(),
-        ]);
+        let mut args = vec!["install", &name, CHART, "--namespace", &ns];
+        args.extend(values_args(&values));
+        nodes.helm(&args);
         Release {
             nodes,
             api: Api::namespaced(client, &ns),
@@ -383,8 +378,8 @@ impl Drop for Release {
 /// The values every test installs with: the pod on the node's network (the API server and the
 /// testbed listen on loopback), the imported image (never pulled), no 8004scan, a short Lease,
 /// and a metrics port of its own (hostNetwork pods of different releases share the nodes).
-fn values_file(nodes: &Nodes, ns: &str, tb: &Testbed, extra: Value) -> tempfile::NamedTempFile {
-    let mut values = json!({
+fn test_values(nodes: &Nodes, ns: &str, tb: &Testbed) -> tempfile::NamedTempFile {
+    yaml_file(&json!({
         "hostNetwork": true,
         "image": {"tag": TAGS[0], "pullPolicy": "Never"},
         "watchNamespace": ns,
@@ -396,23 +391,22 @@ fn values_file(nodes: &Nodes, ns: &str, tb: &Testbed, extra: Value) -> tempfile:
             {"name": "KUBERNETES_SERVICE_PORT", "value": nodes.api_port},
             {"name": "LEASE_SECONDS", "value": "4"}
         ]
-    });
-    merge(&mut values, extra);
+    }))
+}
+
+fn yaml_file(values: &Value) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(serde_yaml::to_string(&values).unwrap().as_bytes())
+    file.write_all(serde_yaml::to_string(values).unwrap().as_bytes())
         .unwrap();
     file
 }
 
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
+/// `-f FILE` for each values file.
+fn values_args(files: &[tempfile::NamedTempFile]) -> Vec<&str> {
+    files
+        .iter()
+        .flat_map(|f| ["-f", f.path().to_str().unwrap()])
+        .collect()
 }
 
 fn is_ready(pod: &Value) -> bool {
@@ -488,20 +482,22 @@ fn two_workers(duration_ms: u64) -> Value {
     ]})
 }
 
-/// The campaign takes its signer token from the controller's environment (the chart's Secret
-/// reference), not from a Secret of its own: it can only be paid if the token reached the pod.
-fn with_default_token(spec: Value) -> Value {
-    let mut spec = spec;
-    merge(&mut spec, json!({"payment": {"tokenSecretRef": null}}));
-    spec
+/// A campaign spec that takes its signer token from the controller's environment (the chart's
+/// Secret reference), not from a Secret of its own: it is only paid if the token reached the pod.
+fn with_default_token(experiments: u32) -> Value {
+    json!({
+        "maxExperiments": experiments,
+        "parallelism": 2,
+        "payment": {"tokenSecretRef": null}
+    })
 }
 
-fn unique_ids(lines: &[Value]) -> usize {
-    lines
+fn distinct_experiments(lines: &[Value]) -> usize {
+    let ids: HashSet<&str> = lines
         .iter()
-        .map(|l| l["experiment_id"].as_str().unwrap().to_string())
-        .collect::<HashSet<_>>()
-        .len()
+        .filter_map(|l| l["experiment_id"].as_str())
+        .collect();
+    ids.len()
 }
 
 #[tokio::test]
@@ -535,7 +531,7 @@ async fn a_helm_installed_pod_runs_hardened_and_completes_a_paid_campaign() {
 
     // A paid campaign, with the default token only.
     let paid_before = r.paid_to_workers().await;
-    let spec = with_default_token(json!({"maxExperiments": 4, "parallelism": 2}));
+    let spec = with_default_token(4);
     r.create_campaign("first", spec).await;
     let done = r.wait_done("first", 120).await;
     assert_eq!(done.status.unwrap().succeeded, 4);
@@ -543,7 +539,7 @@ async fn a_helm_installed_pod_runs_hardened_and_completes_a_paid_campaign() {
 
     // results.jsonl on the PVC, written by UID 65532 through the fsGroup.
     let lines = r.results();
-    assert_eq!((lines.len(), unique_ids(&lines)), (4, 4));
+    assert_eq!((lines.len(), distinct_experiments(&lines)), (4, 4));
     support::assert_measured_by_landscape(&lines);
     let file = r.volume_dir().join("autoresearch/results.jsonl");
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).unwrap());
@@ -583,7 +579,7 @@ async fn deleting_the_pod_mid_campaign_resumes_without_paying_twice_or_losing_a_
     let r = Release::install("poddel", two_workers(1500), json!({})).await;
     let first = pod_name(&r.ready_pods(1, READY_WITHIN).await[0]);
     let paid_before = r.paid_to_workers().await;
-    let spec = with_default_token(json!({"maxExperiments": 8, "parallelism": 2}));
+    let spec = with_default_token(8);
     r.create_campaign("resume", spec).await;
     wait_for(&r.api, "resume", 60, "2 results", &[], |c| {
         c.status.as_ref().is_some_and(|s| s.succeeded >= 2)
@@ -600,7 +596,11 @@ async fn deleting_the_pod_mid_campaign_resumes_without_paying_twice_or_losing_a_
     assert_eq!((status.succeeded, status.failed), (8, 0), "{status:?}");
     assert_eq!(r.paid_to_workers().await - paid_before, U256::from(80_000));
     let lines = r.results();
-    assert_eq!((lines.len(), unique_ids(&lines)), (8, 8), "{lines:?}");
+    assert_eq!(
+        (lines.len(), distinct_experiments(&lines)),
+        (8, 8),
+        "{lines:?}"
+    );
     assert!(r.pods().iter().any(|p| pod_name(p) == second));
 }
 
@@ -617,17 +617,17 @@ async fn helm_upgrade_to_a_new_tag_recreates_the_pod_and_hands_over_the_lease() 
         std::thread::spawn(move || most_pods_at_once(&kubeconfig, &ns, &name, &old))
     };
     let tag = format!("image.tag={}", TAGS[1]);
-    r.nodes.helm(&[
+    let mut args = vec![
         "upgrade",
         &r.name,
         CHART,
         "--namespace",
         &r.ns,
-        "-f",
-        r.values.path().to_str().unwrap(),
         "--set",
         &tag,
-    ]);
+    ];
+    args.extend(values_args(&r.values));
+    r.nodes.helm(&args);
     let new = r.ready_pods(1, READY_WITHIN).await.remove(0);
     let (most, old_gone) = watcher.join().unwrap();
     assert!(old_gone, "the old pod never went away");
@@ -642,7 +642,7 @@ async fn helm_upgrade_to_a_new_tag_recreates_the_pod_and_hands_over_the_lease() 
     r.wait_leader(|l| l == new, 30).await;
 
     // The new pod works: a campaign completes.
-    let spec = with_default_token(json!({"maxExperiments": 2, "parallelism": 2}));
+    let spec = with_default_token(2);
     r.create_campaign("after-upgrade", spec).await;
     r.wait_done("after-upgrade", 120).await;
 }
@@ -709,7 +709,7 @@ async fn two_replicas_one_leads_and_deleting_the_leaders_pod_moves_leadership() 
     );
 
     // The new leader works.
-    let spec = with_default_token(json!({"maxExperiments": 2, "parallelism": 2}));
+    let spec = with_default_token(2);
     r.create_campaign("after-failover", spec).await;
     r.wait_done("after-failover", 120).await;
 }
