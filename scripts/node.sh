@@ -192,6 +192,12 @@ EOF
 start() {
   dir=$1
   local nodes=$2
+  # The cgroup handling below (one folder per v1 controller, cpuset set up by hand) is for the
+  # v1 layout these machines have; a cgroup v2 machine would need other code, untested here.
+  if [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]]; then
+    echo "node: /sys/fs/cgroup is cgroup v2; scripts/node.sh supports the v1 layout only" >&2
+    return 1
+  fi
   # The names and addresses below are per machine: one node cluster at a time.
   if [[ -e $OWNER ]] && [[ $(cat "$OWNER") != "$dir" ]] && ip link show "$PREFIX-1" >/dev/null 2>&1; then
     echo "node: another test cluster has nodes on this machine ($(cat "$OWNER")); stop it first" >&2
