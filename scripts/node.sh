@@ -7,9 +7,9 @@
 #   scripts/node.sh stop DIR          stops every process, unmounts, removes netdevs and cgroups
 #
 # Networking: pods use hostNetwork. The test peers (API server, testbed) listen on loopback only,
-# which a pod in its own network namespace cannot reach. Each node gets a netdev (a bridge without ports) holding
-# one address from TEST-NET-3 (203.0.113.0/24, RFC 5737: documentation only, never routed): the
-# node's InternalIP, where its kubelet and hostNetwork pods listen. A loopback-only CNI network
+# which a pod in its own network namespace cannot reach. Each node gets a netdev (a bridge
+# without ports) holding one address from TEST-NET-3 (203.0.113.0/24, RFC 5737: documentation
+# only, never routed): the node's InternalIP, where its kubelet and hostNetwork pods listen. A loopback-only CNI network
 # makes the runtime report NetworkReady. Storage: `local` PersistentVolumes under DIR (the
 # kubelet applies fsGroup to them, as a real volume) in a default StorageClass.
 set -euo pipefail
@@ -31,7 +31,7 @@ make_cgroup() {
   for part in ${1//\// }; do
     path="$path/$part"
     local c=/sys/fs/cgroup/cpuset$path
-    [[ -s $c/cpuset.cpus && $(cat "$c/cpuset.cpus") != "" ]] && continue
+    [[ -n $(cat "$c/cpuset.cpus") ]] && continue
     cat "$(dirname "$c")/cpuset.cpus" >"$c/cpuset.cpus"
     cat "$(dirname "$c")/cpuset.mems" >"$c/cpuset.mems"
   done
@@ -53,7 +53,7 @@ kctl() { kubectl --kubeconfig "$dir/kubeconfig" "$@"; }
 
 # node_images NODE: the pause image and the controller image (if built) in NODE's containerd.
 node_images() {
-  local n=$1 ctr=(ctr --address "$dir/$1/containerd.sock" -n k8s.io)
+  local ctr=(ctr --address "$dir/$1/containerd.sock" -n k8s.io)
   local pause=$dir/pause-image
   mkdir -p "$pause/rootfs"
   install -m 0755 "$bin/pause" "$pause/rootfs/pause"
