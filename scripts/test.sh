@@ -25,17 +25,15 @@ export REQUIRE_TESTBED=1
 
 # The controller's image for tests/pod.rs (which runs it on real nodes of its own cluster),
 # under two tags (`helm upgrade` goes from the first to the second).
-# Skipped only when the arguments name other test files (`--test NAME`) and not pod.
-if [[ " $* " != *" --test "* || " $* " == *" --test pod "* ]]; then
-  images=""
-  for tag in pod-test-a pod-test-b; do
-    line=$(bash scripts/image.sh --tag "$tag")
-    read -r ref archive compressed _ <<<"$line"
-    images="$images $ref $archive"
-  done
-  echo "controller image: $((compressed / 1024 / 1024)) MiB compressed ($ref)"
-  export AUTORESEARCH_TEST_IMAGES=$images
-fi
+# (Always: with --all-targets below, naming a test file does not leave the others out.)
+images=""
+for tag in pod-test-a pod-test-b; do
+  line=$(bash scripts/image.sh --tag "$tag")
+  read -r ref archive compressed _ <<<"$line"
+  images="$images $ref $archive"
+done
+echo "controller image: $((compressed / 1024 / 1024)) MiB compressed ($ref)"
+export AUTORESEARCH_TEST_IMAGES=$images
 
 # The testbed's own self-test first: if a peer misbehaves, say so before the Rust tests do.
 node --test testbed/payments/test/
