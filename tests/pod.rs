@@ -510,24 +510,7 @@ async fn a_helm_installed_pod_runs_hardened_and_completes_a_paid_campaign() {
         installed.elapsed().as_secs_f64()
     );
 
-    // The process: UID/GID 65532 with the fsGroup, read-only root, the PVC at /data.
-    let pid = container_pid(r.nodes, &pod);
-    assert_eq!(proc_status(pid, "Uid"), "65532 65532 65532 65532");
-    assert_eq!(proc_status(pid, "Gid"), "65532 65532 65532 65532");
-    assert!(proc_status(pid, "Groups").split(' ').any(|g| g == "65532"));
-    let root = mount_options(pid, "/").expect("a root mount");
-    assert!(root.split(',').any(|o| o == "ro"), "root mounted {root}");
-    let data = mount_options(pid, "/data").expect("/data is mounted");
-    assert!(data.split(',').any(|o| o == "rw"), "/data mounted {data}");
-    // The token from Secret remote-signer-keystore, key authToken.
-    let token = format!(
-        "REMOTE_SIGNER_TOKEN={}",
-        r.tb.m["signer"]["token"].as_str().unwrap()
-    );
-    assert!(
-        environ(pid).contains(&token),
-        "the signer token is not in the environment"
-    );
+    assert_hardened(&r, &pod);
 
     // A paid campaign, with the default token only.
     let paid_before = r.paid_to_workers().await;
@@ -545,7 +528,33 @@ async fn a_helm_installed_pod_runs_hardened_and_completes_a_paid_campaign() {
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).unwrap());
     assert_eq!(owner, 65532, "results.jsonl owned by {owner}");
 
-    // /metrics through the metrics Service (the API server's service proxy to its endpoints).
+    assert_metrics_and_json_logs(&r, &pod);
+}
+
+/// The controller's process, as the host sees it: UID/GID 65532 with the fsGroup, a read-only
+/// root, the PVC at /data read-write, the token from Secret remote-signer-keystore (authToken).
+fn assert_hardened(r: &Release, pod: &Value) {
+    let pid = container_pid(r.nodes, pod);
+    assert_eq!(proc_status(pid, "Uid"), "65532 65532 65532 65532");
+    assert_eq!(proc_status(pid, "Gid"), "65532 65532 65532 65532");
+    assert!(proc_status(pid, "Groups").split(' ').any(|g| g == "65532"));
+    let root = mount_options(pid, "/").expect("a root mount");
+    assert!(root.split(',').any(|o| o == "ro"), "root mounted {root}");
+    let data = mount_options(pid, "/data").expect("/data is mounted");
+    assert!(data.split(',').any(|o| o == "rw"), "/data mounted {data}");
+    let token = format!(
+        "REMOTE_SIGNER_TOKEN={}",
+        r.tb.m["signer"]["token"].as_str().unwrap()
+    );
+    assert!(
+        environ(pid).contains(&token),
+        "the signer token is not in the environment"
+    );
+}
+
+/// /metrics through the metrics Service (the API server's service proxy to its endpoints)
+/// counts the campaign's 4 payments; `kubectl logs` shows JSON lines.
+fn assert_metrics_and_json_logs(r: &Release, pod: &Value) {
     let metrics = r.nodes.kubectl_ok(&[
         "get",
         "--raw",
@@ -560,8 +569,7 @@ async fn a_helm_installed_pod_runs_hardened_and_completes_a_paid_campaign() {
         "{metrics}"
     );
 
-    // kubectl logs: JSON lines.
-    let logs = r.nodes.kubectl_ok(&["logs", "-n", &r.ns, &pod_name(&pod)]);
+    let logs = r.nodes.kubectl_ok(&["logs", "-n", &r.ns, &pod_name(pod)]);
     let lines: Vec<&str> = logs.lines().filter(|l| !l.is_empty()).collect();
     assert!(!lines.is_empty());
     for line in lines {
