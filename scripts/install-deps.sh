@@ -5,8 +5,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Real kube-apiserver and etcd, built from Go modules (testbed/kube/go.mod pins the version).
-bash scripts/build-kube.sh >/dev/null
+# Real kube-apiserver and etcd, built from Go modules (testbed/kube/go.mod pins the version), and
+# the node (kubelet, scheduler, controller-manager, pause) with containerd and runc from Debian.
+bash scripts/build-kube.sh --node >/dev/null
+bash scripts/node-deps.sh
 
 # Node peers: anvil, Circle's USDC artifacts, the reference x402 facilitator and gates, helm.
 bash scripts/testbed-install.sh

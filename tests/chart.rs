@@ -23,6 +23,7 @@ const GOOD_VALUES: &[&str] = &[
     "existing-claim-monitor-replicas.yaml",
     "watch-namespace-base.yaml",
     "no-token.yaml",
+    "host-network.yaml",
 ];
 
 /// What the chart's ServiceAccount may do in any campaign namespace, as
@@ -463,6 +464,45 @@ fn deployment_is_hardened_and_wired_to_the_controller_settings() {
 }
 
 /// The secrets rule of the ClusterRole, if any.
+/// On the node's network the controller listens on the pod IP (the node's address) only, and
+/// extra environment comes after the chart's own.
+#[test]
+fn host_network_binds_the_metrics_port_to_the_pod_ip() {
+    let docs = rendered("host-network.yaml");
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], Value::from(true));
+    assert_eq!(pod["dnsPolicy"], Value::from("ClusterFirstWithHostNet"));
+    let c = &pod["containers"][0];
+    let env = c["env"].as_sequence().unwrap();
+    let at = |name: &str| env.iter().position(|e| e["name"] == name).unwrap();
+    assert_eq!(
+        env_var(c, "POD_IP").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        Value::from("status.podIP")
+    );
+    // $(POD_IP) expands only if POD_IP is defined earlier in the list.
+    assert!(at("POD_IP") < at("METRICS_ADDR"));
+    assert_eq!(
+        env_var(c, "METRICS_ADDR").unwrap()["value"],
+        Value::from("$(POD_IP):18080")
+    );
+    assert!(at("NODE_NAME") > at("RUST_LOG"));
+    assert_eq!(
+        env_var(c, "LEASE_SECONDS").unwrap()["value"],
+        Value::from("4")
+    );
+
+    // The default: every interface of the pod's own network namespace, no POD_IP.
+    let docs = rendered("defaults.yaml");
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert!(pod["hostNetwork"].is_null());
+    let c = &pod["containers"][0];
+    assert!(env_var(c, "POD_IP").is_none());
+    assert_eq!(
+        env_var(c, "METRICS_ADDR").unwrap()["value"],
+        Value::from("0.0.0.0:8080")
+    );
+}
+
 fn secret_rule(docs: &[Value]) -> Option<Value> {
     one(docs, "ClusterRole")["rules"]
         .as_sequence()
