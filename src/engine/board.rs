@@ -43,6 +43,13 @@ impl Default for WorkerBoard {
     }
 }
 
+/// Who holds a worker: one campaign's experiment. Experiment ids are content ids, so two
+/// campaigns with the same train.py and config (a baseline run, say) share one; the campaign
+/// tells their claims apart.
+pub fn holder(campaign: &str, experiment_id: &str) -> String {
+    format!("{campaign}/{experiment_id}")
+}
+
 impl WorkerBoard {
     /// A board whose first cooldown lasts `base` (it doubles per consecutive failure).
     pub fn with_cooldown(base: Duration) -> Self {
@@ -52,7 +59,7 @@ impl WorkerBoard {
         }
     }
 
-    /// Marks `endpoint` busy with `experiment_id` unless it is busy or cooling down.
+    /// Marks `endpoint` busy with `experiment_id` (a [`holder`]) unless it is busy or cooling down.
     pub fn try_claim(&self, endpoint: &str, experiment_id: &str) -> bool {
         let mut map = self.workers.lock().expect("board lock");
         let w = map.entry(endpoint.to_string()).or_default();

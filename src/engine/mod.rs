@@ -462,7 +462,9 @@ impl Engine {
         for (experiment, worker) in assignments {
             let id = experiment.experiment_id.clone();
             if status.pending.iter().any(|p| p.experiment_id == id)
-                && self.board.try_claim(worker.endpoint.as_str(), &id)
+                && self
+                    .board
+                    .try_claim(worker.endpoint.as_str(), &board::holder(&handle.key, &id))
             {
                 let task = run::start(
                     self.clone(),
@@ -484,7 +486,8 @@ impl Engine {
     ) {
         for entry in &status.ledger {
             if !self.memory.has_live_task(&handle.key, &entry.experiment_id) {
-                self.board.hold(&entry.worker, &entry.experiment_id);
+                let holder = board::holder(&handle.key, &entry.experiment_id);
+                self.board.hold(&entry.worker, &holder);
                 let id = entry.experiment_id.clone();
                 let task = run::resume(self.clone(), handle.clone(), entry.clone());
                 self.spawn(handle, id, task);

@@ -9,12 +9,13 @@
 //!
 //! RUN calls [`complete`]; the reconcile calls [`decision`]. Neither calls back into the other.
 
+use super::board;
 use super::status::{self, ConditionType, ConditionUpdate, Sighting};
 use super::{CampaignHandle, Engine, Notice, Severity};
 use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, WorkerCounts};
 use crate::experiment;
 use crate::failpoint::{self, Window};
-use crate::ledger::{self, Ending, Limits, Recorded};
+use crate::ledger::{self, Ending, Limits, Recorded, Refusal};
 use crate::payment::Voucher;
 use crate::results::{ResultRecord, RunStatus};
 use crate::strategy::State;
@@ -184,65 +185,77 @@ pub async fn complete(
     outcome: Ending,
     tx: Option<String>,
 ) {
+    // An attempt that paid nothing and goes to another worker leaves no line.
     let retried = matches!(&outcome, Ending::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
-    if !retried
-        && let Err(e) = record(
-            engine,
-            handle,
-            result_record(handle, entry, &outcome, tx.clone()),
-        )
-        .await
-    {
-        // Without the durable line the status must not count it: leave the ledger entry so
-        // the next resume tries again.
-        tracing::error!(error = %e, experiment = %entry.experiment_id, "cannot append to results.jsonl; will retry");
-        engine
-            .board
-            .release(&entry.worker, &entry.experiment_id, false);
-        let message = format!(
-            "cannot append to {}: {e}; experiment {} stays in the ledger and is recorded when the file is writable again (check the volume: space, permissions)",
-            engine.results.path().display(),
-            entry.experiment_id
-        );
-        let update = ConditionUpdate {
-            kind: ConditionType::ResultsWritable,
-            ok: false,
-            reason: "ResultsUnwritable",
-            message,
-        };
-        raise(&*handle.store, &*handle.notify, &update, "Record").await;
+    if !retried && !append(engine, handle, entry, &outcome, tx.clone()).await {
         return;
     }
     failpoint::crash_at(Window::AfterAppend);
+    let Some((recorded, running)) = count(engine, handle, entry, &outcome, retried).await else {
+        return;
+    };
+    failpoint::crash_at(Window::AfterStatus);
+    engine.memory.confirm(&handle.key, &entry.experiment_id);
+    engine
+        .metrics
+        .in_flight
+        .with_label_values(&[handle.namespace.as_deref().unwrap_or(""), &handle.name])
+        .set(running.into());
+    if recorded != Recorded::AlreadyCounted {
+        tell(engine, handle, entry, &outcome, &recorded, tx.as_deref()).await;
+    }
+}
+
+/// The durable line in results.jsonl. Without it the status must not count the experiment:
+/// on failure the ledger entry stays, so the next resume tries again, and the condition says so.
+async fn append(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    outcome: &Ending,
+    tx: Option<String>,
+) -> bool {
+    let line = result_record(handle, entry, outcome, tx);
+    let Err(e) = record(engine, handle, line).await else {
+        return true;
+    };
+    tracing::error!(error = %e, experiment = %entry.experiment_id, "cannot append to results.jsonl; will retry");
+    engine.board.release(
+        &entry.worker,
+        &board::holder(&handle.key, &entry.experiment_id),
+        false,
+    );
+    let message = format!(
+        "cannot append to {}: {e}; experiment {} stays in the ledger and is recorded when the file is writable again (check the volume: space, permissions)",
+        engine.results.path().display(),
+        entry.experiment_id
+    );
+    let update = ConditionUpdate {
+        kind: ConditionType::ResultsWritable,
+        ok: false,
+        reason: "ResultsUnwritable",
+        message,
+    };
+    raise(&*handle.store, &*handle.notify, &update, "Record").await;
+    false
+}
+
+/// Counts the experiment in status (the ledger entry becomes a result) and frees its worker.
+/// Returns how it was counted and how many experiments are still running, or None when the
+/// status write failed (the entry stays; a resume finishes it from results.jsonl).
+async fn count(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    outcome: &Ending,
+    retried: bool,
+) -> Option<(Recorded, u32)> {
     let mut recorded = None;
     let stored = handle
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
-            // The entry this task paid for, by its voucher: if the experiment's entry now holds
-            // another voucher (it was retried meanwhile), this completion is not its.
-            if !s
-                .ledger
-                .iter()
-                .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce)
-            {
-                recorded = Some(Recorded::AlreadyCounted);
-                return Ok(());
-            }
-            let before = s.best.as_ref().map(|b| b.experiment_id.clone());
-            recorded = Some(ledger::complete(
-                s,
-                &limits,
-                &entry.experiment_id,
-                outcome.clone(),
-            )?);
-            // The best is the verified one: "new best" means it changed.
-            let changed = engine.memory.publish(&handle.key, s, before.as_deref());
-            if let Some(Recorded::Counted { new_best, .. }) = recorded.as_mut()
-                && engine.memory.replicating(&handle.key)
-            {
-                *new_best = changed;
-            }
+            recorded = Some(count_in(engine, handle, s, &limits, entry, outcome)?);
             if !retried {
                 clear(
                     s,
@@ -256,35 +269,63 @@ pub async fn complete(
         })
         .await;
     let worker_failed = matches!(outcome, Ending::WorkerFailed { .. });
-    engine
-        .board
-        .release(&entry.worker, &entry.experiment_id, worker_failed);
-    let running = match stored {
-        Ok(stored) => stored.status.map_or(0, |s| s.running),
+    engine.board.release(
+        &entry.worker,
+        &board::holder(&handle.key, &entry.experiment_id),
+        worker_failed,
+    );
+    match stored {
+        Ok(stored) => Some((recorded?, stored.status.map_or(0, |s| s.running))),
         Err(e) => {
             tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
             if let UpdateError::TooLarge { message, .. } = &e {
-                raise(
-                    &*handle.store,
-                    &*handle.notify,
-                    &too_large(message),
-                    "Record",
-                )
-                .await;
+                let update = too_large(message);
+                raise(&*handle.store, &*handle.notify, &update, "Record").await;
             }
-            return;
+            None
         }
-    };
-    failpoint::crash_at(Window::AfterStatus);
-    engine.memory.confirm(&handle.key, &entry.experiment_id);
-    engine
-        .metrics
-        .in_flight
-        .with_label_values(&[handle.namespace.as_deref().unwrap_or(""), &handle.name])
-        .set(running.into());
-    let Some(recorded) = recorded.filter(|r| *r != Recorded::AlreadyCounted) else {
-        return;
-    };
+    }
+}
+
+/// The ledger transition for one completion, inside a status update.
+fn count_in(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    s: &mut crate::crd::ExperimentCampaignStatus,
+    limits: &Limits,
+    entry: &LedgerEntry,
+    outcome: &Ending,
+) -> Result<Recorded, Refusal> {
+    // The entry this task paid for, by its voucher: if the experiment's entry now holds another
+    // voucher (it was retried meanwhile), this completion is not its.
+    if !s
+        .ledger
+        .iter()
+        .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce)
+    {
+        return Ok(Recorded::AlreadyCounted);
+    }
+    let before = s.best.as_ref().map(|b| b.experiment_id.clone());
+    let mut recorded = ledger::complete(s, limits, &entry.experiment_id, outcome.clone())?;
+    // The best is the verified one: "new best" means it changed.
+    let changed = engine.memory.publish(&handle.key, s, before.as_deref());
+    if let Recorded::Counted { new_best, .. } = &mut recorded
+        && engine.memory.replicating(&handle.key)
+    {
+        *new_best = changed;
+    }
+    Ok(recorded)
+}
+
+/// Metrics, the best train.py, the Event, and what trust has to say.
+async fn tell(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    outcome: &Ending,
+    recorded: &Recorded,
+    tx: Option<&str>,
+) {
     let paid = outcome.paid();
     if paid > Usdc::ZERO {
         engine
@@ -294,7 +335,7 @@ pub async fn complete(
     if matches!(recorded, Recorded::Counted { new_best: true, .. }) {
         keep_best(engine, handle, entry).await;
     }
-    let (labels, notice) = describe(&outcome, &recorded, entry, paid, tx.as_deref());
+    let (labels, notice) = describe(outcome, recorded, entry, paid, tx);
     for label in labels {
         engine
             .metrics

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 
+use super::board;
 use super::claim::{self, Candidate};
 use super::publish::{self, ResultLabel};
 use super::store::UpdateError;
@@ -98,7 +99,8 @@ pub async fn start(
         Ok(Ok(reserved)) => send(&engine, &handle, reserved, false).await,
         Ok(Err(not_now)) => {
             tracing::info!(campaign = %handle.key, experiment = %id, reason = %not_now, "not started; the signed voucher, if any, is dropped unsent");
-            engine.board.release(&endpoint, &id, false);
+            let holder = board::holder(&handle.key, &id);
+            engine.board.release(&endpoint, &holder, false);
         }
         Err(e) => skipped(&engine, &handle, &endpoint, &id, e).await,
     }
@@ -113,7 +115,9 @@ async fn skipped(
     e: StartError,
 ) {
     let blame = e.blames_worker();
-    engine.board.release(endpoint, id, blame);
+    engine
+        .board
+        .release(endpoint, &board::holder(&handle.key, id), blame);
     let (reason, message) = if blame {
         engine
             .metrics
