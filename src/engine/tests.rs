@@ -60,7 +60,7 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
-const TRAIN_PY: &str = "print('val_bpb: 1.0')\n";
+const TRAIN_PY: &str = "LR = 0.01\nprint('val_bpb: 1.0')\n";
 
 fn spec(endpoints: &[String], extra: Value) -> ExperimentCampaignSpec {
     let mut spec = json!({
@@ -901,4 +901,37 @@ async fn a_replication_cut_by_a_crash_is_resumed_without_paying_twice() {
     assert_eq!(verification.experiment_id, claim_id);
     assert_eq!(verification.replications, [replication]);
     assert_eq!(status.best.unwrap().val_bpb, landscape(&claim));
+}
+
+#[tokio::test]
+async fn the_baseline_is_never_proposed_again_by_the_strategy() {
+    // hillClimb over a constant of train.py starts at the unmodified script: the experiment the
+    // first baseline run already is. It must not be paid for again.
+    let h = trust_harness(
+        vec![honest(), honest()],
+        json!({
+            "search": {"strategy": "hillClimb", "applyTo": "trainScript", "seed": 3, "experiments": [], "parameters": [
+                {"name": "LR", "type": "float", "min": 0.001, "max": 0.1, "logScale": true}
+            ]},
+            "maxExperiments": 8,
+            "parallelism": 2,
+        }),
+    )
+    .await;
+    let step = h.run(Duration::from_secs(30)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
+    let status = h.status();
+    let lines = h.lines();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(lines.len() as u32, status.succeeded + status.failed);
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap())
+        .collect();
+    for id in &ids {
+        assert_eq!(h.payments(id), 1, "{id} paid once");
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), lines.len(), "no experiment ran twice");
 }
