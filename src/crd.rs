@@ -692,6 +692,13 @@ pub struct ExperimentCampaignStatus {
     /// USDC reserved by experiments in flight, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<String>,
+    /// USDC of finished experiments whose payment the chain could not confirm or refute
+    /// (decimal string); the budget counts it as spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_uncertain: Option<String>,
+    /// The payer's USDC balance when it was last read before signing (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_balance: Option<String>,
     /// USDC of `budget.total` neither spent nor reserved, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_left: Option<String>,
@@ -823,6 +830,15 @@ pub struct ResultSummary {
     /// `sha256:<hex>` of train.py as the worker reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_hash: Option<String>,
+    /// The searched parameters and their values (what varies; small). The whole config is in
+    /// results.jsonl; status keeps this and [`ResultSummary::config_hash`] so that its size does
+    /// not grow with `baseConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub params: Option<Value>,
+    /// `sha256:<hex>` of the canonical JSON of the config that was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 /// Worker counts from the last discovery.
@@ -878,6 +894,20 @@ pub struct LedgerEntry {
     pub attempt: u32,
     /// When the experiment was started (RFC 3339).
     pub started_at: String,
+    /// Where the chain's judgement of the voucher stands; absent: sent, answer awaited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_state: Option<PaymentState>,
+}
+
+/// A ledger entry's payment, as the chain judges it (docs/money.md).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PaymentState {
+    /// The answer did not prove a refusal: waiting until the chain shows the nonce used, or
+    /// `validBefore` passed unused.
+    Uncertain,
+    /// The chain could not be read long enough to decide: counted in `spentUncertain`, never
+    /// retried.
+    Undecided,
 }
 
 /// An experiment proposed (THINK) and not yet started on a worker (CLAIM). Persisted so that a

@@ -48,6 +48,22 @@ pub fn experiment_id(train_py: &str, config: &Value) -> String {
     format!("exp-{}", &hex::encode(hasher.finalize())[..16])
 }
 
+/// `sha256:<hex>` of a config's canonical JSON: what status keeps instead of the config.
+pub fn config_hash(config: &Value) -> String {
+    train_hash(&canonical_json(config))
+}
+
+/// The id an experiment is sent to a worker under: unique to the campaign (`scope`, its uid),
+/// so a worker that ran the same train.py and config for another campaign never hands that
+/// campaign's stored result back as ours. Within a campaign the content id still dedups.
+pub fn worker_id(scope: &str, experiment_id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(scope.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(experiment_id.as_bytes());
+    format!("exp-{}", &hex::encode(hasher.finalize())[..24])
+}
+
 /// Whether a string is a valid experiment id for the worker API.
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -85,6 +101,20 @@ mod tests {
         assert_ne!(a, d);
         assert!(is_valid_id(&a));
         assert_eq!(a.len(), 4 + 16);
+    }
+
+    #[test]
+    fn the_id_sent_to_a_worker_differs_per_campaign_and_is_stable() {
+        let id = experiment_id("print(1)", &json!({"lr": 0.01}));
+        let a = worker_id("uid-a", &id);
+        assert_eq!(
+            a,
+            worker_id("uid-a", &id),
+            "a resumed send asks for the same id"
+        );
+        assert_ne!(a, worker_id("uid-b", &id));
+        assert_ne!(a, id);
+        assert!(is_valid_id(&a));
     }
 
     #[test]

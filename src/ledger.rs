@@ -9,7 +9,7 @@
 //! side without paying goes back to `pending` to be tried on another worker.
 
 use crate::crd::{
-    ExperimentCampaignSpec, ExperimentCampaignStatus, LEADERBOARD_SIZE, LedgerEntry,
+    ExperimentCampaignSpec, ExperimentCampaignStatus, LEADERBOARD_SIZE, LedgerEntry, PaymentState,
     PendingExperiment, Phase, ResultSummary, SpecError,
 };
 use crate::usdc::Usdc;
@@ -120,6 +120,34 @@ pub fn spent(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
     }
 }
 
+/// USDC of finished experiments whose payment the chain could neither confirm nor refute.
+pub fn spent_uncertain(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
+    match &status.spent_uncertain {
+        None => Ok(Usdc::ZERO),
+        Some(s) => s.parse().map_err(|_| Refusal::Unreadable(s.clone())),
+    }
+}
+
+/// Records where the chain's judgement of an in-flight voucher stands (shown in status).
+/// Returns whether the entry was found.
+pub fn mark_payment(
+    status: &mut ExperimentCampaignStatus,
+    experiment_id: &str,
+    state: PaymentState,
+) -> bool {
+    match status
+        .ledger
+        .iter_mut()
+        .find(|e| e.experiment_id == experiment_id)
+    {
+        Some(entry) => {
+            entry.payment_state = Some(state);
+            true
+        }
+        None => false,
+    }
+}
+
 /// USDC reserved by experiments in flight.
 pub fn in_flight(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
     status.ledger.iter().try_fold(Usdc::ZERO, |sum, e| {
@@ -132,8 +160,10 @@ pub fn in_flight(status: &ExperimentCampaignStatus) -> Result<Usdc, Refusal> {
 
 /// What the budget still allows: total − spent − in flight.
 pub fn budget_left(status: &ExperimentCampaignStatus, limits: &Limits) -> Result<Usdc, Refusal> {
+    let flying = in_flight(status)?;
     let committed = spent(status)?
-        .checked_add(in_flight(status)?)
+        .checked_add(spent_uncertain(status)?)
+        .and_then(|c| c.checked_add(flying))
         .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
     Ok(limits.total.saturating_sub(committed))
 }
@@ -249,6 +279,23 @@ impl Ending {
             Ending::Finished { paid, .. } | Ending::WorkerFailed { paid, .. } => *paid,
         }
     }
+
+    /// The same ending with its result as status keeps it: named by the campaign's experiment id
+    /// (the worker knows it under the campaign-unique id it was sent), with the entry's params
+    /// and a hash of the config instead of the config, so status stays small whatever
+    /// `baseConfig` holds.
+    pub fn for_entry(mut self, entry: &LedgerEntry) -> Self {
+        if let Ending::Finished {
+            result: Some(r), ..
+        } = &mut self
+        {
+            r.experiment_id = entry.experiment_id.clone();
+            let config = r.config.take().or_else(|| entry.config.clone());
+            r.config_hash = config.as_ref().map(crate::experiment::config_hash);
+            r.params = entry.params.clone();
+        }
+        self
+    }
 }
 
 /// What `complete` did.
@@ -283,11 +330,18 @@ pub fn complete(
         return Ok(Recorded::AlreadyCounted);
     };
     let paid = outcome.paid();
-    let new_spent = spent(status)?
+    // What the chain could not decide is counted apart from what it showed settled.
+    let undecided = status.ledger[index].payment_state == Some(PaymentState::Undecided);
+    let (counter, field) = if undecided {
+        (spent_uncertain(status)?, &mut status.spent_uncertain)
+    } else {
+        (spent(status)?, &mut status.spent)
+    };
+    let total = counter
         .checked_add(paid)
         .ok_or_else(|| Refusal::Unreadable("overflow".into()))?;
+    *field = Some(total.to_string());
     let entry = status.ledger.remove(index);
-    status.spent = Some(new_spent.to_string());
     let recorded = match outcome {
         Ending::Finished {
             result: Some(result),
@@ -467,6 +521,33 @@ mod tests {
     use super::*;
     use crate::crd::ExperimentCampaignStatus;
 
+    #[test]
+    fn what_the_chain_cannot_decide_is_spent_uncertain_and_still_counts_against_the_budget() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        reserve(&mut s, &l, entry("a", 20_000, 1)).unwrap();
+        reserve(&mut s, &l, entry("b", 20_000, 1)).unwrap();
+        assert!(mark_payment(&mut s, "a", PaymentState::Undecided));
+        assert!(!mark_payment(&mut s, "zz", PaymentState::Undecided));
+        for id in ["a", "b"] {
+            let paid = Ending::WorkerFailed {
+                paid: Usdc::from_atomic(20_000),
+                reason: "lost".into(),
+            };
+            complete(&mut s, &l, id, paid).unwrap();
+        }
+        assert_eq!(s.spent.as_deref(), Some("0.02"), "only b is known paid");
+        assert_eq!(s.spent_uncertain.as_deref(), Some("0.02"));
+        assert_eq!(budget_left(&s, &l).unwrap(), Usdc::from_atomic(10_000));
+        assert_eq!(
+            reserve(&mut s, &l, entry("c", 10_001, 1)),
+            Err(Refusal::OverBudget {
+                asked: Usdc::from_atomic(10_001),
+                left: Usdc::from_atomic(10_000)
+            })
+        );
+    }
+
     fn limits() -> Limits {
         Limits {
             total: "0.05".parse().unwrap(),
@@ -561,41 +642,141 @@ mod tests {
         assert_eq!(s.best.as_ref().unwrap().experiment_id, "a");
     }
 
+    /// One random step of the books: reserve a new experiment at a random price, or finish a
+    /// random in-flight one (out of order) in a random way. Returns what the ending paid.
+    fn random_step(
+        rng: &mut rand::rngs::StdRng,
+        s: &mut ExperimentCampaignStatus,
+        l: &Limits,
+        next: &mut u32,
+    ) -> Usdc {
+        use rand::Rng;
+        if s.ledger.is_empty() || rng.random_bool(0.5) {
+            let pending = s.pending.first().map(|p| p.experiment_id.clone());
+            let id = pending.unwrap_or_else(|| {
+                *next += 1;
+                format!("e{next}")
+            });
+            let attempt = s.pending.first().map_or(1, |p| p.attempts + 1);
+            let price = rng.random_range(1..=40u128);
+            let _ = reserve(s, l, entry(&id, price, attempt));
+            return Usdc::ZERO;
+        }
+        let at = rng.random_range(0..s.ledger.len());
+        let (id, amount) = (
+            s.ledger[at].experiment_id.clone(),
+            Usdc::parse_atomic(&s.ledger[at].amount).unwrap(),
+        );
+        if rng.random_bool(0.2) {
+            mark_payment(s, &id, PaymentState::Undecided);
+        }
+        let ending = match rng.random_range(0..4) {
+            0 => Ending::Finished {
+                result: Some(result(&id, rng.random_range(0.9..1.1))),
+                paid: amount,
+            },
+            1 => Ending::Finished {
+                result: None,
+                paid: amount,
+            },
+            2 => Ending::WorkerFailed {
+                paid: Usdc::ZERO,
+                reason: "refused".into(),
+            },
+            _ => Ending::WorkerFailed {
+                paid: amount,
+                reason: "paid, no result".into(),
+            },
+        };
+        let paid = ending.paid();
+        assert_ne!(
+            complete(s, l, &id, ending).unwrap(),
+            Recorded::AlreadyCounted
+        );
+        paid
+    }
+
     #[test]
-    fn spent_plus_in_flight_never_exceeds_total() {
-        // Any sequence of reservations and completions keeps the invariant.
+    fn random_sequences_keep_the_books_within_budget_and_count_each_payment_once() {
+        use rand::SeedableRng;
         let l = Limits {
-            total: Usdc::from_atomic(100),
+            total: Usdc::from_atomic(500),
             max_price: Usdc::from_atomic(40),
             max_experiments: 1000,
-            parallelism: 3,
+            parallelism: 4,
             max_failed: 1000,
             goal: None,
             max_model_calls: None,
         };
-        let mut s = ExperimentCampaignStatus::default();
-        for i in 0..200u128 {
-            let _ = reserve(&mut s, &l, entry(&format!("e{i}"), 7 + i % 37, 1));
-            if i % 2 == 0 && !s.ledger.is_empty() {
-                let id = s.ledger[0].experiment_id.clone();
-                let amount = Usdc::parse_atomic(&s.ledger[0].amount).unwrap();
-                complete(
-                    &mut s,
-                    &l,
-                    &id,
-                    Ending::Finished {
-                        result: None,
-                        paid: amount,
-                    },
-                )
-                .unwrap();
+        for seed in 0..64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut s = ExperimentCampaignStatus::default();
+            let (mut next, mut paid) = (0, Usdc::ZERO);
+            for step in 0..300 {
+                paid = paid
+                    .checked_add(random_step(&mut rng, &mut s, &l, &mut next))
+                    .unwrap();
+                let settled = spent(&s)
+                    .unwrap()
+                    .checked_add(spent_uncertain(&s).unwrap())
+                    .unwrap();
+                let committed = settled.checked_add(in_flight(&s).unwrap()).unwrap();
+                let at = format!("seed {seed}, step {step}");
+                assert!(committed <= l.total, "{at}: {committed} > {}", l.total);
+                assert_eq!(settled, paid, "{at}: every payment is counted once");
+                assert_eq!(s.running as usize, s.ledger.len(), "{at}");
+                let ids: std::collections::HashSet<_> =
+                    s.ledger.iter().map(|e| &e.experiment_id).collect();
+                assert_eq!(ids.len(), s.ledger.len(), "{at}: one entry per experiment");
             }
-            let committed = spent(&s)
-                .unwrap()
-                .checked_add(in_flight(&s).unwrap())
-                .unwrap();
-            assert!(committed <= l.total, "step {i}: {committed} > {}", l.total);
         }
+    }
+
+    #[test]
+    fn the_leaderboard_keeps_params_and_a_config_hash_so_status_stays_small() {
+        let l = Limits {
+            max_experiments: 100,
+            parallelism: 100,
+            total: Usdc::from_atomic(1_000_000),
+            ..limits()
+        };
+        let big = serde_json::json!({"notes": "x".repeat(40 * 1024)});
+        let mut s = ExperimentCampaignStatus::default();
+        for i in 0..30 {
+            let id = format!("e{i}");
+            let mut config = big.clone();
+            config["lr"] = serde_json::json!(i);
+            let e = LedgerEntry {
+                config: Some(config.clone()),
+                params: Some(serde_json::json!({"lr": i})),
+                ..entry(&id, 1, 1)
+            };
+            reserve(&mut s, &l, e.clone()).unwrap();
+            let echoed = ResultSummary {
+                config: Some(config.clone()),
+                ..result(&id, 1.0 + f64::from(i) / 100.0)
+            };
+            let done = Ending::Finished {
+                result: Some(echoed),
+                paid: Usdc::from_atomic(1),
+            };
+            complete(&mut s, &l, &id, done.for_entry(&e)).unwrap();
+            let best = s.best.as_ref().unwrap();
+            assert_eq!(best.config, None);
+            assert_eq!(best.params, Some(serde_json::json!({"lr": 0})));
+        }
+        let first = &s.leaderboard[0];
+        let mut config = big.clone();
+        config["lr"] = serde_json::json!(0);
+        assert_eq!(
+            first.config_hash.as_deref(),
+            Some(crate::experiment::config_hash(&config).as_str())
+        );
+        let size = serde_json::to_vec(&s).unwrap().len();
+        assert!(
+            size < 8 * 1024,
+            "status is {size} bytes with a 40 KiB config"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! status in the API server) and the `loop` command (status in memory). `crd` is the custom
 //! resource; `cli` exposes each step by hand. The protocol modules know nothing of Kubernetes.
 
+pub mod chain;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -62,6 +62,18 @@ pub struct ResultRecord {
     /// Name of the campaign (controller only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_name: Option<String>,
+    /// The voucher's ERC-3009 nonce (0x + 32 bytes), for `audit` against the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The paying address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// The token contract paid in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    /// Unix time after which the voucher could no longer settle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_before: Option<u64>,
     /// `baseline` (the unmodified train.py, run to measure the noise) or `replication` (a
     /// re-run of another experiment on another worker); absent for an experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,6 +234,10 @@ mod tests {
             parent_train_hash: None,
             campaign_namespace: None,
             campaign_name: None,
+            nonce: None,
+            payer: None,
+            asset: None,
+            valid_before: None,
             role: None,
             replicates: None,
             pay_to: None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use autoresearch_coordinator::crd::{DiscoverySpec, OnChainMode};
 use autoresearch_coordinator::discovery::chain::{ChainConfig, ChainError, ChainIndex};
 use autoresearch_coordinator::discovery::scan::ScanSettings;
-use autoresearch_coordinator::discovery::{Discovery, DiscoverySettings, Source};
+use autoresearch_coordinator::discovery::{Discovery, DiscoverySettings, FoundIn};
 use discovery_support::{
     Deployed, Proc, ScanServer, anvil, deploy_registry, get_json, range_proxy,
 };
@@ -95,7 +95,7 @@ async fn chain_discovery_finds_exactly_the_current_set() {
     assert!(
         set.workers
             .iter()
-            .all(|w| w.source == Source::Chain && w.chain_id == Some(84532))
+            .all(|w| w.source == FoundIn::Chain && w.chain_id == Some(84532))
     );
     let b = set.workers.iter().find(|w| w.agent_id == Some(1)).unwrap();
     assert_eq!(
@@ -195,7 +195,7 @@ async fn confirm_and_always_modes() {
         .collect();
     assert_eq!(
         names,
-        vec![("Zeta", Source::IndexConfirmed)],
+        vec![("Zeta", FoundIn::IndexConfirmed)],
         "skipped: {:#?}",
         set.skipped
     );
@@ -212,16 +212,16 @@ async fn confirm_and_always_modes() {
         .unwrap();
     let zeta: Vec<_> = set.workers.iter().filter(|w| w.name == "Zeta").collect();
     assert_eq!(zeta.len(), 1);
-    assert_eq!(zeta[0].source, Source::IndexConfirmed);
+    assert_eq!(zeta[0].source, FoundIn::IndexConfirmed);
     assert!(
         set.workers
             .iter()
-            .any(|w| w.name == "Chain A" && w.source == Source::Chain)
+            .any(|w| w.name == "Chain A" && w.source == FoundIn::Chain)
     );
     assert!(
         set.workers
             .iter()
-            .any(|w| w.name == "Alpha" && w.source == Source::Index)
+            .any(|w| w.name == "Alpha" && w.source == FoundIn::Index)
     );
     let endpoints: std::collections::BTreeSet<_> =
         set.workers.iter().map(|w| &w.endpoint).collect();
@@ -335,7 +335,7 @@ async fn without_a_key_the_day_quota_is_kept_and_the_chain_takes_over() {
     for _ in 0..8 {
         let set = discovery.refresh_allowing(&spec, &[]).await.unwrap();
         sources.push((set.workers[0].source, set.index_quota_low()));
-        if set.index_quota_low() && set.workers[0].source == Source::Chain {
+        if set.index_quota_low() && set.workers[0].source == FoundIn::Chain {
             let found: BTreeMap<u64, String> = set
                 .workers
                 .iter()
@@ -349,10 +349,10 @@ async fn without_a_key_the_day_quota_is_kept_and_the_chain_takes_over() {
             );
         }
     }
-    assert_eq!(sources[0], (Source::Index, false));
+    assert_eq!(sources[0], (FoundIn::Index, false));
     assert_eq!(
         sources.last(),
-        Some(&(Source::Chain, true)),
+        Some(&(FoundIn::Chain, true)),
         "the chain took over: {sources:?}"
     );
     let stats = get_json(&format!("{}/__stats", index.origin())).await;

@@ -1,7 +1,7 @@
 //! The registration parser and worker builder never panic, whatever JSON a stranger publishes.
 
 use autoresearch_coordinator::discovery::{
-    AddressPolicy, SkillFilter, Source, Worker, parse_registration,
+    AddressPolicy, FoundIn, SkillFilter, Worker, parse_registration,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -74,7 +74,7 @@ proptest! {
         if let Ok(reg) = parse_registration(&doc) {
             let _ = reg.worker_endpoint();
             let _ = reg.agent_id_for(Some(84532));
-            if let Ok(worker) = Worker::from_registration(&reg, &filter, None, Some(84532), Source::Index) {
+            if let Ok(worker) = Worker::from_registration(&reg, &filter, None, Some(84532), FoundIn::Index) {
                 // Whatever the document says, the endpoint is an http(s) URL.
                 let url = worker.url().expect("endpoint parses");
                 prop_assert!(matches!(url.scheme(), "http" | "https"));

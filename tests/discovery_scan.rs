@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use autoresearch_coordinator::crd::{DiscoverySpec, OnChainMode, StaticWorker};
 use autoresearch_coordinator::discovery::scan::ScanSettings;
-use autoresearch_coordinator::discovery::{Discovery, DiscoverySettings, Source, WorkerSet};
+use autoresearch_coordinator::discovery::{Discovery, DiscoverySettings, FoundIn, WorkerSet};
 use discovery_support::ScanServer;
 use url::Url;
 
@@ -79,7 +79,7 @@ async fn index_finds_every_variant_and_no_decoy() {
     assert_eq!(alpha.total_experiments, Some(12));
     assert_eq!(alpha.gpu.as_deref(), Some("A100-80GB"));
     assert!(alpha.x402);
-    assert_eq!(alpha.source, Source::Index);
+    assert_eq!(alpha.source, FoundIn::Index);
     assert_eq!(alpha.endpoint, format!("{origin}/services/alpha"));
     // `/experiment` stripped: the coordinator appends it.
     assert_eq!(by_name("Beta").endpoint, format!("{origin}/services/beta"));
@@ -183,7 +183,7 @@ async fn one_index_scan_serves_many_campaigns() {
         assert!(set.workers[0].preferred);
         assert_eq!(
             set.workers[1].source,
-            Source::Static,
+            FoundIn::Static,
             "static workers are not filtered"
         );
         assert_eq!(

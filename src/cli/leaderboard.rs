@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::discover::{DiscoveryArgs, report_rejections, write_table};
-use crate::discovery::rank_by_published_bpb;
+use crate::discovery::{Worker, rank_by_published_bpb};
 use crate::results::{ResultRecord, default_path, read_records};
 
 /// Index rows read to rank workers, whatever `--limit` shows.
@@ -53,44 +53,56 @@ pub(super) async fn run(cmd: LeaderboardCmd) -> anyhow::Result<()> {
             "refused": set.refused, "warnings": set.warnings});
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        let rows = ranked.iter().enumerate().map(|(i, w)| {
-            vec![
-                (i + 1).to_string(),
-                w.best_val_bpb.map_or("-".into(), |b| format!("{b:.6}")),
-                w.agent_id.map_or("-".into(), |a| a.to_string()),
-                w.name.clone(),
-                w.gpu.clone().unwrap_or_else(|| "-".into()),
-                w.total_experiments.map_or("-".into(), |n| n.to_string()),
-                w.endpoint.clone(),
-            ]
-        });
-        write_table(
-            &mut out,
-            &[
-                "RANK",
-                "BEST VAL_BPB",
-                "AGENT",
-                "NAME",
-                "GPU",
-                "EXPERIMENTS",
-                "ENDPOINT",
-            ],
-            rows,
-        )?;
-        match &local_best {
-            Some(r) => writeln!(
-                out,
-                "\nbest local result: val_bpb {:.6}, experiment {}, worker {} ({} result(s) in {})",
-                r.val_bpb.unwrap_or_default(),
-                r.experiment_id,
-                r.worker_endpoint,
-                records.len(),
-                path.display()
-            )?,
-            None => writeln!(out, "\nno local results yet in {}", path.display())?,
-        }
+        print_table(&mut out, &ranked, local_best.as_ref(), records.len(), &path)?;
     }
     report_rejections(&set);
+    Ok(())
+}
+
+/// The ranking as a table, then the best local result.
+fn print_table(
+    out: &mut impl Write,
+    ranked: &[Worker],
+    local_best: Option<&ResultRecord>,
+    local_results: usize,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let rows = ranked.iter().enumerate().map(|(i, w)| {
+        vec![
+            (i + 1).to_string(),
+            w.best_val_bpb.map_or("-".into(), |b| format!("{b:.6}")),
+            w.agent_id.map_or("-".into(), |a| a.to_string()),
+            w.name.clone(),
+            w.gpu.clone().unwrap_or_else(|| "-".into()),
+            w.total_experiments.map_or("-".into(), |n| n.to_string()),
+            w.endpoint.clone(),
+        ]
+    });
+    write_table(
+        out,
+        &[
+            "RANK",
+            "BEST VAL_BPB",
+            "AGENT",
+            "NAME",
+            "GPU",
+            "EXPERIMENTS",
+            "ENDPOINT",
+        ],
+        rows,
+    )?;
+    match local_best {
+        Some(r) => writeln!(
+            out,
+            "\nbest local result: val_bpb {:.6}, experiment {}, worker {} ({} result(s) in {})",
+            r.val_bpb.unwrap_or_default(),
+            r.experiment_id,
+            r.worker_endpoint,
+            local_results,
+            path.display()
+        )?,
+        None => writeln!(out, "\nno local results yet in {}", path.display())?,
+    }
     Ok(())
 }
 

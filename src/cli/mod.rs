@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod audit;
 mod best_file;
 mod crd;
 mod discover;
@@ -44,6 +45,8 @@ pub enum Command {
     Leaderboard(leaderboard::LeaderboardCmd),
     /// Write the progress chart, results.tsv and a summary of a campaign's history.
     Report(report::ReportArgs),
+    /// Compare results.jsonl and a campaign's ledger with the chain; exit 1 on any mismatch.
+    Audit(audit::AuditArgs),
 }
 
 impl Cli {
@@ -72,6 +75,7 @@ impl Cli {
             Command::Discover(cmd) => discover::run(cmd).await,
             Command::Leaderboard(cmd) => leaderboard::run(cmd).await,
             Command::Report(args) => report::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
         }
     }
 }

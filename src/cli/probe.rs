@@ -137,12 +137,17 @@ fn option(n: usize, requirement: &Value, rejections: &[x402::Rejection]) -> Valu
     })
 }
 
-fn human(r: &Value) -> String {
-    let s = |v: &Value| match v {
+/// A JSON value as the text a person reads: strings unquoted, null as "-".
+fn text(v: &Value) -> String {
+    match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
-    };
+    }
+}
+
+fn human(r: &Value) -> String {
+    let s = text;
     let mut out = format!("worker    {}\n", s(&r["endpoint"]));
     let free = match r["free"].as_bool() {
         Some(true) => "free".to_string(),
@@ -160,55 +165,129 @@ fn human(r: &Value) -> String {
         s(&r["source"])
     );
     if let Some(c) = r["chosen"].as_object() {
-        out += &format!(
-            "price     {} USDC ({} atomic units)\n",
-            s(&c["price"]),
-            s(&c["amount"])
-        );
-        out += &format!("network   {} ({})\n", s(&c["network"]), s(&c["caip2"]));
-        out += &format!(
-            "asset     {} (EIP-712 domain \"{}\" version {})\n",
-            s(&c["asset"]),
-            s(&c["eip712Domain"]["name"]),
-            s(&c["eip712Domain"]["version"])
-        );
-        out += &format!("payee     {}\n", s(&c["payTo"]));
+        out += &chosen_lines(c);
     }
     out += &format!("status    {free}\n");
     let options = r["options"].as_array().cloned().unwrap_or_default();
     if options.len() > 1 || r["chosen"].is_null() {
-        for o in &options {
-            out += &format!(
-                "option {}  {} on {}: {} USDC ({} atomic) of {} to {}: {}\n",
-                s(&o["option"]),
-                s(&o["scheme"]),
-                s(&o["network"]),
-                s(&o["price"]),
-                s(&o["amount"]),
-                s(&o["asset"]),
-                s(&o["payTo"]),
-                if o["acceptable"] == true {
-                    "acceptable".to_string()
-                } else {
-                    format!("refused by rule `{}`: {}", s(&o["rule"]), s(&o["reason"]))
-                }
-            );
-        }
+        out.extend(options.iter().map(option_line));
     }
-    if r["chosen"].is_null() {
-        out += &format!(
-            "verdict   submit would refuse to pay (cap {} USDC, networks {})\n",
-            s(&r["maxPrice"]),
-            r["networks"]
-                .as_array()
-                .map(|n| n.iter().map(s).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()
-        );
-    } else {
-        out += &format!(
-            "verdict   acceptable under a cap of {} USDC\n",
-            s(&r["maxPrice"])
-        );
-    }
+    out += &verdict_line(r);
     out
+}
+
+/// The requirement `submit` would pay.
+fn chosen_lines(c: &serde_json::Map<String, Value>) -> String {
+    let s = text;
+    format!(
+        "price     {} USDC ({} atomic units)\n\
+         network   {} ({})\n\
+         asset     {} (EIP-712 domain \"{}\" version {})\n\
+         payee     {}\n",
+        s(&c["price"]),
+        s(&c["amount"]),
+        s(&c["network"]),
+        s(&c["caip2"]),
+        s(&c["asset"]),
+        s(&c["eip712Domain"]["name"]),
+        s(&c["eip712Domain"]["version"]),
+        s(&c["payTo"])
+    )
+}
+
+/// One of the worker's payment options, and whether the campaign's rules accept it.
+fn option_line(o: &Value) -> String {
+    let s = text;
+    let judged = if o["acceptable"] == true {
+        "acceptable".to_string()
+    } else {
+        format!("refused by rule `{}`: {}", s(&o["rule"]), s(&o["reason"]))
+    };
+    format!(
+        "option {}  {} on {}: {} USDC ({} atomic) of {} to {}: {judged}\n",
+        s(&o["option"]),
+        s(&o["scheme"]),
+        s(&o["network"]),
+        s(&o["price"]),
+        s(&o["amount"]),
+        s(&o["asset"]),
+        s(&o["payTo"]),
+    )
+}
+
+fn verdict_line(r: &Value) -> String {
+    if r["chosen"].is_null() {
+        let networks = r["networks"]
+            .as_array()
+            .map(|n| n.iter().map(text).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        format!(
+            "verdict   submit would refuse to pay (cap {} USDC, networks {networks})\n",
+            text(&r["maxPrice"])
+        )
+    } else {
+        format!(
+            "verdict   acceptable under a cap of {} USDC\n",
+            text(&r["maxPrice"])
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_whose_only_option_is_refused_shows_the_rule_and_the_verdict() {
+        let report = json!({
+            "endpoint": "http://127.0.0.1:9/",
+            "free": true,
+            "x402Version": 2,
+            "source": "body",
+            "chosen": null,
+            "maxPrice": "0.05",
+            "networks": ["base-sepolia", "eip155:31337"],
+            "options": [{
+                "option": 0, "scheme": "exact", "network": "eip155:1", "price": "0.10",
+                "amount": "100000", "asset": "0xa0b8", "payTo": "0xbeef",
+                "acceptable": false, "rule": "maxPrice", "reason": "0.10 USDC is above the cap"
+            }]
+        });
+        let text = human(&report);
+        assert!(text.contains("status    free\n"), "{text}");
+        assert!(
+            text.contains("option 0  exact on eip155:1: 0.10 USDC (100000 atomic) of 0xa0b8 to 0xbeef: refused by rule `maxPrice`: 0.10 USDC is above the cap\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("verdict   submit would refuse to pay (cap 0.05 USDC, networks base-sepolia, eip155:31337)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("payee"), "nothing was chosen: {text}");
+    }
+
+    #[test]
+    fn the_chosen_requirement_is_shown_with_its_domain_and_payee() {
+        let report = json!({
+            "endpoint": "http://127.0.0.1:9/", "free": false, "x402Version": 2, "source": "header",
+            "maxPrice": "1", "options": [{}],
+            "chosen": {
+                "price": "0.01", "amount": "10000", "network": "base-sepolia", "caip2": "eip155:84532",
+                "asset": "0xa0b8", "eip712Domain": {"name": "USDC", "version": "2"}, "payTo": "0xbeef"
+            }
+        });
+        let text = human(&report);
+        assert!(
+            text.contains("price     0.01 USDC (10000 atomic units)\nnetwork   base-sepolia (eip155:84532)\nasset     0xa0b8 (EIP-712 domain \"USDC\" version 2)\npayee     0xbeef\nstatus    busy"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("option "),
+            "a single option is not listed: {text}"
+        );
+        assert!(
+            text.ends_with("verdict   acceptable under a cap of 1 USDC\n"),
+            "{text}"
+        );
+    }
 }

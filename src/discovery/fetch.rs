@@ -8,7 +8,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::http::{BodyError, USER_AGENT, ensure_crypto_provider, read_capped, snippet};
-use super::policy::{AddressPolicy, Refusal};
+use super::policy::{AddressPolicy, UrlRefusal};
 
 /// Documents larger than this are refused (a registration is a few KiB).
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
@@ -28,7 +28,7 @@ pub enum FetchError {
         /// The URI.
         uri: String,
         /// Why.
-        refusal: Refusal,
+        refusal: UrlRefusal,
     },
     /// A `data:` URI that does not decode.
     #[error("bad data: URI: {0}")]
@@ -71,7 +71,7 @@ pub enum FetchError {
 
 impl FetchError {
     /// The refusal, when the policy was the reason.
-    pub fn refusal(&self) -> Option<&Refusal> {
+    pub fn refusal(&self) -> Option<&UrlRefusal> {
         match self {
             Self::Refused { refusal, .. } => Some(refusal),
             _ => None,
@@ -197,10 +197,10 @@ impl DocumentFetcher {
 }
 
 /// Finds a policy refusal inside a reqwest error (from the resolver or the redirect check).
-fn refusal_in(err: &reqwest::Error) -> Option<Refusal> {
+fn refusal_in(err: &reqwest::Error) -> Option<UrlRefusal> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(r) = e.downcast_ref::<Refusal>() {
+        if let Some(r) = e.downcast_ref::<UrlRefusal>() {
             return Some(r.clone());
         }
         source = e.source();

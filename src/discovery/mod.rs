@@ -17,6 +17,6 @@ pub mod service;
 pub mod worker;
 
 pub use document::{Registration, SkillFilter, parse_registration};
-pub use policy::{AddressClass, AddressPolicy, PinnedResolver, Refusal};
+pub use policy::{AddressClass, AddressPolicy, PinnedResolver, UrlRefusal};
 pub use service::{Discovery, DiscoveryError, DiscoverySettings, Rejected, WorkerSet};
-pub use worker::{NotAWorker, Source, Worker, merge, rank_by_published_bpb};
+pub use worker::{FoundIn, NotAWorker, Worker, merge, rank_by_published_bpb};

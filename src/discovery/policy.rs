@@ -234,7 +234,7 @@ fn valid_host_chars(s: &str) -> bool {
 
 /// Why a discovered URL was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum UrlRefusal {
     /// Not http or https.
     #[error("scheme {0:?} is not http or https")]
     Scheme(String),
@@ -333,11 +333,11 @@ impl AddressPolicy {
     }
 
     /// Checks an address; `host` is only for the message.
-    pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), Refusal> {
+    pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), UrlRefusal> {
         if self.ip_allowed(ip) {
             Ok(())
         } else {
-            Err(Refusal::Address {
+            Err(UrlRefusal::Address {
                 host: host.to_string(),
                 ip: canonical(ip),
                 class: classify(canonical(ip)),
@@ -347,12 +347,12 @@ impl AddressPolicy {
 
     /// Everything that can be checked without DNS: scheme, literal addresses, internal names.
     /// A URL that passes still has its name checked when it is resolved.
-    pub fn check_url(&self, url: &Url) -> Result<(), Refusal> {
+    pub fn check_url(&self, url: &Url) -> Result<(), UrlRefusal> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(Refusal::Scheme(url.scheme().to_string()));
+            return Err(UrlRefusal::Scheme(url.scheme().to_string()));
         }
         match url.host() {
-            None => Err(Refusal::NoHost),
+            None => Err(UrlRefusal::NoHost),
             Some(Host::Ipv4(ip)) => self.check_ip(&ip.to_string(), IpAddr::V4(ip)),
             Some(Host::Ipv6(ip)) => self.check_ip(&format!("[{ip}]"), IpAddr::V6(ip)),
             Some(Host::Domain(name)) => self.check_name(name),
@@ -360,9 +360,9 @@ impl AddressPolicy {
     }
 
     /// Refuses cluster-internal and local names unless allowlisted.
-    pub fn check_name(&self, name: &str) -> Result<(), Refusal> {
+    pub fn check_name(&self, name: &str) -> Result<(), UrlRefusal> {
         if is_internal_name(name) && !self.host_allowed(name) {
-            Err(Refusal::InternalName(name.to_string()))
+            Err(UrlRefusal::InternalName(name.to_string()))
         } else {
             Ok(())
         }
@@ -370,7 +370,7 @@ impl AddressPolicy {
 
     /// Checks every address a name resolved to. All must pass: a name that resolves to one public
     /// and one private address could be dialled on either.
-    pub fn check_resolved(&self, name: &str, addrs: &[SocketAddr]) -> Result<(), Refusal> {
+    pub fn check_resolved(&self, name: &str, addrs: &[SocketAddr]) -> Result<(), UrlRefusal> {
         if self.host_allowed(name) {
             return Ok(());
         }
@@ -382,7 +382,7 @@ impl AddressPolicy {
 
     /// Resolves a URL's host once and checks the result: what the connection would dial.
     /// Used to vet a discovered endpoint before it is handed to the scheduler.
-    pub async fn resolve_url(&self, url: &Url) -> Result<Vec<SocketAddr>, Refusal> {
+    pub async fn resolve_url(&self, url: &Url) -> Result<Vec<SocketAddr>, UrlRefusal> {
         self.check_url(url)?;
         let port = url.port_or_known_default().unwrap_or(443);
         match url.host() {
@@ -393,7 +393,7 @@ impl AddressPolicy {
                 self.check_resolved(name, &addrs)?;
                 Ok(addrs)
             }
-            None => Err(Refusal::NoHost),
+            None => Err(UrlRefusal::NoHost),
         }
     }
 
@@ -432,16 +432,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-async fn lookup(name: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
+async fn lookup(name: &str, port: u16) -> Result<Vec<SocketAddr>, UrlRefusal> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
         .await
-        .map_err(|e| Refusal::Unresolvable {
+        .map_err(|e| UrlRefusal::Unresolvable {
             host: name.to_string(),
             why: e.to_string(),
         })?
         .collect();
     if addrs.is_empty() {
-        return Err(Refusal::Unresolvable {
+        return Err(UrlRefusal::Unresolvable {
             host: name.to_string(),
             why: "no addresses".into(),
         });
@@ -590,7 +590,7 @@ mod tests {
         ] {
             let err = strict.check_ip("h", ip(addr)).unwrap_err();
             assert!(
-                matches!(err, Refusal::Address { .. }),
+                matches!(err, UrlRefusal::Address { .. }),
                 "{addr} gave {err:?}"
             );
         }
@@ -645,7 +645,7 @@ mod tests {
         ] {
             let u = url(&format!("http://{name}:8080/services/w"));
             assert!(
-                matches!(strict.check_url(&u), Err(Refusal::InternalName(_))),
+                matches!(strict.check_url(&u), Err(UrlRefusal::InternalName(_))),
                 "{name}"
             );
         }
@@ -696,7 +696,7 @@ mod tests {
         }
         assert!(matches!(
             strict.check_url(&url("file:///etc/passwd")),
-            Err(Refusal::Scheme(_))
+            Err(UrlRefusal::Scheme(_))
         ));
         assert!(strict.check_url(&url("https://93.184.216.34/")).is_ok());
         assert!(

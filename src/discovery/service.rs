@@ -19,9 +19,9 @@ use super::cache::DiskCache;
 use super::chain::{ChainConfig, ChainError, ChainIndex};
 use super::document::{SkillFilter, parse_registration};
 use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
-use super::policy::{AddressPolicy, AllowEntryError, Refusal};
+use super::policy::{AddressPolicy, AllowEntryError, UrlRefusal};
 use super::scan::{ApiKey, IndexEntry, Quota, ScanClient, ScanError, ScanResult, ScanSettings};
-use super::worker::{Source, Worker, merge};
+use super::worker::{FoundIn, Worker, merge};
 use crate::crd::{DiscoverySpec, OnChainMode};
 
 /// A failed index scan is retried after at most this long, whatever the refresh interval.
@@ -598,64 +598,22 @@ impl Discovery {
         let mode = mode_of(key.mode);
         let mut out = Discovered::empty();
         let mut failures = Vec::new();
-
-        let index = if key.scan_api_url.is_empty() {
-            None
-        } else {
-            Some(self.index(&key.scan_api_url, &key.skill, ttl, force).await)
-        };
-        let index_failed = !matches!(index, Some(Ok(_)));
-        if index.is_some() {
-            out.index_quota = self.index_quota(&key.scan_api_url).await;
-        }
-        if let Some(Ok(scan)) = &index {
-            out.warnings
-                .extend(scan.problems.iter().map(|p| format!("8004scan: {p}")));
-            let found = self
-                .index_workers(scan, &key.skill, &fetcher, &mut out)
+        let index_tried = !key.scan_api_url.is_empty();
+        let index_failed = !index_tried
+            || !self
+                .read_index(key, ttl, force, &fetcher, &mut out, &mut failures)
                 .await;
-            out.workers.extend(found);
-        }
-        if let Some(Err(e)) = &index {
-            failures.push(format!("8004scan ({}): {e}", key.scan_api_url));
-        }
-
         let read_chain = match mode {
             OnChainMode::Never => false,
             OnChainMode::Always => true,
-            OnChainMode::Fallback => index_failed,
-            OnChainMode::Confirm => index_failed,
+            OnChainMode::Fallback | OnChainMode::Confirm => index_failed,
         };
-        let chain = match (&key.chain, mode) {
-            (_, OnChainMode::Never) => None,
-            (Some(cfg), _) => Some(self.chain(cfg).await),
-            (None, _) => None,
-        };
-        match (&chain, read_chain) {
-            (Some(Ok(chain)), true) => match self
-                .chain_workers(chain, &key.skill, &fetcher, &mut out)
-                .await
-            {
-                Ok(found) => out.workers.extend(found),
-                Err(e) => failures.push(format!("chain ({}): {e}", chain.config().rpc_url)),
-            },
-            (Some(Err(e)), true) => failures.push(format!("chain: {e}")),
-            (None, true) => {
-                failures.push("chain: no registry configured (set ERPC_NETWORK)".into())
-            }
-            _ => {}
+        let confirm = mode == OnChainMode::Confirm && !index_failed;
+        if mode != OnChainMode::Never {
+            self.read_chain_source(key, read_chain, confirm, &fetcher, &mut out, &mut failures)
+                .await;
         }
-        if mode == OnChainMode::Confirm && !index_failed {
-            match &chain {
-                Some(Ok(chain)) => self.confirm(chain, &key.skill, &fetcher, &mut out).await,
-                Some(Err(e)) => {
-                    failures.push(format!("chain (to confirm index results): {e}"));
-                    out.workers.clear();
-                }
-                None => {}
-            }
-        }
-        let tried = usize::from(index.is_some()) + usize::from(read_chain);
+        let tried = usize::from(index_tried) + usize::from(read_chain);
         if tried > 0 && failures.len() >= tried {
             return Err(DiscoveryError::AllSourcesFailed(failures.join("; ")));
         }
@@ -668,6 +626,67 @@ impl Discovery {
         // Aged from the end of the refresh: an anonymous scan can outlast the interval itself.
         out.fetched_at = SystemTime::now();
         Ok(out)
+    }
+
+    /// Workers from the 8004scan index, into `out`. Returns whether the index answered.
+    async fn read_index(
+        &self,
+        key: &ResolveKey,
+        ttl: Duration,
+        force: bool,
+        fetcher: &DocumentFetcher,
+        out: &mut Discovered,
+        failures: &mut Vec<String>,
+    ) -> bool {
+        let index = self.index(&key.scan_api_url, &key.skill, ttl, force).await;
+        out.index_quota = self.index_quota(&key.scan_api_url).await;
+        match index {
+            Ok(scan) => {
+                out.warnings
+                    .extend(scan.problems.iter().map(|p| format!("8004scan: {p}")));
+                let found = self.index_workers(&scan, &key.skill, fetcher, out).await;
+                out.workers.extend(found);
+                true
+            }
+            Err(e) => {
+                failures.push(format!("8004scan ({}): {e}", key.scan_api_url));
+                false
+            }
+        }
+    }
+
+    /// The registry on chain: read as a source (`read`), or used to `confirm` what the index
+    /// found (workers it cannot confirm are dropped), or neither.
+    async fn read_chain_source(
+        &self,
+        key: &ResolveKey,
+        read: bool,
+        confirm: bool,
+        fetcher: &DocumentFetcher,
+        out: &mut Discovered,
+        failures: &mut Vec<String>,
+    ) {
+        let chain = match &key.chain {
+            Some(cfg) => self.chain(cfg).await,
+            None if read => {
+                failures.push("chain: no registry configured (set ERPC_NETWORK)".into());
+                return;
+            }
+            None => return,
+        };
+        match (chain, read) {
+            (Ok(chain), true) => match self.chain_workers(&chain, &key.skill, fetcher, out).await {
+                Ok(found) => out.workers.extend(found),
+                Err(e) => failures.push(format!("chain ({}): {e}", chain.config().rpc_url)),
+            },
+            (Err(e), true) => failures.push(format!("chain: {e}")),
+            (Ok(chain), false) if confirm => self.confirm(&chain, &key.skill, fetcher, out).await,
+            (Err(e), false) if confirm => {
+                failures.push(format!("chain (to confirm index results): {e}"));
+                out.workers.clear();
+            }
+            _ => {}
+        }
     }
 
     /// The index scan, shared by every policy and campaign for `ttl`.
@@ -800,7 +819,7 @@ impl Discovery {
                     skill,
                     Some(agent.agent_id),
                     Some(chain_id),
-                    Source::Chain,
+                    FoundIn::Chain,
                     fetcher,
                     label,
                 )
@@ -833,7 +852,7 @@ impl Discovery {
         for (mut w, verdict) in checks {
             match verdict {
                 Ok(()) => {
-                    w.source = Source::IndexConfirmed;
+                    w.source = FoundIn::IndexConfirmed;
                     out.workers.push(w);
                 }
                 Err(reason) => out.skipped.push(Rejected {
@@ -868,7 +887,7 @@ async fn confirm_one(
         .map_err(|e| format!("not confirmed: {e}"))?;
     let reg = parse_registration(&doc).map_err(|e| format!("not confirmed: {e}"))?;
     let onchain =
-        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), Source::Chain)
+        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), FoundIn::Chain)
             .map_err(|e| format!("not confirmed: on chain, {e}"))?;
     if onchain.endpoint == w.endpoint {
         Ok(())
@@ -889,7 +908,7 @@ fn dedupe_sources(workers: Vec<Worker>) -> Vec<Worker> {
             e.endpoint == w.endpoint && e.agent_id == w.agent_id && e.chain_id == w.chain_id
         }) {
             if existing.source != w.source {
-                existing.source = Source::IndexConfirmed;
+                existing.source = FoundIn::IndexConfirmed;
             }
             continue;
         }
@@ -1006,7 +1025,7 @@ async fn index_entry_worker(
         skill,
         entry.token_id,
         entry.chain_id,
-        Source::Index,
+        FoundIn::Index,
         fetcher,
         agent,
     )
@@ -1020,7 +1039,7 @@ async fn vet(
     skill: &SkillFilter,
     agent_id: Option<u64>,
     chain_id: Option<u64>,
-    source: Source,
+    source: FoundIn,
     fetcher: &DocumentFetcher,
     agent: String,
 ) -> Outcome {
@@ -1047,7 +1066,7 @@ async fn vet(
     match fetcher.policy().resolve_url(&url).await {
         Ok(_) => Outcome::Worker(worker),
         // Not a policy decision: the endpoint cannot be reached at all.
-        Err(why @ Refusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
+        Err(why @ UrlRefusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
         Err(refusal) => Outcome::Refused(Rejected {
             agent,
             target: worker.endpoint,
@@ -1094,7 +1113,7 @@ mod tests {
             best_val_bpb: None,
             total_experiments: None,
             gpu: None,
-            source: Source::Index,
+            source: FoundIn::Index,
             preferred: false,
         }
     }

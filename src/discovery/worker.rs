@@ -10,7 +10,7 @@ use crate::crd::{DiscoverySpec, StaticWorker};
 
 /// Where a worker was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Source {
+pub enum FoundIn {
     /// The 8004scan index.
     #[serde(rename = "8004scan")]
     Index,
@@ -25,7 +25,7 @@ pub enum Source {
     Static,
 }
 
-impl Source {
+impl FoundIn {
     /// As shown in tables.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,7 +57,7 @@ pub struct Worker {
     /// GPU model it publishes.
     pub gpu: Option<String>,
     /// Where it was found.
-    pub source: Source,
+    pub source: FoundIn,
     /// Matches a `prefer` entry: tried before other workers.
     pub preferred: bool,
 }
@@ -83,7 +83,7 @@ impl Worker {
         filter: &SkillFilter,
         agent_id: Option<u64>,
         chain_id: Option<u64>,
-        source: Source,
+        source: FoundIn,
     ) -> Result<Self, NotAWorker> {
         if !reg.active {
             return Err(NotAWorker::Inactive);
@@ -124,7 +124,7 @@ impl Worker {
             best_val_bpb: None,
             total_experiments: None,
             gpu: None,
-            source: Source::Static,
+            source: FoundIn::Static,
             preferred: false,
         })
     }
@@ -192,7 +192,7 @@ pub fn merge(spec: &DiscoverySpec, discovered: &[Worker]) -> Vec<Worker> {
             continue;
         }
         if let Some(id) = worker.agent_id
-            && worker.source != Source::Static
+            && worker.source != FoundIn::Static
             && !seen_agents.insert((worker.chain_id, id))
         {
             continue;
@@ -239,7 +239,7 @@ mod tests {
             best_val_bpb: bpb,
             total_experiments: None,
             gpu: None,
-            source: Source::Index,
+            source: FoundIn::Index,
             preferred: false,
         }
     }
@@ -278,7 +278,7 @@ mod tests {
             ]
         );
         assert!(merged[0].preferred && !merged[1].preferred);
-        assert_eq!(merged[1].source, Source::Static);
+        assert_eq!(merged[1].source, FoundIn::Static);
     }
 
     #[test]

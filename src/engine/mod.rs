@@ -20,6 +20,7 @@ pub mod memory;
 pub mod propose;
 pub mod publish;
 pub mod run;
+mod settle;
 pub mod status;
 pub mod store;
 #[cfg(test)]
@@ -145,6 +146,10 @@ pub struct Engine {
     /// Signalled whenever a task ends (for `loop`, the one waiter; the controller sees the
     /// status write instead).
     pub changed: tokio::sync::Notify,
+    /// The payment chain's USDC (`ERPC_URL`), the judge of uncertain payments; `None` when unset.
+    chain: Option<Arc<crate::chain::UsdcChain>>,
+    /// The payer balances read before signing.
+    wallets: crate::chain::wallet::Wallets,
 }
 
 /// What a reconcile decided.
@@ -199,6 +204,8 @@ impl Engine {
             settings,
             memory: Memory::default(),
             changed: tokio::sync::Notify::new(),
+            chain: crate::chain::from_env_logged(),
+            wallets: Default::default(),
         })
     }
 

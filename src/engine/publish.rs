@@ -391,7 +391,7 @@ fn result_record(
         pay_to: serde_json::from_str::<Voucher>(&entry.payment)
             .ok()
             .map(|v| v.pay_to.to_string()),
-        ..ResultRecord::default()
+        ..crate::chain::audit::voucher_fields(entry)
     }
 }
 

@@ -17,6 +17,7 @@ use super::claim::{self, Candidate};
 use super::publish::{self, ResultLabel};
 use super::store::UpdateError;
 use super::{CampaignHandle, Engine, Notice, Severity};
+use crate::chain::wallet::InsufficientBalance;
 use crate::crd::{
     ExperimentCampaign, ExperimentCampaignSpec, LedgerEntry, PendingExperiment, ResultSummary,
 };
@@ -59,6 +60,9 @@ pub enum StartError {
     /// The remote signer refused or failed: the campaign's problem, not the worker's.
     #[error(transparent)]
     Signer(#[from] SignerError),
+    /// The payer's balance cannot cover the voucher: nothing is signed.
+    #[error(transparent)]
+    Wallet(#[from] InsufficientBalance),
 }
 
 impl StartError {
@@ -122,6 +126,8 @@ async fn skipped(
         )
     } else if matches!(e, StartError::Signer(_)) {
         ("SignerFailed", e.to_string())
+    } else if matches!(e, StartError::Wallet(_)) {
+        ("InsufficientBalance", e.to_string())
     } else {
         ("NotStarted", format!("experiment {id}: {e}"))
     };
@@ -161,11 +167,14 @@ async fn prepare(
         return Ok(Err(UpdateError::Refused(refusal)));
     }
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "priced");
-    let voucher = sign(handle, spec, &offer, pending, timeout).await?;
+    let funds = super::settle::wallet_check(engine, handle, spec, &offer).await?;
+    let experiment = worker_id(campaign, pending);
+    let now = super::settle::signing_time(engine).await;
+    let voucher = sign(handle, spec, &offer, &experiment, timeout, now).await?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "signed");
     failpoint::crash_at(Window::AfterSign);
     let entry = ledger_entry(pending, worker, &voucher);
-    if let Err(e) = reserve(handle, &entry).await {
+    if let Err(e) = reserve(handle, &entry, funds).await {
         return Ok(Err(e));
     }
     failpoint::crash_at(Window::AfterReserve);
@@ -214,26 +223,40 @@ async fn price(
     Ok(offer)
 }
 
-/// Signs the voucher through the remote signer; nothing leaves this process yet.
+/// The id the worker gets for `pending`: derived from the campaign's uid, so that it is unique
+/// to the campaign. A campaign without a uid (one that lives only in memory) sends the content id.
+fn worker_id(campaign: &ExperimentCampaign, pending: &PendingExperiment) -> String {
+    match &campaign.metadata.uid {
+        Some(uid) => crate::experiment::worker_id(uid, &pending.experiment_id),
+        None => pending.experiment_id.clone(),
+    }
+}
+
+/// The payer the spec names, if it names one.
+pub(super) fn configured_payer(spec: &ExperimentCampaignSpec) -> Option<Address> {
+    spec.payment
+        .signer_address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+}
+
+/// Signs the voucher for `experiment` (the id the worker gets) through the remote signer;
+/// nothing leaves this process yet. `now` is when the validity window starts.
 async fn sign(
     handle: &CampaignHandle,
     spec: &ExperimentCampaignSpec,
     offer: &Offer,
-    pending: &PendingExperiment,
+    experiment: &str,
     timeout: Duration,
+    now: u64,
 ) -> Result<Voucher, SignerError> {
-    let from: Option<Address> = spec
-        .payment
-        .signer_address
-        .as_deref()
-        .and_then(|a| a.parse().ok());
     let terms = VoucherTerms {
-        experiment_id: pending.experiment_id.clone(),
+        experiment_id: experiment.to_string(),
         nonce: new_nonce(),
-        from,
+        from: configured_payer(spec),
         run_timeout: timeout,
     };
-    sign_voucher(&handle.signer, offer, &terms, unix_now()).await
+    sign_voucher(&handle.signer, offer, &terms, now).await
 }
 
 fn ledger_entry(pending: &PendingExperiment, worker: &Candidate, voucher: &Voucher) -> LedgerEntry {
@@ -251,15 +274,24 @@ fn ledger_entry(pending: &PendingExperiment, worker: &Candidate, voucher: &Vouch
         description: pending.description.clone(),
         attempt: pending.attempts + 1,
         started_at: publish::now_rfc3339(),
+        payment_state: None,
     }
 }
 
 /// Stores the ledger entry, with the voucher, before the voucher is sent. Re-checks suspend,
-/// stop reasons and that the experiment is still pending, on the latest status.
-async fn reserve(handle: &CampaignHandle, entry: &LedgerEntry) -> Result<(), UpdateError> {
+/// stop reasons and that the experiment is still pending, on the latest status. The payer's
+/// balance, when it was read, is shown in the same write.
+async fn reserve(
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    funds: Option<Usdc>,
+) -> Result<(), UpdateError> {
     handle
         .store
         .update(&mut |c, s| {
+            if let Some(balance) = funds {
+                super::settle::show_funded(s, balance, c.metadata.generation);
+            }
             if c.spec.suspend {
                 return Err(Refusal::Suspended);
             }
@@ -369,7 +401,10 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
             };
             send(&engine, &handle, reserved, true).await;
         }
-        Err(outcome) => publish::complete(&engine, &handle, &entry, outcome, None).await,
+        Err(outcome) => {
+            let outcome = outcome.for_entry(&entry);
+            publish::complete(&engine, &handle, &entry, outcome, None).await
+        }
     }
 }
 
@@ -425,8 +460,9 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
             return publish::complete(engine, handle, &entry, ending, None).await;
         }
     };
+    // The id the voucher was signed for: unique to the campaign (older vouchers: the content id).
     let request = ExperimentRequest {
-        experiment_id: entry.experiment_id.clone(),
+        experiment_id: voucher.experiment_id.clone(),
         train_py: train_py.to_string(),
         config: entry
             .config
@@ -434,14 +470,18 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
             .unwrap_or_else(|| serde_json::json!({})),
     };
     let started = Instant::now();
-    let (outcome, tx) = exchange(
-        &client,
-        &voucher,
-        &request,
-        resumed,
-        engine.settings.job_poll,
-    )
-    .await;
+    let (outcome, tx) = match &engine.chain {
+        Some(chain) => {
+            super::settle::exchange(chain, handle, &entry, &client, &voucher, &request, resumed)
+                .await
+        }
+        None => {
+            let poll = engine.settings.job_poll;
+            let (outcome, tx) = exchange(&client, &voucher, &request, resumed, poll).await;
+            (outcome, tx)
+        }
+    };
+    let outcome = outcome.for_entry(&entry);
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "answered");
     failpoint::crash_at(Window::AfterAnswer);
     engine
@@ -471,7 +511,10 @@ async fn exchange(
     match failpoint::crash_during(Window::AfterSend, client.run(Some(voucher), request)).await {
         Ok(run) => {
             let tx = run.transaction().map(str::to_string);
-            (outcome_of(run.result, paid, client.endpoint()), tx)
+            (
+                outcome_of(run.result, paid, client.endpoint(), &request.experiment_id),
+                tx,
+            )
         }
         // A refused connection sent nothing; a 409 is the worker declining before it runs.
         Err(e @ (WorkerError::Unreachable { .. } | WorkerError::Busy)) => (
@@ -487,7 +530,10 @@ async fn exchange(
         // to another worker. If the worker cannot say, the amount counts as spent.
         Err(e @ (WorkerError::Http { .. } | WorkerError::PaymentRejected { .. })) => {
             match client.recover(request).await {
-                Ok(Some(result)) => (outcome_of(result, paid, client.endpoint()), None),
+                Ok(Some(result)) => (
+                    outcome_of(result, paid, client.endpoint(), &request.experiment_id),
+                    None,
+                ),
                 Ok(None) => (
                     Ending::WorkerFailed {
                         paid: Usdc::ZERO,
@@ -513,7 +559,10 @@ async fn exchange(
         // A 200 that is not a valid result (a lying worker): the gate settled, the answer is not
         // recorded as a result, and the experiment is not paid for again.
         Err(e) => match client.recover(request).await {
-            Ok(Some(result)) => (outcome_of(result, paid, client.endpoint()), None),
+            Ok(Some(result)) => (
+                outcome_of(result, paid, client.endpoint(), &request.experiment_id),
+                None,
+            ),
             _ => (
                 Ending::WorkerFailed {
                     paid,
@@ -539,7 +588,9 @@ async fn settle_uncertain(
     let mut last = first_error.unwrap_or_else(|| "resumed after a restart".into());
     loop {
         match client.recover(request).await {
-            Ok(Some(result)) => return outcome_of(result, paid, client.endpoint()),
+            Ok(Some(result)) => {
+                return outcome_of(result, paid, client.endpoint(), &request.experiment_id);
+            }
             Err(WorkerError::InvalidAnswer(e)) => return Ending::WorkerFailed { paid, reason: e },
             _ => {}
         }
@@ -550,7 +601,9 @@ async fn settle_uncertain(
             };
         }
         match client.run(Some(voucher), request).await {
-            Ok(run) => return outcome_of(run.result, paid, client.endpoint()),
+            Ok(run) => {
+                return outcome_of(run.result, paid, client.endpoint(), &request.experiment_id);
+            }
             Err(WorkerError::InvalidAnswer(e)) => return Ending::WorkerFailed { paid, reason: e },
             // Busy (probably with this very experiment), refused (the nonce may be in use by the
             // first send), unreachable or cut: the stored result may still come.
@@ -560,14 +613,22 @@ async fn settle_uncertain(
     }
 }
 
-fn outcome_of(result: crate::payment::ExperimentResult, paid: Usdc, endpoint: &str) -> Ending {
+/// The outcome of a worker's result for the campaign's experiment `experiment_id` (the worker
+/// knows it under the campaign-unique id it was sent).
+pub(super) fn outcome_of(
+    result: crate::payment::ExperimentResult,
+    paid: Usdc,
+    endpoint: &str,
+    experiment_id: &str,
+) -> Ending {
     let summary = match (result.status.as_str(), result.val_bpb) {
         ("completed", Some(v)) if ledger::is_valid_val_bpb(v) => Some(ResultSummary {
-            experiment_id: result.experiment_id.clone(),
+            experiment_id: experiment_id.to_string(),
             val_bpb: v,
             config: result.raw.get("config").cloned(),
             worker: endpoint.to_string(),
             train_hash: result.train_hash.clone(),
+            ..ResultSummary::default()
         }),
         _ => None,
     };
@@ -590,6 +651,7 @@ fn outcome_from_record(record: &ResultRecord, entry: &LedgerEntry) -> Ending {
             config: record.config.clone(),
             worker: record.worker_endpoint.clone(),
             train_hash: Some(record.train_hash.clone()),
+            ..ResultSummary::default()
         }),
         _ => None,
     };

@@ -26,6 +26,8 @@ pub enum ConditionType {
     Succeeded,
     /// The 8004scan day quota is down to its reserve: discovery reads the chain meanwhile.
     IndexQuotaLow,
+    /// The payer's USDC balance covers the next voucher (False: `InsufficientBalance`).
+    WalletFunded,
     /// The best result was reproduced by another worker.
     Verified,
 }
@@ -40,6 +42,7 @@ impl ConditionType {
             ConditionType::Complete => "Complete",
             ConditionType::Succeeded => "Succeeded",
             ConditionType::IndexQuotaLow => "IndexQuotaLow",
+            ConditionType::WalletFunded => "WalletFunded",
             ConditionType::Verified => "Verified",
         }
     }

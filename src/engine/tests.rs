@@ -779,7 +779,12 @@ async fn a_liar_is_never_promoted_and_is_excluded_after_max_disagreements() {
     let best = status.best.clone().expect("a verified best");
     let verification = status.verification.clone().unwrap();
     assert!(verification.verified);
-    let honest_value = crate::strategy::landscape::val_bpb(best.config.as_ref().unwrap());
+    // Status keeps a hash of the config; results.jsonl has the config itself.
+    let best_line = lines
+        .iter()
+        .find(|l| l["experiment_id"] == best.experiment_id.as_str())
+        .expect("the best is in results.jsonl");
+    let honest_value = crate::strategy::landscape::val_bpb(&best_line["config"]);
     assert!((best.val_bpb - honest_value).abs() < 1e-9, "{best:?}");
     for id in &verification.replications {
         let line = lines

@@ -188,9 +188,12 @@ impl Run {
         ResultSummary {
             experiment_id: self.id.clone(),
             val_bpb: value,
-            config: self.config.clone(),
+            // Status keeps the params and a hash, not the config (results.jsonl has it).
+            config: None,
             worker: worker.to_string(),
             train_hash: Some(self.train_hash.clone()),
+            params: self.params.clone(),
+            config_hash: self.config.as_ref().map(crate::experiment::config_hash),
         }
     }
 }

@@ -23,9 +23,10 @@ use super::x402::{Offer, X402Version, atomic, value_of};
 use crate::crd::Network;
 use crate::usdc::Usdc;
 
-/// How far back `validAfter` is set, as reference clients do, so that a payee clock a little
-/// behind ours still accepts the voucher.
-pub const VALID_AFTER_SLACK_SECS: u64 = 600;
+/// `validAfter`: 0, as `@x402/evm`'s v2 client signs. A chain whose last block lags wall time
+/// (an idle test chain fell more than 10 minutes behind) refused `now − 600` with
+/// "authorization is not yet valid"; the nonce, not `validAfter`, is what prevents a replay.
+pub const VALID_AFTER: u64 = 0;
 /// Margin added to the experiment's run time for `validBefore`: queueing, start-up, evaluation
 /// and the gate's settlement after the upstream answers.
 pub const VALID_BEFORE_MARGIN_SECS: u64 = 600;
@@ -57,13 +58,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `(validAfter, validBefore)` for a voucher signed at `now`: `validAfter = now − 600`,
-/// `validBefore = now + max(maxTimeoutSeconds, run timeout + margin)`.
+/// `(validAfter, validBefore)` for a voucher signed at `now` (the later of wall time and the
+/// chain's, when known): `validAfter = 0`, `validBefore = now + max(maxTimeoutSeconds, run
+/// timeout + margin)`, so a gate that settles after a long run still can.
 pub fn validity_window(now: u64, offer: &Offer, run_timeout: Duration) -> (u64, u64) {
     let lifetime = offer
         .max_timeout_seconds
         .max(run_timeout.as_secs() + VALID_BEFORE_MARGIN_SECS);
-    (now.saturating_sub(VALID_AFTER_SLACK_SECS), now + lifetime)
+    (VALID_AFTER, now + lifetime)
 }
 
 /// A signed, encoded payment for one experiment: serialisable, and re-sendable as is.
@@ -318,7 +320,10 @@ mod tests {
     fn validity_outlasts_the_experiment() {
         let o = offer(X402Version::V2);
         let (after, before) = validity_window(10_000, &o, Duration::from_secs(900));
-        assert_eq!(after, 10_000 - 600);
+        assert_eq!(
+            after, 0,
+            "a lagging chain clock cannot make it not yet valid"
+        );
         assert_eq!(before, 10_000 + 900 + VALID_BEFORE_MARGIN_SECS);
         let mut long = o.clone();
         long.max_timeout_seconds = 86_400;

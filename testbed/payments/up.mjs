@@ -12,6 +12,7 @@ import { startFacilitator } from "./lib/facilitator.mjs";
 import { startSigner, SIGNER_MODES } from "./lib/signer.mjs";
 import { startWorker } from "./lib/worker.mjs";
 import { GATE_KINDS, networkFor } from "./lib/gates.mjs";
+import { startEdge } from "./lib/edge.mjs";
 
 // stdout carries exactly one line, the manifest: everything else goes to stderr, including what
 // the reference packages print with console.log.
@@ -117,7 +118,11 @@ function normalize(raw) {
     if (repo !== null && typeof repo !== "string") throw new Error(`worker ${name}: repo must be a path or null`);
     // A fresh payee per worker name: nothing else ever holds funds there.
     const payTo = w.payTo ?? privateKeyToAccount(keccak256(toHex(`autoresearch-testbed-payee:${name}`))).address;
-    return { name, gate, price, durationMs, faults, maxTimeoutSeconds, timeoutSeconds, payTo, trainCommand, repo };
+    const edge = w.edge === undefined || w.edge === null ? null : { timeoutMs: Number(w.edge.timeoutMs ?? 1000), status: Number(w.edge.status ?? 504) };
+    if (edge && !(edge.timeoutMs > 0 && edge.status >= 500 && edge.status < 600)) {
+      throw new Error(`worker ${name}: edge needs timeoutMs > 0 and a 5xx status`);
+    }
+    return { name, gate, price, durationMs, faults, maxTimeoutSeconds, timeoutSeconds, payTo, trainCommand, repo, edge };
   });
   const signers = [{ name: "default", ...cfg.signer }, ...cfg.extraSigners.map((s, i) => ({ name: s.name ?? `signer${i + 2}`, ...s }))];
   for (const s of signers) {
@@ -203,6 +208,18 @@ async function main() {
     const payer = privateKeyToAccount(KEYS.payer).address;
     const { usdc } = await deployUsdc({ rpcUrl: anvil.rpcUrl, payer, payerFunds: cfg.payerFunds, log });
 
+    // anvil mines only on transactions, so an idle chain's last block falls behind wall time
+    // (more than 10 minutes was measured); an empty block every 2 s keeps the chain's clock near
+    // wall time, as a live chain's is.
+    const mine = () => fetch(anvil.rpcUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "evm_mine", params: [] }),
+    }).catch(() => {});
+    const miner = setInterval(mine, 2000);
+    miner.unref();
+    closers.push(async () => clearInterval(miner));
+
     const fac = await startFacilitator({ rpcUrl: anvil.rpcUrl, key: KEYS.facilitator, log });
     closers.push(fac.close);
 
@@ -217,9 +234,12 @@ async function main() {
     for (const spec of cfg.workers) {
       const w = await startWorker({ spec: { ...spec, dataDir: path.join(dataDir, spec.name) }, facilitatorUrl: fac.url, usdc, log });
       closers.push(w.close);
+      const edge = spec.edge ? await startEdge({ upstream: w.endpoint, ...spec.edge, log }) : null;
+      if (edge) closers.push(edge.close);
       workers.push({
         name: spec.name,
-        endpoint: w.endpoint,
+        endpoint: edge ? edge.endpoint : w.endpoint,
+        directEndpoint: w.endpoint,
         gate: spec.gate,
         payTo: spec.payTo,
         price: spec.price,

@@ -146,3 +146,76 @@ impl Drop for Testbed {
         let _ = self.child.wait();
     }
 }
+
+impl Testbed {
+    /// Transactions the facilitator has sent (its account nonce): each settlement is one. (The
+    /// block number is no measure: the testbed mines an empty block every 2 s.)
+    pub async fn facilitator_transactions(&self) -> u64 {
+        let n = self
+            .rpc(
+                "eth_getTransactionCount",
+                json!([self.m["facilitatorAddress"], "latest"]),
+            )
+            .await;
+        u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    /// Moves the chain's clock `secs` ahead and mines a block at the new time.
+    pub async fn advance_chain_time(&self, secs: u64) {
+        self.rpc("evm_increaseTime", json!([secs])).await;
+        self.rpc("evm_mine", json!([])).await;
+    }
+
+    /// The latest block's timestamp.
+    pub async fn chain_time(&self) -> u64 {
+        let block = self
+            .rpc("eth_getBlockByNumber", json!(["latest", false]))
+            .await;
+        let t = block["timestamp"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x");
+        u64::from_str_radix(t, 16).unwrap()
+    }
+
+    /// `from` sends `amount` atomic USDC to `to`, impersonated by anvil (no key needed).
+    pub async fn transfer_usdc(&self, from: Address, to: Address, amount: u64) {
+        alloy::sol! {
+            interface ITransfer {
+                function transfer(address to, uint256 value) external returns (bool);
+            }
+        }
+        let data = ITransfer::transferCall {
+            to,
+            value: U256::from(amount),
+        }
+        .abi_encode();
+        self.rpc("anvil_setBalance", json!([from, "0xde0b6b3a7640000"]))
+            .await;
+        self.rpc("anvil_impersonateAccount", json!([from])).await;
+        let tx = json!({"from": from, "to": self.m["usdc"],
+            "data": alloy::primitives::hex::encode_prefixed(data)});
+        let hash = self.rpc("eth_sendTransaction", json!([tx])).await;
+        assert!(hash.is_string(), "transfer sent");
+        self.rpc("anvil_stopImpersonatingAccount", json!([from]))
+            .await;
+    }
+
+    /// A worker's `GET /status` (counts of requests and runs), read past any edge proxy.
+    pub async fn worker_status(&self, worker: &str) -> Value {
+        let w = self.worker(worker);
+        let base = w
+            .get("directEndpoint")
+            .unwrap_or(&w["endpoint"])
+            .as_str()
+            .unwrap();
+        payment::http::client(Duration::from_secs(10))
+            .get(format!("{base}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
