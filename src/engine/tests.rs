@@ -912,8 +912,11 @@ async fn a_replication_cut_by_a_crash_is_resumed_without_paying_twice() {
     let verification = status.verification.unwrap();
     assert!(verification.verified);
     assert_eq!(verification.experiment_id, claim_id);
+    let best = status.best.unwrap();
+    assert_eq!(best.val_bpb, landscape(&claim));
+    assert_eq!(best.verified, Some(true));
+    assert_eq!(best.replications, verification.replications);
     assert_eq!(verification.replications, [replication]);
-    assert_eq!(status.best.unwrap().val_bpb, landscape(&claim));
 }
 
 #[tokio::test]
