@@ -839,6 +839,13 @@ pub struct ResultSummary {
     /// `sha256:<hex>` of the canonical JSON of the config that was run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// On `status.best`: whether another worker reproduced it (`valBpb` is then the mean of the
+    /// agreeing runs). Absent on leaderboard rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// On `status.best`: the runs that reproduced it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replications: Vec<String>,
 }
 
 /// Worker counts from the last discovery.

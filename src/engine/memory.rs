@@ -178,6 +178,11 @@ impl Memory {
             for (id, outcome) in c.lineage.trust.outcomes() {
                 history.set_outcome(&id, outcome);
             }
+            // Not trials, but never to be proposed again: the campaign's own train.py is the
+            // first baseline run.
+            for id in &c.checks {
+                history.reserve(id);
+            }
             history
         })
     }

@@ -60,7 +60,7 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
-const TRAIN_PY: &str = "print('val_bpb: 1.0')\n";
+const TRAIN_PY: &str = "LR = 0.01\nprint('val_bpb: 1.0')\n";
 
 fn spec(endpoints: &[String], extra: Value) -> ExperimentCampaignSpec {
     let mut spec = json!({
@@ -794,6 +794,13 @@ async fn a_liar_is_never_promoted_and_is_excluded_after_max_disagreements() {
         assert_ne!(line["worker_endpoint"], liar.as_str());
     }
     assert_eq!(h.condition("Verified").0, "True");
+    // A lower value reported but not verified is shown apart, as the best claim.
+    assert!(
+        status
+            .best_claimed
+            .iter()
+            .all(|c| c.val_bpb < best.val_bpb && c.experiment_id != best.experiment_id)
+    );
     assert!(report.disputed >= 1);
     eprintln!(
         "liar test: {} runs, {} claims disputed, excluded at line {excluded_at}, baseline runs and replications {:.0} % of spend",
@@ -825,6 +832,7 @@ async fn a_noisy_workers_spread_is_measured() {
         "σ {sigma} against a true spread of {spread}"
     );
     assert!((noise.effective_floor - 2.0 * sigma).abs() < 1e-12);
+    eprintln!("noisy workers: σ {sigma:.6} measured over 8 runs, true spread {spread}");
 }
 
 #[tokio::test]
@@ -904,6 +912,42 @@ async fn a_replication_cut_by_a_crash_is_resumed_without_paying_twice() {
     let verification = status.verification.unwrap();
     assert!(verification.verified);
     assert_eq!(verification.experiment_id, claim_id);
+    let best = status.best.unwrap();
+    assert_eq!(best.val_bpb, landscape(&claim));
+    assert_eq!(best.verified, Some(true));
+    assert_eq!(best.replications, verification.replications);
     assert_eq!(verification.replications, [replication]);
-    assert_eq!(status.best.unwrap().val_bpb, landscape(&claim));
+}
+
+#[tokio::test]
+async fn the_baseline_is_never_proposed_again_by_the_strategy() {
+    // hillClimb over a constant of train.py starts at the unmodified script: the experiment the
+    // first baseline run already is. It must not be paid for again.
+    let h = trust_harness(
+        vec![honest(), honest()],
+        json!({
+            "search": {"strategy": "hillClimb", "applyTo": "trainScript", "seed": 3, "experiments": [], "parameters": [
+                {"name": "LR", "type": "float", "min": 0.001, "max": 0.1, "logScale": true}
+            ]},
+            "maxExperiments": 8,
+            "parallelism": 2,
+        }),
+    )
+    .await;
+    let step = h.run(Duration::from_secs(30)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
+    let status = h.status();
+    let lines = h.lines();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(lines.len() as u32, status.succeeded + status.failed);
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["experiment_id"].as_str().unwrap())
+        .collect();
+    for id in &ids {
+        assert_eq!(h.payments(id), 1, "{id} paid once");
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), lines.len(), "no experiment ran twice");
 }

@@ -194,6 +194,7 @@ impl Run {
             train_hash: Some(self.train_hash.clone()),
             params: self.params.clone(),
             config_hash: self.config.as_ref().map(crate::experiment::config_hash),
+            ..ResultSummary::default()
         }
     }
 }
@@ -920,6 +921,10 @@ impl Trust {
                 replications: same.map(|v| v.replications.clone()).unwrap_or_default(),
             }
         });
+        if let (Some(best), Some(v)) = (status.best.as_mut(), &status.verification) {
+            best.verified = Some(v.verified);
+            best.replications = v.replications.clone();
+        }
         let best_id = status.best.as_ref().map(|b| b.experiment_id.clone());
         status.best_claimed = status
             .leaderboard

@@ -155,6 +155,12 @@ impl History {
         self.trials.push(trial);
     }
 
+    /// Marks an id as taken without a trial: a baseline run or a replication, which the
+    /// strategy must never propose again (it is the same code and config as another run).
+    pub fn reserve(&mut self, experiment_id: &str) {
+        self.ids.insert(experiment_id.to_string());
+    }
+
     /// Replaces a trial's outcome in place (a replicated claim: its agreed value).
     pub fn set_outcome(&mut self, experiment_id: &str, outcome: Outcome) {
         if let Some(t) = self
