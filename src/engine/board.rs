@@ -146,6 +146,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_campaigns_with_one_experiment_id_never_both_hold_a_worker() {
+        let board = WorkerBoard::default();
+        let left = holder("ns/left", "exp-1");
+        let right = holder("ns/right", "exp-1");
+        assert!(board.try_claim("w", &left));
+        assert!(
+            !board.try_claim("w", &right),
+            "the same content id in another campaign is another claim"
+        );
+        board.release("w", &right, false);
+        assert!(board.is_busy("w"), "the other campaign cannot free it");
+        board.release("w", &left, false);
+        assert!(board.try_claim("w", &right));
+    }
+
+    #[test]
     fn a_worker_runs_one_experiment_at_a_time_and_cools_down_after_failing() {
         let board = WorkerBoard::default();
         assert!(board.try_claim("w", "a"));
