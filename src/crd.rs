@@ -110,8 +110,8 @@ pub const LEADERBOARD_SIZE: usize = 10;
     printcolumn(
         name = "Noise",
         type_ = "number",
-        json_path = ".spec.objective.noiseFloor",
-        description = "Improvements smaller than this are not improvements",
+        json_path = ".status.noise.effectiveFloor",
+        description = "The effective noise floor, max(noiseFloor, noiseMultiplier x measured sigma): smaller improvements are not improvements",
         priority = "1"
     ),
     printcolumn(
@@ -751,6 +751,16 @@ pub struct Verification {
     /// The runs that reproduced it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replications: Vec<String>,
+}
+
+/// The noise floor keep/discard decisions use: the measured one in status once there is one,
+/// else the spec's `objective.noiseFloor`.
+pub fn effective_floor(campaign: &ExperimentCampaign) -> f64 {
+    campaign
+        .status
+        .as_ref()
+        .and_then(|s| s.noise.as_ref())
+        .map_or(campaign.spec.objective.noise_floor, |n| n.effective_floor)
 }
 
 /// Measured noise.

@@ -45,41 +45,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric. (Long, but a flat list: one declaration per metric.)
     pub fn new() -> Self {
         let registry = Registry::new();
-        let experiments = IntCounterVec::new(
-            Opts::new(
-                "autoresearch_experiments_total",
-                "Finished experiment attempts by result",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "autoresearch_experiments_in_flight",
-                "Experiments in flight per campaign",
-            ),
-            &["namespace", "campaign"],
-        )
-        .expect("valid metric");
-        let payments = IntCounterVec::new(
-            Opts::new(
-                "autoresearch_payments_total",
-                "x402 payments sent to workers",
-            ),
-            &["network"],
-        )
-        .expect("valid metric");
-        let usdc_spent_atomic = IntCounterVec::new(
-            Opts::new(
-                "autoresearch_usdc_spent_atomic_total",
-                "USDC spent (settled or possibly settled), in atomic units (1 USDC = 1e6)",
-            ),
-            &["network"],
-        )
-        .expect("valid metric");
+        let r = &registry;
+        let campaign = &["namespace", "campaign"];
+        let campaign_network = &["namespace", "campaign", "network"];
         let experiment_duration = HistogramVec::new(
             HistogramOpts::new(
                 "autoresearch_experiment_duration_seconds",
@@ -91,91 +62,79 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        let best_val_bpb = GaugeVec::new(
-            Opts::new(
-                "autoresearch_best_val_bpb",
-                "Best val_bpb per campaign (lower is better)",
-            ),
-            &["namespace", "campaign"],
-        )
-        .expect("valid metric");
-        let discovery_errors = IntCounterVec::new(
-            Opts::new(
-                "autoresearch_discovery_errors_total",
-                "Worker discovery failures by source",
-            ),
-            &["source"],
-        )
-        .expect("valid metric");
-        let reconciles = IntCounterVec::new(
-            Opts::new(
-                "autoresearch_reconciles_total",
-                "Campaign reconciles by outcome",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let proposals_refused = IntCounterVec::new(
-            Opts::new(
-                "autoresearch_proposals_refused_total",
-                "Model proposals refused before anything was paid, by reason",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let campaign_spent_usdc = GaugeVec::new(
-            Opts::new(
-                "autoresearch_campaign_spent_usdc",
-                "USDC spent per campaign (status.spent), by payment network",
-            ),
-            &["namespace", "campaign", "network"],
-        )
-        .expect("valid metric");
-        let campaign_budget_usdc = GaugeVec::new(
-            Opts::new(
-                "autoresearch_campaign_budget_usdc",
-                "USDC budget per campaign (spec.budget.total), by payment network",
-            ),
-            &["namespace", "campaign", "network"],
-        )
-        .expect("valid metric");
         let status_conflicts = prometheus::IntCounter::new(
             "autoresearch_status_conflicts_total",
             "Status writes that met a concurrent write (409 Conflict) and were applied again",
         )
         .expect("valid metric");
-        for collector in [
-            Box::new(experiments.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(in_flight.clone()),
-            Box::new(payments.clone()),
-            Box::new(usdc_spent_atomic.clone()),
-            Box::new(experiment_duration.clone()),
-            Box::new(best_val_bpb.clone()),
-            Box::new(discovery_errors.clone()),
-            Box::new(reconciles.clone()),
-            Box::new(campaign_spent_usdc.clone()),
-            Box::new(campaign_budget_usdc.clone()),
-            Box::new(proposals_refused.clone()),
-            Box::new(status_conflicts.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
         Self {
+            experiments: counters(
+                r,
+                "autoresearch_experiments_total",
+                "Finished experiment attempts by result",
+                &["result"],
+            ),
+            in_flight: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "autoresearch_experiments_in_flight",
+                        "Experiments in flight per campaign",
+                    ),
+                    campaign,
+                ),
+            ),
+            payments: counters(
+                r,
+                "autoresearch_payments_total",
+                "x402 payments sent to workers",
+                &["network"],
+            ),
+            usdc_spent_atomic: counters(
+                r,
+                "autoresearch_usdc_spent_atomic_total",
+                "USDC spent (settled or possibly settled), in atomic units (1 USDC = 1e6)",
+                &["network"],
+            ),
+            experiment_duration: register(r, Ok(experiment_duration)),
+            best_val_bpb: gauges(
+                r,
+                "autoresearch_best_val_bpb",
+                "Best val_bpb per campaign (lower is better)",
+                campaign,
+            ),
+            discovery_errors: counters(
+                r,
+                "autoresearch_discovery_errors_total",
+                "Worker discovery failures by source",
+                &["source"],
+            ),
+            reconciles: counters(
+                r,
+                "autoresearch_reconciles_total",
+                "Campaign reconciles by outcome",
+                &["outcome"],
+            ),
+            proposals_refused: counters(
+                r,
+                "autoresearch_proposals_refused_total",
+                "Model proposals refused before anything was paid, by reason",
+                &["reason"],
+            ),
+            campaign_spent_usdc: gauges(
+                r,
+                "autoresearch_campaign_spent_usdc",
+                "USDC spent per campaign (status.spent), by payment network",
+                campaign_network,
+            ),
+            campaign_budget_usdc: gauges(
+                r,
+                "autoresearch_campaign_budget_usdc",
+                "USDC budget per campaign (spec.budget.total), by payment network",
+                campaign_network,
+            ),
+            status_conflicts: register(r, Ok(status_conflicts)),
             registry,
-            experiments,
-            in_flight,
-            payments,
-            usdc_spent_atomic,
-            experiment_duration,
-            best_val_bpb,
-            discovery_errors,
-            reconciles,
-            proposals_refused,
-            campaign_spent_usdc,
-            campaign_budget_usdc,
-            status_conflicts,
         }
     }
 
@@ -196,6 +155,26 @@ impl Metrics {
             .expect("text encoding of gathered metrics cannot fail");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
+}
+
+/// Registers one collector; every name is unique, so a refusal is a programming error.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    made: prometheus::Result<C>,
+) -> C {
+    let collector = made.expect("valid metric");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 #[cfg(test)]

@@ -118,6 +118,6 @@ async fn live_campaign(
             name: Some(name.to_string()),
         },
         Some(format!("{namespace}/{name}")),
-        Some(campaign.spec.objective.noise_floor),
+        Some(crate::crd::effective_floor(&campaign)),
     ))
 }

@@ -111,7 +111,7 @@ impl CampaignPages {
         Ok(History::new(
             Some(format!("{namespace}/{name}")),
             rows,
-            campaign.spec.objective.noise_floor,
+            crate::crd::effective_floor(campaign),
         ))
     }
 
