@@ -899,6 +899,10 @@ pub struct LedgerEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub params: Option<Value>,
+    /// `sha256:<hex>` of the config's canonical JSON when the config is too large to keep in
+    /// status: it is on the data volume (`config` is then absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
     /// `sha256:<hex>` of the train.py being run, when THINK changed the code (the source is in
     /// the data volume's script store); absent means the campaign's train.py.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -943,6 +947,10 @@ pub struct PendingExperiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub params: Option<Value>,
+    /// `sha256:<hex>` of the config's canonical JSON when the config is too large to keep in
+    /// status: it is on the data volume (`config` is then absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
     /// `sha256:<hex>` of the train.py to run, when THINK changed the code; absent means the
     /// campaign's train.py.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -390,6 +390,7 @@ fn retry_of(entry: LedgerEntry) -> PendingExperiment {
     PendingExperiment {
         experiment_id: entry.experiment_id,
         config: entry.config,
+        config_hash: entry.config_hash,
         params: entry.params,
         train_hash: entry.train_hash,
         description: entry.description,

@@ -32,7 +32,6 @@ const CAMPAIGN_NAMESPACE_RIGHTS: &[&str] = &[
     "get autoresearch.obol.org/experimentcampaigns",
     "list autoresearch.obol.org/experimentcampaigns",
     "watch autoresearch.obol.org/experimentcampaigns",
-    "patch autoresearch.obol.org/experimentcampaigns",
     "get autoresearch.obol.org/experimentcampaigns/status",
     "update autoresearch.obol.org/experimentcampaigns/status",
     "patch autoresearch.obol.org/experimentcampaigns/status",

@@ -16,6 +16,7 @@
 
 pub mod board;
 pub mod claim;
+pub mod configs;
 pub mod memory;
 pub mod propose;
 pub mod publish;
@@ -338,6 +339,7 @@ impl Engine {
                     .retain(|p| p.train_hash.as_deref() != Some(hash.as_str()));
             }
         }
+        configs::park_all(&self.scripts, &handle.key, &mut thought.proposals).await;
         thought
     }
 

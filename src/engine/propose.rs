@@ -83,7 +83,7 @@ async fn propose_baseline(engine: Arc<Engine>, handle: CampaignHandle, config: s
         description: Some("baseline".into()),
         ..PendingExperiment::default()
     };
-    add_pending(&handle, vec![baseline]).await;
+    add_pending(&engine, &handle, vec![baseline]).await;
     engine.memory.stop_proposing(&handle.key);
     engine.changed.notify_one();
 }
@@ -94,12 +94,17 @@ async fn propose_checks(
     handle: CampaignHandle,
     checks: Vec<PendingExperiment>,
 ) {
-    add_pending(&handle, checks).await;
+    add_pending(&engine, &handle, checks).await;
     engine.changed.notify_one();
 }
 
 /// Adds experiments that need no model call to `pending`.
-async fn add_pending(handle: &CampaignHandle, proposals: Vec<PendingExperiment>) {
+async fn add_pending(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    mut proposals: Vec<PendingExperiment>,
+) {
+    super::configs::park_all(&engine.scripts, &handle.key, &mut proposals).await;
     let stored = handle
         .store
         .update(&mut |_, s| {
@@ -149,6 +154,16 @@ async fn propose_once(
             }),
             Err(e) => {
                 tracing::error!(campaign = %handle.key, error = %e, "cannot store the proposed train.py");
+                None
+            }
+        },
+        None => None,
+    };
+    let pending = match pending {
+        Some(mut p) => match super::configs::park(&engine.scripts, &mut p).await {
+            Ok(()) => Some(p),
+            Err(e) => {
+                tracing::error!(campaign = %handle.key, error = %e, "cannot store a large config; the proposal is dropped");
                 None
             }
         },

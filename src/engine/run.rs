@@ -15,6 +15,7 @@ use alloy::primitives::Address;
 
 use super::board;
 use super::claim::{self, Candidate};
+use super::configs;
 use super::publish::{self, ResultLabel};
 use super::store::UpdateError;
 use super::{CampaignHandle, Engine, Notice, Severity};
@@ -160,6 +161,12 @@ async fn prepare(
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
     let client = worker_client(spec, &worker.endpoint, timeout, engine.settings.job_poll)?;
     source_of(engine, handle, pending.train_hash.as_deref()).await?;
+    configs::config_of(
+        &engine.scripts,
+        pending.config.as_ref(),
+        pending.config_hash.as_deref(),
+    )
+    .await?;
     let t0 = Instant::now();
     let offer = price(engine, &client, spec, &limits).await?;
     let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)?;
@@ -273,6 +280,7 @@ fn ledger_entry(pending: &PendingExperiment, worker: &Candidate, voucher: &Vouch
         payment: serde_json::to_string(voucher).expect("a voucher serialises"),
         valid_before: voucher.valid_before,
         config: pending.config.clone(),
+        config_hash: pending.config_hash.clone(),
         params: pending.params.clone(),
         train_hash: pending.train_hash.clone(),
         description: pending.description.clone(),
@@ -329,6 +337,22 @@ fn announce(handle: &CampaignHandle, entry: &LedgerEntry, voucher: &Voucher) {
         ),
     };
     tokio::spawn(async move { notify.notify(started).await });
+}
+
+/// The train.py and config a ledger entry pays for, from status or the data volume's store.
+async fn inputs_of(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+) -> Result<(Arc<str>, serde_json::Value), ScriptError> {
+    let train_py = source_of(engine, handle, entry.train_hash.as_deref()).await?;
+    let config = configs::config_of(
+        &engine.scripts,
+        entry.config.as_ref(),
+        entry.config_hash.as_deref(),
+    )
+    .await?;
+    Ok((train_py, config))
 }
 
 /// The train.py an experiment runs: the campaign's, or the one THINK stored under its hash.
@@ -448,15 +472,15 @@ async fn resumable(
 /// Sends (or re-sends) the voucher, classifies the answer, and hands it to PUBLISH.
 async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resumed: bool) {
     let Reserved {
-        entry,
+        mut entry,
         voucher,
         client,
     } = reserved;
-    let train_py = match source_of(engine, handle, entry.train_hash.as_deref()).await {
-        Ok(source) => source,
+    let (train_py, config) = match inputs_of(engine, handle, &entry).await {
+        Ok(inputs) => inputs,
         Err(e) => {
-            // Signed and reserved, but the code it pays for is gone: it must not be sent with
-            // other code, nor signed again. The amount counts as spent.
+            // Signed and reserved, but the code or config it pays for is gone: it must not be
+            // sent with others, nor signed again. The amount counts as spent.
             let ending = Ending::WorkerFailed {
                 paid: voucher.amount,
                 reason: e.to_string(),
@@ -464,14 +488,13 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
             return publish::complete(engine, handle, &entry, ending, None).await;
         }
     };
+    // results.jsonl records the whole config, also when status kept only its hash.
+    entry.config = Some(config.clone());
     // The id the voucher was signed for: unique to the campaign (older vouchers: the content id).
     let request = ExperimentRequest {
         experiment_id: voucher.experiment_id.clone(),
         train_py: train_py.to_string(),
-        config: entry
-            .config
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({})),
+        config,
     };
     let started = Instant::now();
     let (outcome, tx) = match &engine.chain {

@@ -951,3 +951,38 @@ async fn the_baseline_is_never_proposed_again_by_the_strategy() {
     ids.dedup();
     assert_eq!(ids.len(), lines.len(), "no experiment ran twice");
 }
+
+#[tokio::test]
+async fn a_large_base_config_stays_out_of_status_and_every_result_line_keeps_it() {
+    let notes = "x".repeat(40 * 1024);
+    let h = Harness::new(2, json!({"baseConfig": {"notes": notes}})).await;
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    let status = h.status();
+    let size = serde_json::to_vec(&status).unwrap().len();
+    assert!(size < 8 * 1024, "status holds {size} bytes");
+    let entries: Vec<(Option<&Value>, Option<&String>)> = status
+        .pending
+        .iter()
+        .map(|p| (p.config.as_ref(), p.config_hash.as_ref()))
+        .chain(
+            status
+                .ledger
+                .iter()
+                .map(|e| (e.config.as_ref(), e.config_hash.as_ref())),
+        )
+        .collect();
+    assert!(!entries.is_empty(), "the first reconcile proposes");
+    for (config, hash) in entries {
+        assert!(config.is_none() && hash.is_some(), "{status:?}");
+    }
+
+    let step = h.run(Duration::from_secs(20)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded));
+    let lines = h.lines();
+    assert!(lines.len() >= 4);
+    for line in &lines {
+        assert_eq!(line["config"]["notes"].as_str(), Some(notes.as_str()));
+        let id = line["experiment_id"].as_str().unwrap();
+        assert_eq!(h.payments(id), 1, "{id} paid once");
+    }
+}
