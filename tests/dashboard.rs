@@ -326,18 +326,26 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
         );
     }
 
-    // The spend panel shows what status says, per campaign.
-    let spent = prometheus
-        .query(&format!(
-            "autoresearch_campaign_spent_usdc{{namespace=\"{ns}\",campaign=\"dash\"}}"
-        ))
-        .await
-        .unwrap();
-    let value: f64 = spent[0]["value"][1].as_str().unwrap().parse().unwrap();
+    // The spend panel shows what status says, per campaign: within a few scrapes (1 s apart)
+    // of the last status write.
     let expected: f64 = status.spent.as_deref().unwrap().parse().unwrap();
-    assert!(
-        (value - expected).abs() < 1e-9,
-        "{value} vs status {expected}"
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let spent = loop {
+        let spent = prometheus
+            .query(&format!(
+                "autoresearch_campaign_spent_usdc{{namespace=\"{ns}\",campaign=\"dash\"}}"
+            ))
+            .await
+            .unwrap();
+        let value: f64 = spent[0]["value"][1].as_str().unwrap().parse().unwrap();
+        if (value - expected).abs() < 1e-9 {
+            break spent;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{value} vs status {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert_eq!(spent[0]["metric"]["network"], "base-sepolia");
 }

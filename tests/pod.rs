@@ -385,6 +385,8 @@ fn test_values(nodes: &Nodes, ns: &str, tb: &Testbed) -> tempfile::NamedTempFile
         "watchNamespace": ns,
         "scanApiUrl": "",
         "remoteSigner": {"url": tb.m["signer"]["url"]},
+        // The chain that judges payments (eRPC in obol-stack): the testbed's anvil.
+        "erpc": {"url": tb.m["rpcUrl"]},
         "metrics": {"port": free_port()},
         "extraEnv": [
             {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},

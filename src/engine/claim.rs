@@ -161,9 +161,14 @@ pub fn assign(
                     .get(&experiment.experiment_id)
                     .is_some_and(|list| list.iter().any(|a| Endpoint::new(a) == c.endpoint))
         };
-        // An experiment avoids the workers that failed it, unless it has nowhere else to go:
-        // then it waits out their cooldown rather than stalling (attempts are bounded).
-        let nowhere_else = candidates.iter().all(avoids);
+        // An experiment avoids the workers that failed it (and a baseline run those that ran
+        // another), unless it has nowhere else to go; a busy worker is somewhere to go (it is
+        // waited for), a cooling one is not (it just failed), so nothing waits out a cooldown
+        // for the sake of avoiding a good worker. Attempts are bounded.
+        let nowhere_else = candidates
+            .iter()
+            .filter(|c| !board.is_cooling(c.endpoint.as_str()))
+            .all(avoids);
         if let Some(i) = free
             .iter()
             .position(|(_, c)| !forbids(c) && (nowhere_else || !avoids(c)))
@@ -282,6 +287,38 @@ mod tests {
             goal: None,
             max_model_calls: None,
         }
+    }
+
+    #[test]
+    fn an_avoided_worker_is_used_rather_than_waiting_out_the_cooldown_of_the_only_other() {
+        let board = WorkerBoard::default();
+        let candidates = vec![
+            candidate("http://failed.invalid/w", None),
+            candidate("http://ran-the-baseline.invalid/w", None),
+        ];
+        board.try_claim("http://failed.invalid/w", "x");
+        board.release("http://failed.invalid/w", "x", true);
+        let second_baseline = pending("exp-1-b1", &["http://ran-the-baseline.invalid/w"]);
+        let assign_one = |p: &PendingExperiment| {
+            let picked = assign(
+                &board,
+                std::slice::from_ref(p),
+                1,
+                &candidates,
+                Usdc::from_atomic(100),
+                &[],
+                &BTreeMap::new(),
+            );
+            picked.first().map(|(_, c)| c.endpoint.to_string())
+        };
+        assert_eq!(
+            assign_one(&second_baseline).as_deref(),
+            Some("http://ran-the-baseline.invalid/w"),
+            "the other worker is cooling down: nothing is gained by waiting"
+        );
+        // A replication never runs where the claim ran, cooling or not: it waits.
+        let replication = pending("exp-1-r1", &["http://ran-the-baseline.invalid/w"]);
+        assert_eq!(assign_one(&replication), None);
     }
 
     #[test]

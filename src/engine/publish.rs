@@ -407,7 +407,7 @@ pub fn too_large(message: &str) -> ConditionUpdate {
         ok: true,
         reason: "StatusTooLarge",
         message: format!(
-            "the API server refused the status write as too large ({message}); status copies the config into each pending and in-flight experiment: shrink spec.baseConfig, lower spec.parallelism, or move large data out of the config"
+            "the API server refused the status write as too large ({message}); the object is near the API server's limit: move an inline train.py to spec.trainScript.configMapKeyRef and large data out of spec.baseConfig"
         ),
     }
 }
