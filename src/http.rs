@@ -58,6 +58,39 @@ pub fn snippet(body: &[u8], n: usize) -> String {
     s
 }
 
+/// A JSON-RPC answer, read whatever the HTTP status: its `result`, or the provider's error.
+pub enum RpcAnswer {
+    Result(serde_json::Value),
+    /// The `error` object's code and message (at most 300 characters: it is the peer's text).
+    Error {
+        code: i64,
+        message: String,
+    },
+    /// Neither `result` nor `error`.
+    Empty,
+}
+
+/// Reads a JSON-RPC answer; both chain clients (the USDC reads, the registry scan) share it.
+pub fn rpc_answer(answer: &serde_json::Value) -> RpcAnswer {
+    use serde_json::Value;
+    if let Some(err) = answer.get("error") {
+        return RpcAnswer::Error {
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect(),
+        };
+    }
+    answer
+        .get("result")
+        .cloned()
+        .map_or(RpcAnswer::Empty, RpcAnswer::Result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

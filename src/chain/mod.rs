@@ -11,6 +11,7 @@ pub mod audit;
 pub mod verdict;
 pub mod wallet;
 
+use crate::http::RpcAnswer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -315,24 +316,16 @@ impl UsdcChain {
             .map_err(|e| transport(e.to_string()))?;
         let answer: Value = serde_json::from_slice(&bytes)
             .map_err(|_| transport(format!("HTTP {status}: not JSON-RPC")))?;
-        if let Some(err) = answer.get("error") {
-            return Err(ChainError::Provider {
+        match crate::http::rpc_answer(&answer) {
+            RpcAnswer::Result(result) => Ok(result),
+            RpcAnswer::Error { code, message } => Err(ChainError::Provider {
                 method: method.to_string(),
                 url: self.url.to_string(),
-                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect(),
-            });
+                code,
+                message,
+            }),
+            RpcAnswer::Empty => Err(transport(format!("HTTP {status}: no result"))),
         }
-        answer
-            .get("result")
-            .cloned()
-            .ok_or_else(|| transport(format!("HTTP {status}: no result")))
     }
 }
 

@@ -4,6 +4,7 @@
 //! `tokenURI` gives each agent's current URI. The log scan is incremental (a [`ChainIndex`]
 //! remembers where it stopped), and ranges are halved when a provider refuses them.
 
+use crate::http::RpcAnswer;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -436,24 +437,19 @@ impl ChainIndex {
             .map_err(|e| transport(e.to_string(), false))?;
         let answer: Value = serde_json::from_slice(&bytes)
             .map_err(|_| transport(format!("HTTP {status}: {}", snippet(&bytes, 200)), false))?;
-        if let Some(err) = answer.get("error") {
-            return Err(ChainError::Provider {
+        match crate::http::rpc_answer(&answer) {
+            RpcAnswer::Result(result) => Ok(result),
+            RpcAnswer::Error { code, message } => Err(ChainError::Provider {
                 method: method.to_string(),
                 url: self.cfg.rpc_url.clone(),
-                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect(),
-            });
+                code,
+                message,
+            }),
+            RpcAnswer::Empty => Err(transport(
+                format!("HTTP {status}: no result in the answer"),
+                false,
+            )),
         }
-        answer
-            .get("result")
-            .cloned()
-            .ok_or_else(|| transport(format!("HTTP {status}: no result in the answer"), false))
     }
 
     fn shape(&self, method: &str, why: impl std::fmt::Display) -> ChainError {

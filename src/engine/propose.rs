@@ -159,16 +159,9 @@ async fn propose_once(
         },
         None => None,
     };
-    let pending = match pending {
-        Some(mut p) => match super::configs::park(&engine.scripts, &mut p).await {
-            Ok(()) => Some(p),
-            Err(e) => {
-                tracing::error!(campaign = %handle.key, error = %e, "cannot store a large config; the proposal is dropped");
-                None
-            }
-        },
-        None => None,
-    };
+    let mut parked: Vec<PendingExperiment> = pending.into_iter().collect();
+    super::configs::park_all(&engine.scripts, &handle.key, &mut parked).await;
+    let pending = parked.pop();
     if let Some(p) = &pending {
         engine
             .memory
