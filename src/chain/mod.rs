@@ -88,6 +88,20 @@ pub enum ChainError {
     },
 }
 
+impl ChainError {
+    /// The `ChainReadable` reason it gives: `WrongChain`, `Unreachable` (no answer) or
+    /// `Unreadable` (an answer that is an error or not what was asked).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ChainError::WrongChain { .. } => "WrongChain",
+            ChainError::Transport { .. } => "Unreachable",
+            ChainError::Config(_) | ChainError::Provider { .. } | ChainError::Answer { .. } => {
+                "Unreadable"
+            }
+        }
+    }
+}
+
 /// One settled authorization, as the chain's logs show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsedAuthorization {
@@ -137,15 +151,20 @@ impl UsdcChain {
         self.url.as_str()
     }
 
-    /// Fails unless the endpoint serves `network`'s chain (asked once).
-    pub async fn check_network(&self, network: Network) -> Result<(), ChainError> {
-        let got = *self
-            .chain_id
+    /// The endpoint's `eth_chainId` (asked until it answers once, then kept).
+    pub async fn chain_id(&self) -> Result<u64, ChainError> {
+        self.chain_id
             .get_or_try_init(|| async {
                 let id = self.rpc("eth_chainId", json!([])).await?;
                 quantity(&id, "eth_chainId")
             })
-            .await?;
+            .await
+            .copied()
+    }
+
+    /// Fails unless the endpoint serves `network`'s chain (asked once).
+    pub async fn check_network(&self, network: Network) -> Result<(), ChainError> {
+        let got = self.chain_id().await?;
         let want = network.chain_id();
         if got != want {
             return Err(ChainError::WrongChain {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use alloy::primitives::B256;
+use futures::future::BoxFuture;
 
 use super::{ChainError, UsdcChain};
 use crate::payment::{ExperimentRequest, ExperimentResult, Voucher, WorkerClient, WorkerError};
@@ -83,10 +84,25 @@ pub enum Settled {
 /// Seconds since the Unix epoch, passed in so the wait is testable.
 pub type Clock = fn() -> u64;
 
+/// Told how each look at the chain went, so a wait on an unreadable chain shows in status
+/// instead of only in the log.
+pub trait ReadWatch: Sync {
+    /// `Ok`: the chain answered; `Err`: why it could not be read.
+    fn saw<'a>(&'a self, read: Result<(), &'a ChainError>) -> BoxFuture<'a, ()>;
+}
+
+/// Nobody watches.
+impl ReadWatch for () {
+    fn saw<'a>(&'a self, _: Result<(), &'a ChainError>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
 /// Waits with backoff until the chain decides `voucher`: used (then, with `want_result`, the
 /// result is read from the worker until `validBefore`, which covers the run) or expired unused.
 /// `known` is a result the answer already carried; otherwise the worker's stored one is read.
-/// Never re-sends.
+/// Never re-sends. `watch` is told how each look went.
+#[allow(clippy::too_many_arguments)] // each is one fact about this wait; a struct would only wrap them
 pub async fn settle(
     chain: &UsdcChain,
     client: &WorkerClient,
@@ -95,6 +111,7 @@ pub async fn settle(
     known: Option<ExperimentResult>,
     mut want_result: bool,
     now: Clock,
+    watch: &dyn ReadWatch,
 ) -> Settled {
     let mut result = known;
     let mut backoff = FIRST_BACKOFF;
@@ -108,7 +125,9 @@ pub async fn settle(
             }
         }
         let done_waiting = result.is_some() || !want_result || now() > voucher.valid_before;
-        match look(chain, voucher).await {
+        let looked = look(chain, voucher).await;
+        watch.saw(looked.as_ref().map(|_| ())).await;
+        match looked {
             Ok(Look::Used) if done_waiting => {
                 let tx = chain
                     .settlement_tx(voucher.asset, voucher.from, voucher.nonce)
@@ -203,7 +222,16 @@ mod tests {
         let late = || 100 + UNREADABLE_GRACE_SECS + 1;
         let settled = tokio::time::timeout(
             Duration::from_secs(20),
-            settle(&chain, &client, &voucher(100), &request, None, true, late),
+            settle(
+                &chain,
+                &client,
+                &voucher(100),
+                &request,
+                None,
+                true,
+                late,
+                &(),
+            ),
         )
         .await
         .expect("gives up at once past the grace");

@@ -253,6 +253,22 @@ impl Engine {
         self.resume_orphans(handle, status);
     }
 
+    /// The payment chain (`ERPC_URL`), when set.
+    pub fn chain(&self) -> Option<&crate::chain::UsdcChain> {
+        self.chain.as_deref()
+    }
+
+    /// Whether `campaign`'s payment chain can be read, shown as `ChainReadable` (see
+    /// `settle::check_chain`); `Ok` without `ERPC_URL`.
+    pub async fn check_chain(
+        &self,
+        handle: &CampaignHandle,
+        campaign: &ExperimentCampaign,
+    ) -> Result<(), crate::chain::ChainError> {
+        let raised = status::is_false(campaign, status::ConditionType::ChainReadable);
+        settle::check_chain(self, handle, campaign.spec.payment.network, raised).await
+    }
+
     /// One step of a campaign: resume, THINK, CLAIM, PUBLISH the decision, spawn RUN tasks.
     pub async fn reconcile(self: &Arc<Self>, handle: &CampaignHandle) -> Result<Step, UpdateError> {
         let Some(campaign) = handle.store.get().await? else {

@@ -65,6 +65,10 @@ pub enum StartError {
     /// The payer's balance cannot cover the voucher: nothing is signed.
     #[error(transparent)]
     Wallet(#[from] InsufficientBalance),
+    /// The payment chain cannot be read (or is another chain): a voucher signed now could not
+    /// be judged, so nothing is signed.
+    #[error("nothing signed while the payment chain cannot be read: {0}")]
+    Chain(#[from] crate::chain::ChainError),
 }
 
 impl StartError {

@@ -2,9 +2,14 @@
 //! decides whether an uncertain voucher was paid ([`crate::chain::verdict`]). The ledger entry
 //! shows where that stands (`paymentState`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::future::BoxFuture;
+
 use super::CampaignHandle;
-use crate::chain::UsdcChain;
-use crate::chain::verdict::{self, Answered, Settled};
+use super::status::{ConditionType, ConditionUpdate};
+use crate::chain::verdict::{self, Answered, ReadWatch, Settled};
+use crate::chain::{ChainError, UsdcChain};
 use crate::crd::{LedgerEntry, PaymentState};
 use crate::failpoint::{self, Window};
 use crate::ledger::{self, Ending, Refusal};
@@ -41,6 +46,7 @@ pub(super) async fn exchange(
             (None, None, !garbage)
         }
     };
+    let watch = ChainWatch::new(handle, true);
     let settled = verdict::settle(
         chain,
         client,
@@ -49,6 +55,7 @@ pub(super) async fn exchange(
         known,
         want_result,
         unix_now,
+        &watch,
     );
     ending_of(handle, entry, voucher, client, settled.await, gate_tx).await
 }
@@ -117,8 +124,9 @@ async fn mark(handle: &CampaignHandle, entry: &LedgerEntry, state: PaymentState)
     }
 }
 
-/// Reads the payer's balance before signing. `Ok(None)`: no chain, or it cannot be read now (the
-/// facilitator refuses an unfunded voucher, so nothing moves). Too low: `WalletFunded` is False
+/// Reads the payer's balance before signing. `Ok(None)`: no chain (`ERPC_URL` unset). A chain
+/// that cannot be read refuses the start (`StartError::Chain`, `ChainReadable` False): a voucher
+/// signed now could not be judged if its answer were uncertain. Too low: `WalletFunded` is False
 /// with `InsufficientBalance` and nothing is signed; the next start after a top-up goes on.
 pub(super) async fn wallet_check(
     engine: &super::Engine,
@@ -140,8 +148,9 @@ pub(super) async fn wallet_check(
     {
         Ok(balance) => balance,
         Err(e) => {
-            tracing::warn!(campaign = %handle.key, error = %e, "cannot read the payer's balance; signing anyway");
-            return Ok(None);
+            tracing::warn!(campaign = %handle.key, error = %e, "cannot read the payer's balance; nothing is signed");
+            ChainWatch::new(handle, false).saw(Err(&e)).await;
+            return Err(e.into());
         }
     };
     if let Err(low) = engine
@@ -171,6 +180,7 @@ pub(super) fn show_funded(
         &mut status.conditions,
         super::status::condition(&update, generation),
     );
+    clear_unreadable(status);
 }
 
 async fn show_unfunded(handle: &CampaignHandle, low: &crate::chain::wallet::InsufficientBalance) {
@@ -208,4 +218,101 @@ pub(super) async fn signing_time(engine: &super::Engine) -> u64 {
         Ok((_, time)) => wall.max(time),
         Err(_) => wall,
     }
+}
+
+/// Shows in status whether the payment chain can be read: `ChainReadable` False (with an Event
+/// and Progressing False) on a failed read, set back by the next read that works.
+pub(super) struct ChainWatch<'a> {
+    handle: &'a CampaignHandle,
+    // Whether status may say the chain is unreadable: a good read then clears it, once.
+    raised: AtomicBool,
+}
+
+impl<'a> ChainWatch<'a> {
+    /// A watch for `handle`'s campaign; `raised` when its status may already show a failure.
+    pub(super) fn new(handle: &'a CampaignHandle, raised: bool) -> Self {
+        Self {
+            handle,
+            raised: AtomicBool::new(raised),
+        }
+    }
+
+    async fn failed(&self, error: &ChainError) {
+        self.raised.store(true, Ordering::Relaxed);
+        let update = unreadable(error);
+        let (store, notify) = (&*self.handle.store, &*self.handle.notify);
+        super::publish::raise(store, notify, &update, "ReadChain").await;
+    }
+
+    async fn read(&self) {
+        if !self.raised.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let stored = self
+            .handle
+            .store
+            .update(&mut |_, s| {
+                clear_unreadable(s);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(campaign = %self.handle.key, error = %e, "could not clear ChainReadable");
+        }
+    }
+}
+
+impl ReadWatch for ChainWatch<'_> {
+    fn saw<'a>(&'a self, read: Result<(), &'a ChainError>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match read {
+                Ok(()) => self.read().await,
+                Err(e) => self.failed(e).await,
+            }
+        })
+    }
+}
+
+/// `ChainReadable` False: why, and what it holds up.
+fn unreadable(error: &ChainError) -> ConditionUpdate {
+    ConditionUpdate {
+        kind: ConditionType::ChainReadable,
+        ok: false,
+        reason: error.reason(),
+        message: format!(
+            "{error}; no voucher is signed until the payment chain can be read, and experiments already paid wait for its verdict (check ERPC_URL)"
+        ),
+    }
+}
+
+/// Sets `ChainReadable` back, if it was raised.
+fn clear_unreadable(status: &mut crate::crd::ExperimentCampaignStatus) {
+    super::publish::clear(
+        status,
+        ConditionType::ChainReadable,
+        "Read",
+        "the payment chain answers",
+    );
+}
+
+/// The chain check of a campaign step: the endpoint must serve `network`'s chain (read once per
+/// process: at a campaign's first use), and, while status says the chain was unreadable
+/// (`raised`), must answer now. Raises or clears `ChainReadable`. `Ok` without `ERPC_URL`.
+pub(super) async fn check_chain(
+    engine: &super::Engine,
+    handle: &CampaignHandle,
+    network: crate::crd::Network,
+    raised: bool,
+) -> Result<(), ChainError> {
+    let Some(chain) = &engine.chain else {
+        return Ok(());
+    };
+    let read = match chain.check_network(network).await {
+        Ok(()) if raised => chain.head().await.map(|_| ()),
+        other => other,
+    };
+    ChainWatch::new(handle, raised)
+        .saw(read.as_ref().map(|_| ()))
+        .await;
+    read
 }

@@ -38,6 +38,8 @@ pub enum ConditionType {
     ResultsWritable,
     /// The API server refused a status write as too large.
     StatusTooLarge,
+    /// The payment chain (`ERPC_URL`) answers, and is the payment network's chain.
+    ChainReadable,
 }
 
 impl ConditionType {
@@ -56,6 +58,7 @@ impl ConditionType {
             ConditionType::SignerReady => "SignerReady",
             ConditionType::ResultsWritable => "ResultsWritable",
             ConditionType::StatusTooLarge => "StatusTooLarge",
+            ConditionType::ChainReadable => "ChainReadable",
         }
     }
 }
@@ -280,12 +283,13 @@ fn progressing(
 
 /// The conditions that stop a campaign from progressing when they are in their bad state, and
 /// the Progressing reason each one gives: (type, status meaning "blocked", reason).
-const BLOCKERS: [(ConditionType, &str, &str); 5] = [
+const BLOCKERS: [(ConditionType, &str, &str); 6] = [
     (ConditionType::InputsReady, "False", "InputMissing"),
     (ConditionType::SignerReady, "False", "SignerFailed"),
     (ConditionType::ResultsWritable, "False", "ResultsUnwritable"),
     (ConditionType::StatusTooLarge, "True", "StatusTooLarge"),
     (ConditionType::WalletFunded, "False", "InsufficientBalance"),
+    (ConditionType::ChainReadable, "False", "ChainUnreadable"),
 ];
 
 /// Why the campaign cannot progress, if a blocking condition says so: Progressing's reason and
@@ -297,6 +301,15 @@ pub fn blocked(status: &ExperimentCampaignStatus) -> Option<(&'static str, Strin
             .iter()
             .find(|c| c.type_ == kind.as_str() && c.status == *bad)
             .map(|c| (*reason, c.message.clone()))
+    })
+}
+
+/// Whether `campaign`'s status has condition `kind` with status False.
+pub fn is_false(campaign: &ExperimentCampaign, kind: ConditionType) -> bool {
+    campaign.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == kind.as_str() && c.status == "False")
     })
 }
 
