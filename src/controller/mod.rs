@@ -6,8 +6,11 @@
 //! tasks: every payment in flight is in a campaign's ledger, and the next leader resumes it.
 
 pub mod best;
+mod chain;
 pub mod delete;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod server;
 pub mod stall;
 pub mod store;
@@ -107,6 +110,20 @@ struct CampaignParts {
 type SignerKey = (String, Option<String>);
 
 impl Context {
+    /// The context of a controller talking to the API server through `client`, as `identity`.
+    fn new(client: Client, engine: Arc<Engine>, args: &ControllerArgs, identity: &str) -> Self {
+        Self {
+            client,
+            engine,
+            identity: identity.to_string(),
+            default_token: args.signer_token.clone(),
+            default_signer_url: args.signer_url.clone(),
+            finalizer: args.finalizer,
+            signers: Default::default(),
+            campaigns: Default::default(),
+        }
+    }
+
     fn signer(
         &self,
         url: &str,
@@ -184,18 +201,7 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
     let health = server::Health::default();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-
-    let server = tokio::spawn(server::serve_with_pages(
-        args.metrics_addr,
-        metrics.clone(),
-        health.clone(),
-        Some(server::CampaignPages::new(
-            client.clone(),
-            default_path(&args.data_dir),
-            args.namespace.clone(),
-        )),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let server = spawn_server(&args, &client, &metrics, &health, &shutdown);
     client
         .apiserver_version()
         .await
@@ -206,23 +212,14 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         .identity
         .clone()
         .unwrap_or_else(|| format!("autoresearch-coordinator-{}", std::process::id()));
-    let results = ResultsLog::new(default_path(&args.data_dir));
-    let settings = Settings {
-        job_poll: Duration::from_millis(args.job_poll_ms),
-        ..Settings::default()
-    };
-    let engine = Engine::new(workers, results, metrics, settings);
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        engine: engine.clone(),
-        identity: identity.clone(),
-        default_token: args.signer_token.clone(),
-        default_signer_url: args.signer_url.clone(),
-        finalizer: args.finalizer,
-        signers: Default::default(),
-        campaigns: Default::default(),
-    });
-
+    let engine = engine_for(&args, workers, metrics);
+    chain::check_at_start(&engine).await;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        engine.clone(),
+        &args,
+        &identity,
+    ));
     let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(&args.lease_namespace)
         .with_identity(&identity)
@@ -232,39 +229,7 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
         .await?;
     let (mut leader, lease_task) = lease.watch().await;
     tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
-
-    while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = leader.changed() => if changed.is_err() { anyhow::bail!("the leader election task stopped") },
-        }
-        if !*leader.borrow_and_update() {
-            continue;
-        }
-        tracing::info!(%identity, "became leader: reconciling campaigns");
-        health.leader.store(true, Ordering::Relaxed);
-        let stop = shutdown.child_token();
-        let controller = tokio::spawn(run_controller(
-            ctx.clone(),
-            args.namespace.clone(),
-            stop.clone(),
-        ));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                changed = leader.changed() => {
-                    if changed.is_err() || !*leader.borrow_and_update() {
-                        tracing::warn!(%identity, "lost leadership: stopping work; the next leader resumes it");
-                        stop.cancel();
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = controller.await;
-        engine.abort_all();
-        health.leader.store(false, Ordering::Relaxed);
-    }
+    let led = lead_while_elected(&ctx, &args, &health, &shutdown, &mut leader).await;
     engine.abort_all();
     // Dropping the receiver ends the lease task; releasing lets a standby take over at once.
     drop(leader);
@@ -275,7 +240,95 @@ pub async fn run(args: ControllerArgs, workers: Arc<dyn WorkerSource>) -> anyhow
     }
     shutdown.cancel();
     server.await??;
+    led
+}
+
+/// The /metrics, /healthz, /readyz and campaign pages server, until `shutdown`.
+fn spawn_server(
+    args: &ControllerArgs,
+    client: &Client,
+    metrics: &Metrics,
+    health: &server::Health,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(server::serve_with_pages(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        Some(server::CampaignPages::new(
+            client.clone(),
+            default_path(&args.data_dir),
+            args.namespace.clone(),
+        )),
+        shutdown.clone().cancelled_owned(),
+    ))
+}
+
+/// The engine, appending to the data volume's results.jsonl.
+fn engine_for(
+    args: &ControllerArgs,
+    workers: Arc<dyn WorkerSource>,
+    metrics: Metrics,
+) -> Arc<Engine> {
+    let results = ResultsLog::new(default_path(&args.data_dir));
+    let settings = Settings {
+        job_poll: Duration::from_millis(args.job_poll_ms),
+        ..Settings::default()
+    };
+    Engine::new(workers, results, metrics, settings)
+}
+
+/// Reconciles campaigns whenever this replica holds the lease, until `shutdown`. Fails only when
+/// the leader election task stops.
+async fn lead_while_elected(
+    ctx: &Arc<Context>,
+    args: &ControllerArgs,
+    health: &server::Health,
+    shutdown: &CancellationToken,
+    leader: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = leader.changed() => if changed.is_err() { anyhow::bail!("the leader election task stopped") },
+        }
+        if !*leader.borrow_and_update() {
+            continue;
+        }
+        tracing::info!(identity = %ctx.identity, "became leader: reconciling campaigns");
+        health.leader.store(true, Ordering::Relaxed);
+        let stop = shutdown.child_token();
+        let controller = tokio::spawn(run_controller(
+            ctx.clone(),
+            args.namespace.clone(),
+            stop.clone(),
+        ));
+        until_leadership_lost(&ctx.identity, &stop, leader).await;
+        let _ = controller.await;
+        ctx.engine.abort_all();
+        health.leader.store(false, Ordering::Relaxed);
+    }
     Ok(())
+}
+
+/// Waits until `stop` (shutdown) or the lease is lost; a lost lease cancels `stop`.
+async fn until_leadership_lost(
+    identity: &str,
+    stop: &CancellationToken,
+    leader: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = leader.changed() => {
+                if changed.is_err() || !*leader.borrow_and_update() {
+                    tracing::warn!(%identity, "lost leadership: stopping work; the next leader resumes it");
+                    stop.cancel();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, stop: CancellationToken) {
@@ -288,9 +341,9 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, stop: Canc
     };
     let controller = Controller::new(campaigns, watcher::Config::default().any_semantic());
     let store = controller.store();
-    // An edited train.py in a ConfigMap reconciles the campaigns that use it at once. Secrets
-    // are not watched: that would need list/watch on every Secret, and the chart grants `get`
-    // by name only; a token change is read on the next reconcile.
+    // An edited train.py (or llm program) in a ConfigMap reconciles the campaigns that use it at
+    // once. Secrets are not watched: that would need list/watch on every Secret, and the chart
+    // grants `get` by name only; a token change is read on the next reconcile.
     let users = store.clone();
     let controller = controller.watches(config_maps, watcher::Config::default(), move |cm| {
         campaigns_using(&users, &cm)
@@ -311,29 +364,58 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, stop: Canc
     sweep.abort();
 }
 
-/// The campaigns whose train.py is the ConfigMap `cm`.
-fn campaigns_using(
+/// The campaigns that name `object` (a ConfigMap or a Secret) in their spec.
+fn campaigns_using<K>(
     store: &reflector::Store<ExperimentCampaign>,
-    cm: &ConfigMap,
-) -> Vec<ObjectRef<ExperimentCampaign>> {
-    let (Some(ns), Some(name)) = (
-        cm.metadata.namespace.as_deref(),
-        cm.metadata.name.as_deref(),
-    ) else {
+    object: &K,
+) -> Vec<ObjectRef<ExperimentCampaign>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let kind = kind_of::<K>();
+    let meta = object.meta();
+    let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
         return Vec::new();
     };
     store
         .state()
         .iter()
         .filter(|c| c.namespace().as_deref() == Some(ns))
-        .filter(|c| {
-            c.spec
-                .train_script
+        .filter(|c| references(c).contains(&(kind, name)))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// The ConfigMaps and Secrets a campaign's spec names, as (kind, name).
+fn references(campaign: &ExperimentCampaign) -> Vec<(&'static str, &str)> {
+    let spec = &campaign.spec;
+    let llm = spec.search.llm.as_ref();
+    let named = [
+        (
+            "ConfigMap",
+            spec.train_script
                 .config_map_key_ref
                 .as_ref()
-                .is_some_and(|r| r.name == name)
-        })
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .map(|r| &r.name),
+        ),
+        (
+            "ConfigMap",
+            llm.and_then(|l| l.program_config_map_key_ref.as_ref())
+                .map(|r| &r.name),
+        ),
+        (
+            "Secret",
+            spec.payment.token_secret_ref.as_ref().map(|r| &r.name),
+        ),
+        (
+            "Secret",
+            llm.and_then(|l| l.api_key_secret_ref.as_ref())
+                .map(|r| &r.name),
+        ),
+    ];
+    named
+        .into_iter()
+        .filter_map(|(kind, name)| Some((kind, name?.as_str())))
         .collect()
 }
 
@@ -442,45 +524,41 @@ async fn reconcile_live(
 ) -> Result<Action, ReconcileError> {
     let namespace = campaign.namespace().unwrap_or_else(|| "default".into());
     let name = campaign.name_any();
+    let parts = ctx.parts(
+        &campaign_key(&namespace, &name),
+        &campaign,
+        &namespace,
+        &name,
+    );
     let handle = match handle_for(&ctx, &campaign, &namespace, &name).await {
         Ok(h) => h,
         Err(e) => {
-            ctx.engine
-                .metrics()
-                .reconciles
-                .with_label_values(&["error"])
-                .inc();
-            let parts = ctx.parts(
-                &campaign_key(&namespace, &name),
-                &campaign,
-                &namespace,
-                &name,
-            );
+            count_reconcile(&ctx, false);
             stall::inputs_failed(&parts.store, &parts.notify, &e).await;
             return Err(e);
         }
     };
-    stall::inputs_ok(
-        &ctx.parts(&handle.key, &campaign, &namespace, &name).store,
-        &campaign,
-    )
-    .await;
+    stall::inputs_ok(&parts.store, &campaign).await;
+    let chain = ctx.engine.check_chain(&handle, &campaign).await;
     let step = ctx.engine.reconcile(&handle).await;
-    let outcome = if step.is_ok() { "ok" } else { "error" };
+    count_reconcile(&ctx, step.is_ok());
+    match step {
+        Ok(step) => Ok(Action::requeue(chain::requeue(step.requeue, &chain))),
+        Err(e) => {
+            let e = ReconcileError::from(e);
+            stall::status_too_large(&parts.store, &parts.notify, &e).await;
+            Err(e)
+        }
+    }
+}
+
+fn count_reconcile(ctx: &Context, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
     ctx.engine
         .metrics()
         .reconciles
         .with_label_values(&[outcome])
         .inc();
-    match step {
-        Ok(step) => Ok(Action::requeue(step.requeue)),
-        Err(e) => {
-            let e = ReconcileError::from(e);
-            let parts = ctx.parts(&handle.key, &campaign, &namespace, &name);
-            stall::status_too_large(&parts.store, &parts.notify, &e).await;
-            Err(e)
-        }
-    }
 }
 
 fn error_policy(
@@ -710,3 +788,6 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         shutdown.cancel();
     });
 }
+
+#[cfg(test)]
+mod tests;
