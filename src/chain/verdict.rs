@@ -207,8 +207,21 @@ mod tests {
         }
     }
 
+    /// Records the reason of each failed look.
+    #[derive(Default)]
+    struct Reads(std::sync::Mutex<Vec<&'static str>>);
+
+    impl ReadWatch for Reads {
+        fn saw<'a>(&'a self, read: Result<(), &'a ChainError>) -> BoxFuture<'a, ()> {
+            if let Err(e) = read {
+                self.0.lock().unwrap().push(e.reason());
+            }
+            Box::pin(async {})
+        }
+    }
+
     /// An unreadable chain is waited for until well past validBefore, then the voucher is left
-    /// undecided (never called unpaid: that would pay twice if it settled).
+    /// undecided (never called unpaid: that would pay twice if it settled); the watch is told.
     #[tokio::test]
     async fn an_unreadable_chain_past_valid_before_leaves_the_voucher_undecided() {
         // Port 9 (discard) on loopback: nothing listens, every read fails at once.
@@ -220,6 +233,7 @@ mod tests {
             config: serde_json::json!({}),
         };
         let late = || 100 + UNREADABLE_GRACE_SECS + 1;
+        let watch = Reads::default();
         let settled = tokio::time::timeout(
             Duration::from_secs(20),
             settle(
@@ -230,11 +244,12 @@ mod tests {
                 None,
                 true,
                 late,
-                &(),
+                &watch,
             ),
         )
         .await
         .expect("gives up at once past the grace");
+        assert_eq!(*watch.0.lock().unwrap(), ["Unreachable"], "the wait shows");
         assert!(
             matches!(&settled, Settled::Undecided { reason } if reason.contains("127.0.0.1:9")),
             "{settled:?}"

@@ -316,3 +316,181 @@ pub(super) async fn check_chain(
         .await;
     read
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::{Json, Router, routing::post};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::chain::UsdcChain;
+    use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, Network};
+    use crate::engine::{
+        Engine, MemoryStore, Notice, Notify, Settings, StaticWorkers, status::is_false,
+    };
+    use crate::results::ResultsLog;
+    use crate::telemetry::Metrics;
+    use crate::testkit::{FakeSigner, FakeWorker};
+
+    /// Collects the notices' reasons.
+    #[derive(Default)]
+    struct Reasons(Mutex<Vec<&'static str>>);
+
+    impl Notify for Reasons {
+        fn notify(&self, notice: Notice) -> BoxFuture<'_, ()> {
+            self.0.lock().unwrap().push(notice.reason);
+            Box::pin(async {})
+        }
+    }
+
+    /// An engine reading the chain at `rpc`, with one campaign paying `worker`.
+    struct Setup {
+        engine: Arc<Engine>,
+        store: Arc<MemoryStore>,
+        handle: CampaignHandle,
+        reasons: Arc<Reasons>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup(rpc: &str, worker: &str, signer: &FakeSigner) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let results = ResultsLog::new(dir.path().join("results.jsonl"));
+        let mut engine = Engine::new(
+            Arc::new(StaticWorkers),
+            results,
+            Metrics::new(),
+            Settings::default(),
+        );
+        Arc::get_mut(&mut engine).unwrap().chain = Some(Arc::new(UsdcChain::new(rpc).unwrap()));
+        let spec = serde_json::from_value(json!({
+            "trainScript": {"inline": "print('val_bpb: 1.0')\n"},
+            "search": {"strategy": "list", "experiments": [{"lr": 0.1}]},
+            "maxExperiments": 1,
+            "budget": {"total": "1", "maxPricePerExperiment": "0.05"},
+            "payment": {"network": "base-sepolia"},
+            "discovery": {"workers": [{"endpoint": worker}]},
+        }))
+        .unwrap();
+        let mut campaign = ExperimentCampaign::new("c", spec);
+        campaign.metadata.namespace = Some("ns".into());
+        let store = Arc::new(MemoryStore::new(campaign));
+        let reasons = Arc::new(Reasons::default());
+        let handle = CampaignHandle {
+            key: "ns/c".into(),
+            namespace: Some("ns".into()),
+            name: "c".into(),
+            store: store.clone(),
+            notify: reasons.clone(),
+            signer: Arc::new(signer.client()),
+            train_py: "print('val_bpb: 1.0')\n".into(),
+            best: None,
+            proposer: None,
+        };
+        Setup {
+            engine,
+            store,
+            handle,
+            reasons,
+            _dir: dir,
+        }
+    }
+
+    impl Setup {
+        fn status(&self) -> ExperimentCampaignStatus {
+            self.store.snapshot().unwrap().status.unwrap_or_default()
+        }
+
+        fn state_of(&self, kind: &str) -> Option<(String, String)> {
+            let status = self.status();
+            let c = status.conditions.iter().find(|c| c.type_ == kind)?;
+            Some((c.status.clone(), c.reason.clone()))
+        }
+    }
+
+    fn is(status: &str, reason: &str) -> Option<(String, String)> {
+        Some((status.into(), reason.into()))
+    }
+
+    /// A JSON-RPC endpoint on loopback that says it is chain `id` and answers nothing else;
+    /// its URL.
+    async fn other_chain(id: u64) -> String {
+        let answer = move |Json(call): Json<Value>| async move {
+            Json(json!({"jsonrpc": "2.0", "id": call["id"], "result": format!("0x{id:x}")}))
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let router = Router::new().route("/", post(answer));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_chain_signs_nothing_keeps_the_experiment_pending_and_says_so() {
+        let signer = FakeSigner::start().await;
+        let worker = FakeWorker::start().await;
+        // Port 9 (discard) on loopback: nothing listens.
+        let s = setup("http://127.0.0.1:9", &worker.endpoint(), &signer);
+
+        s.engine.reconcile(&s.handle).await.unwrap();
+        let raised = tokio::time::timeout(Duration::from_secs(10), async {
+            while s.state_of("ChainReadable").is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(raised.is_ok(), "no ChainReadable in {:?}", s.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        assert_eq!(s.state_of("ChainReadable"), is("False", "Unreachable"));
+        assert_eq!(signer.sign_calls(), 0, "nothing signed");
+        let status = s.status();
+        assert!(status.ledger.is_empty());
+        assert_eq!(status.pending.len(), 1, "the experiment waits");
+        assert!(worker.settled().is_empty());
+        assert!(s.reasons.0.lock().unwrap().contains(&"Unreachable"));
+        // The next step shows why nothing moves.
+        s.engine.reconcile(&s.handle).await.unwrap();
+        assert_eq!(s.state_of("Progressing"), is("False", "ChainUnreadable"));
+        s.engine.abort_all();
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_serving_another_chain_is_wrong_chain_until_a_good_read_clears_it() {
+        let signer = FakeSigner::start().await;
+        let mainnet = other_chain(1).await;
+        let s = setup(&mainnet, "http://127.0.0.1:9", &signer);
+
+        let checked = check_chain(&s.engine, &s.handle, Network::BaseSepolia, false).await;
+
+        assert!(
+            matches!(
+                checked,
+                Err(ChainError::WrongChain {
+                    got: 1,
+                    want: 84532,
+                    ..
+                })
+            ),
+            "{checked:?}"
+        );
+        assert_eq!(s.state_of("ChainReadable"), is("False", "WrongChain"));
+        let campaign = s.store.snapshot().unwrap();
+        assert!(is_false(&campaign, ConditionType::ChainReadable));
+
+        // A read that works sets it back, once.
+        ChainWatch::new(&s.handle, true).saw(Ok(())).await;
+        assert_eq!(s.state_of("ChainReadable"), is("True", "Read"));
+    }
+
+    #[tokio::test]
+    async fn without_a_failure_a_good_read_writes_nothing() {
+        let signer = FakeSigner::start().await;
+        let s = setup("http://127.0.0.1:9", "http://127.0.0.1:9", &signer);
+        ChainWatch::new(&s.handle, true).saw(Ok(())).await;
+        assert_eq!(s.state_of("ChainReadable"), None, "never raised, not added");
+        assert!(s.reasons.0.lock().unwrap().is_empty());
+    }
+}
