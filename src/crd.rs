@@ -668,6 +668,9 @@ pub struct ExperimentCampaignStatus {
     /// Standard conditions, each with a reason and a message: `SpecValid`, `WorkersAvailable`,
     /// `Progressing`, `Complete` (stopped for good, whatever the reason) and `Succeeded` (finished
     /// by the goal, maxExperiments or an exhausted search: what `kubectl wait` should wait for).
+    /// `ChainReadable` is False when the payment chain at `ERPC_URL` cannot be read (reason
+    /// `Unreachable` or `Unreadable`) or serves another chain than `spec.payment.network`
+    /// (`WrongChain`): no voucher is signed meanwhile and Progressing is False (`ChainUnreadable`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Experiments started so far (paid or being paid).

@@ -61,7 +61,16 @@ impl Harness {
         }
     }
 
-    /// Stores `campaign` and reconciles it once, as the controller would on its watch event.
+    /// A harness whose API server holds the ConfigMap, the token Secret and `campaign`.
+    async fn holding(finalizer: bool, campaign: ExperimentCampaign) -> Self {
+        let h = Self::new(finalizer).await;
+        h.api.put(&config_map());
+        h.api.put(&token_secret());
+        h.api.put(&campaign);
+        h
+    }
+
+    /// Reconciles the stored campaign `name` once, as the controller would on its watch event.
     async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
         let campaign = self.api.campaign(NS, name).expect("the campaign is stored");
         reconcile(Arc::new(campaign), self.ctx.clone()).await
@@ -155,10 +164,7 @@ fn campaign_path(name: &str) -> String {
 
 #[tokio::test]
 async fn a_new_campaign_reads_its_inputs_then_writes_its_decision_once() {
-    let h = Harness::new(false).await;
-    h.api.put(&config_map());
-    h.api.put(&token_secret());
-    h.api.put(&campaign("c", json!({})));
+    let h = Harness::holding(false, campaign("c", json!({}))).await;
 
     let action = h.reconcile("c").await.expect("reconciles");
 
@@ -338,10 +344,7 @@ fn deleted_with_ledger(entries: usize) -> ExperimentCampaign {
 
 #[tokio::test]
 async fn the_finalizer_is_added_to_a_live_campaign_before_anything_runs() {
-    let h = Harness::new(true).await;
-    h.api.put(&config_map());
-    h.api.put(&token_secret());
-    h.api.put(&campaign("c", json!({})));
+    let h = Harness::holding(true, campaign("c", json!({}))).await;
 
     let action = h.reconcile("c").await.expect("adds the finalizer");
 
@@ -358,10 +361,7 @@ async fn the_finalizer_is_added_to_a_live_campaign_before_anything_runs() {
 
 #[tokio::test]
 async fn a_deleted_campaign_drains_then_its_finalizer_is_removed() {
-    let h = Harness::new(true).await;
-    h.api.put(&config_map());
-    h.api.put(&token_secret());
-    h.api.put(&deleted_with_ledger(1));
+    let h = Harness::holding(true, deleted_with_ledger(1)).await;
 
     let error = h.reconcile("c").await.expect_err("kept while draining");
     assert_eq!(
@@ -421,10 +421,7 @@ async fn a_finalizer_patch_against_a_changed_list_is_a_finalizer_error() {
 
 #[tokio::test]
 async fn api_errors_are_kept_typed_and_retried() {
-    let h = Harness::new(false).await;
-    h.api.put(&config_map());
-    h.api.put(&token_secret());
-    h.api.put(&campaign("c", json!({})));
+    let h = Harness::holding(false, campaign("c", json!({}))).await;
 
     // 500 reading an input: a read error (transient or RBAC), not "not found".
     h.api.fail_next(
@@ -461,10 +458,7 @@ async fn api_errors_are_kept_typed_and_retried() {
 
 #[tokio::test]
 async fn a_conflict_is_applied_again_on_the_latest_status() {
-    let h = Harness::new(false).await;
-    h.api.put(&config_map());
-    h.api.put(&token_secret());
-    h.api.put(&campaign("c", json!({})));
+    let h = Harness::holding(false, campaign("c", json!({}))).await;
     h.api
         .fail_next(Method::PUT, "/status", 409, "the object has been modified");
 
@@ -499,10 +493,7 @@ async fn a_campaign_gone_from_the_api_server_is_forgotten_not_an_error() {
 
 #[tokio::test]
 async fn a_status_too_large_for_etcd_raises_status_too_large() {
-    let h = Harness::new(false).await;
-    h.api.put(&config_map());
-    h.api.put(&token_secret());
-    h.api.put(&campaign("c", json!({})));
+    let h = Harness::holding(false, campaign("c", json!({}))).await;
     h.api.fail_next(
         Method::PUT,
         "/status",
