@@ -7,6 +7,12 @@
 //! list fails with 422), a missing object is a 404 `Status`, and every write bumps the
 //! `resourceVersion`. Faults are injected per request ([`FakeApi::fail_next`]), and every request
 //! is recorded in order for the test to read.
+//!
+//! Why a small server rather than scripted answers in order (as kube-rs's controller-rs
+//! fixtures do): one reconcile here reads and writes through the engine, the status store and
+//! the event sink, and a test that asserted the position of each request would break on every
+//! harmless reordering. The tests assert the sequence where it matters and the stored state
+//! otherwise. JSON patches are applied by `json-patch`, the library kube itself uses.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
