@@ -280,8 +280,21 @@ fn unreadable(error: &ChainError) -> ConditionUpdate {
         ok: false,
         reason: error.reason(),
         message: format!(
-            "{error}; no voucher is signed until the payment chain can be read, and experiments already paid wait for its verdict (check ERPC_URL)"
+            "{}; no voucher is signed until the payment chain can be read, and experiments already paid wait for its verdict (check ERPC_URL)",
+            what_failed(error)
         ),
+    }
+}
+
+/// The error without the JSON-RPC method: reads of different methods failing the same way give
+/// the same message, so the condition (and its Event) does not change with each one.
+fn what_failed(error: &ChainError) -> String {
+    match error {
+        ChainError::Transport { url, why, .. } => format!("{url} does not answer: {why}"),
+        ChainError::Provider {
+            url, code, message, ..
+        } => format!("{url} answered error {code}: {message}"),
+        other => other.to_string(),
     }
 }
 
@@ -445,6 +458,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
 
         assert_eq!(s.state_of("ChainReadable"), is("False", "Unreachable"));
+        let status = s.status();
+        let message = &status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ChainReadable")
+            .unwrap()
+            .message;
+        assert!(
+            message.starts_with("http://127.0.0.1:9/ does not answer"),
+            "{message}"
+        );
         assert_eq!(signer.sign_calls(), 0, "nothing signed");
         let status = s.status();
         assert!(status.ledger.is_empty());
