@@ -16,12 +16,12 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::cache::DiskCache;
-use super::chain::{ChainConfig, ChainError, ChainIndex};
-use super::document::{SkillFilter, parse_registration};
+use super::chain::{ChainConfig, ChainIndex, RegistryError};
+use super::document::{NotADocument, SkillFilter, parse_registration};
 use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
 use super::policy::{AddressPolicy, AllowEntryError, UrlRefusal};
 use super::scan::{ApiKey, IndexEntry, Quota, ScanClient, ScanError, ScanResult, ScanSettings};
-use super::worker::{FoundIn, Worker, merge};
+use super::worker::{FoundIn, NotAWorker, Worker, merge};
 use crate::crd::{DiscoverySpec, OnChainMode};
 
 /// A failed index scan is retried after at most this long, whatever the refresh interval.
@@ -263,8 +263,9 @@ impl Entry {
     }
 }
 
-/// An index scan, or why it failed (failures are cached too, so an outage is not hammered).
-type IndexOutcome = Result<Arc<ScanResult>, String>;
+/// An index scan, or why it failed (failures are cached too, so an outage is not hammered; the
+/// error is shared because every cached reader gets the same one).
+type IndexOutcome = Result<Arc<ScanResult>, Arc<ScanError>>;
 
 /// Everything that changes what is discovered, except the lists applied afterwards.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -506,11 +507,24 @@ impl Discovery {
         {
             return Ok(found);
         }
-        match self.discover(key, ttl, force).await {
+        let outcome = self.discover(key, ttl, force).await;
+        self.remember(&text, entry, outcome, force)
+    }
+
+    /// Keeps a refresh's outcome: a result in memory and on disk, or the failure of every
+    /// source (the first since the last good result, unless `force`d).
+    fn remember(
+        &self,
+        text: &str,
+        entry: &Entry,
+        outcome: Result<Discovered, DiscoveryError>,
+        force: bool,
+    ) -> Result<Arc<Discovered>, DiscoveryError> {
+        match outcome {
             Ok(found) => {
                 let found = Arc::new(found);
                 if let Some(disk) = &self.inner.disk
-                    && let Err(e) = disk.save(RESULTS, &text, &*found)
+                    && let Err(e) = disk.save(RESULTS, text, &*found)
                 {
                     tracing::warn!("{e}");
                 }
@@ -696,7 +710,7 @@ impl Discovery {
         skill: &SkillFilter,
         ttl: Duration,
         force: bool,
-    ) -> Result<Arc<ScanResult>, String> {
+    ) -> IndexOutcome {
         let slot = slot(&self.inner.index, (base.to_string(), skill.clone())).await;
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref().filter(|_| !force)
@@ -713,9 +727,9 @@ impl Discovery {
             Ok(client) => {
                 let scanned = client.scan(skill, self.inner.settings.index_limit).await;
                 self.save_index_state(base, &client).await;
-                scanned.map(Arc::new).map_err(|e| e.to_string())
+                scanned.map(Arc::new).map_err(Arc::new)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Arc::new(e)),
         };
         *cached = Some(Timed {
             at: Instant::now(),
@@ -771,7 +785,7 @@ impl Discovery {
         self.inner.scan_clients.lock().await.get(base)?.quota()
     }
 
-    async fn chain(&self, cfg: &ChainConfig) -> Result<Arc<ChainIndex>, ChainError> {
+    async fn chain(&self, cfg: &ChainConfig) -> Result<Arc<ChainIndex>, RegistryError> {
         let mut chains = self.inner.chains.lock().await;
         if let Some(c) = chains.get(cfg) {
             return Ok(c.clone());
@@ -804,7 +818,7 @@ impl Discovery {
         skill: &SkillFilter,
         fetcher: &DocumentFetcher,
         out: &mut Discovered,
-    ) -> Result<Vec<Worker>, ChainError> {
+    ) -> Result<Vec<Worker>, RegistryError> {
         let chain_id = chain.config().chain_id;
         let agents = chain.agents().await?;
         let outcomes: Vec<Outcome> = futures::stream::iter(agents)
@@ -841,7 +855,7 @@ impl Discovery {
     ) {
         let chain_id = chain.config().chain_id;
         let candidates = std::mem::take(&mut out.workers);
-        let checks: Vec<(Worker, Result<(), String>)> = futures::stream::iter(candidates)
+        let checks: Vec<(Worker, Result<(), NotConfirmed>)> = futures::stream::iter(candidates)
             .map(|w| async move {
                 let verdict = confirm_one(&w, chain, chain_id, skill, fetcher).await;
                 (w, verdict)
@@ -855,14 +869,33 @@ impl Discovery {
                     w.source = FoundIn::IndexConfirmed;
                     out.workers.push(w);
                 }
-                Err(reason) => out.skipped.push(Rejected {
+                Err(why) => out.skipped.push(Rejected {
                     agent: label_of(&w),
                     target: w.endpoint.clone(),
-                    reason,
+                    reason: format!("not confirmed: {why}"),
                 }),
             }
         }
     }
+}
+
+/// Why the chain does not confirm a worker the index found.
+#[derive(Debug, thiserror::Error)]
+enum NotConfirmed {
+    #[error("not an agent of chain {0}")]
+    OtherChain(u64),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the agent does not exist on chain")]
+    NoSuchAgent,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Document(#[from] NotADocument),
+    #[error("on chain, {0}")]
+    NotAWorker(#[from] NotAWorker),
+    #[error("the chain's registration names {0}")]
+    OtherEndpoint(String),
 }
 
 async fn confirm_one(
@@ -871,31 +904,23 @@ async fn confirm_one(
     chain_id: u64,
     skill: &SkillFilter,
     fetcher: &DocumentFetcher,
-) -> Result<(), String> {
+) -> Result<(), NotConfirmed> {
     let agent = match (w.chain_id, w.agent_id) {
         (Some(c), Some(a)) if c == chain_id => a,
-        _ => return Err(format!("not confirmed: not an agent of chain {chain_id}")),
+        _ => return Err(NotConfirmed::OtherChain(chain_id)),
     };
     let uri = chain
         .token_uri(agent)
-        .await
-        .map_err(|e| format!("not confirmed: {e}"))?
-        .ok_or_else(|| "not confirmed: the agent does not exist on chain".to_string())?;
-    let doc = fetcher
-        .fetch(&uri)
-        .await
-        .map_err(|e| format!("not confirmed: {e}"))?;
-    let reg = parse_registration(&doc).map_err(|e| format!("not confirmed: {e}"))?;
+        .await?
+        .ok_or(NotConfirmed::NoSuchAgent)?;
+    let doc = fetcher.fetch(&uri).await?;
+    let reg = parse_registration(&doc)?;
     let onchain =
-        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), FoundIn::Chain)
-            .map_err(|e| format!("not confirmed: on chain, {e}"))?;
+        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), FoundIn::Chain)?;
     if onchain.endpoint == w.endpoint {
         Ok(())
     } else {
-        Err(format!(
-            "not confirmed: the chain's registration names {}",
-            onchain.endpoint
-        ))
+        Err(NotConfirmed::OtherEndpoint(onchain.endpoint))
     }
 }
 
