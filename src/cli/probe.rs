@@ -58,7 +58,7 @@ pub(super) async fn run(args: ProbeArgs) -> anyhow::Result<()> {
 fn report(
     worker: &WorkerClient,
     quote: &Quote,
-    health: &Result<payment::Health, String>,
+    health: &Result<payment::WorkerHealth, String>,
     policy: &Policy,
 ) -> Value {
     let free = health.as_ref().ok().and_then(|h| h.busy).map(|busy| !busy);
