@@ -9,7 +9,7 @@ use std::process::Command;
 
 use autoresearch_coordinator::crd::ExperimentCampaign;
 use autoresearch_coordinator::report::page;
-use autoresearch_coordinator::report::{History, Row};
+use autoresearch_coordinator::report::{ResultHistory, Row};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::controller::{Controller, campaign, signer_secret, wait_done};
@@ -83,7 +83,7 @@ fn the_console_check_sees_errors() {
     );
 }
 
-fn hostile_campaign() -> (ExperimentCampaign, History) {
+fn hostile_campaign() -> (ExperimentCampaign, ResultHistory) {
     let mut c: ExperimentCampaign = serde_json::from_value(json!({
         "apiVersion": "autoresearch.obol.org/v1alpha1", "kind": "ExperimentCampaign",
         "metadata": {"name": "evil", "namespace": "ns"},
@@ -108,7 +108,7 @@ fn hostile_campaign() -> (ExperimentCampaign, History) {
     .into_iter()
     .map(|v| serde_json::from_value(v).unwrap())
     .collect();
-    (c, History::new(Some("ns/evil".into()), rows, 0.002))
+    (c, ResultHistory::new(Some("ns/evil".into()), rows, 0.002))
 }
 
 #[test]
