@@ -27,7 +27,9 @@ pub enum HistoryError {
     },
 }
 
-/// One line of results.jsonl, every field optional except the experiment id.
+/// One line of results.jsonl, every field optional except the experiment id. Not
+/// `results::ResultRecord`: a report also reads lines that older versions wrote, or that were
+/// written by hand, so every field has a default and the id is the only one required.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(default)]
 pub struct Row {

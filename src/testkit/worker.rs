@@ -235,13 +235,13 @@ impl WorkerConfig {
 
 /// One settled payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Settled {
+struct SettledPayment {
     nonce: B256,
     amount: Usdc,
     experiment_id: String,
 }
 
-struct WorkerState {
+struct FakeState {
     pay_to: Address,
     max_timeout_seconds: u64,
     header: PaymentHeader,
@@ -250,14 +250,14 @@ struct WorkerState {
     knobs: Mutex<Knobs>,
     running: AtomicBool,
     results: Mutex<HashMap<String, Bytes>>,
-    settled: Mutex<Vec<Settled>>,
+    settled: Mutex<Vec<SettledPayment>>,
     runs: Mutex<Vec<String>>,
 }
 
 /// A gated worker on `127.0.0.1:<random port>`, stopped when dropped.
 pub struct FakeWorker {
     server: Server,
-    state: Arc<WorkerState>,
+    state: Arc<FakeState>,
 }
 
 impl FakeWorker {
@@ -272,7 +272,7 @@ impl FakeWorker {
     }
 
     async fn start_with(config: WorkerConfig) -> Self {
-        let state = Arc::new(WorkerState {
+        let state = Arc::new(FakeState {
             pay_to: config.pay_to,
             max_timeout_seconds: config.max_timeout_seconds,
             header: config.header,
@@ -369,7 +369,7 @@ pub fn transaction_for(nonce: B256) -> B256 {
     keccak256(nonce)
 }
 
-impl WorkerState {
+impl FakeState {
     fn requirement(&self) -> Value {
         let price = self.knobs.lock().expect("knobs lock").price;
         gate::requirement(price, self.pay_to, self.max_timeout_seconds)
@@ -407,7 +407,7 @@ impl WorkerState {
         if settled.iter().any(|s| s.nonce == verified.nonce) {
             return false;
         }
-        settled.push(Settled {
+        settled.push(SettledPayment {
             nonce: verified.nonce,
             amount: verified.amount,
             experiment_id: experiment_id.to_string(),
@@ -421,7 +421,7 @@ impl WorkerState {
 }
 
 async fn experiment(
-    State(state): State<Arc<WorkerState>>,
+    State(state): State<Arc<FakeState>>,
     ConnectInfo(connection): ConnectInfo<Connection>,
     headers: HeaderMap,
     body: Bytes,
@@ -453,7 +453,7 @@ async fn experiment(
 }
 
 async fn forward_and_settle(
-    state: Arc<WorkerState>,
+    state: Arc<FakeState>,
     verified: Verified,
     body: Bytes,
     connection: Connection,
@@ -494,7 +494,7 @@ async fn forward_and_settle(
 }
 
 /// The worker behind the gate: `(status, body, experiment id)`.
-async fn work(state: &WorkerState, body: &[u8]) -> (StatusCode, Bytes, String) {
+async fn work(state: &FakeState, body: &[u8]) -> (StatusCode, Bytes, String) {
     let error = |status: StatusCode, text: &str, extra: Value| {
         let mut answer = json!({"error": text});
         if let (Some(a), Some(e)) = (answer.as_object_mut(), extra.as_object()) {
@@ -545,7 +545,7 @@ async fn work(state: &WorkerState, body: &[u8]) -> (StatusCode, Bytes, String) {
 }
 
 /// Runs one experiment and stores its answer; `None` for an injected failure before payment.
-async fn run(state: &WorkerState, submission: &Submission) -> Option<Bytes> {
+async fn run(state: &FakeState, submission: &Submission) -> Option<Bytes> {
     if state.take(|k| &mut k.fail_before_payment) {
         return None;
     }
@@ -642,12 +642,12 @@ fn generated_id() -> String {
     format!("exp-{day}-{:08x}", rand::random::<u32>())
 }
 
-async fn health(State(state): State<Arc<WorkerState>>) -> Json<Value> {
+async fn health(State(state): State<Arc<FakeState>>) -> Json<Value> {
     let busy = state.running.load(Ordering::SeqCst) || state.knobs.lock().expect("knobs lock").busy;
     Json(json!({"status": "ok", "busy": busy, "repo": "autoresearch", "timeoutSeconds": 300}))
 }
 
-async fn stored(State(state): State<Arc<WorkerState>>, Path(id): Path<String>) -> Response {
+async fn stored(State(state): State<Arc<FakeState>>, Path(id): Path<String>) -> Response {
     let found = state
         .results
         .lock()
