@@ -250,10 +250,10 @@ fn summary_counts_money_workers_and_verification() {
     }
 }
 
-#[test]
-fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let scripts = dir.path().join("scripts");
+/// Two runs of campaign `c` (the second a kept code change, both sources in `scripts/`), one of
+/// another campaign, and a torn last line: `results.jsonl` and `scripts/` under `dir`.
+fn two_runs_and_noise(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let scripts = dir.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     let base = "DEPTH = 8\nMATRIX_LR = 0.04\nprint('train')\n";
     let best = "DEPTH = 8\nMATRIX_LR = 0.03\nprint('train')\n";
@@ -261,7 +261,7 @@ fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
         let hex = &train_hash(src)["sha256:".len()..];
         std::fs::write(scripts.join(format!("{hex}.py")), src).unwrap();
     }
-    let results = dir.path().join("results.jsonl");
+    let results = dir.join("results.jsonl");
     let lines = [
         json!({"experiment_id": "a", "train_hash": train_hash(base), "val_bpb": 1.0, "campaign_name": "c", "status": "completed", "amount": "10000"}),
         json!({"experiment_id": "b", "train_hash": train_hash(best), "val_bpb": 0.99, "campaign_name": "c", "status": "completed", "amount": "10000"}),
@@ -270,6 +270,13 @@ fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
     let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     text.push_str("{\"experiment_id\": \"tor");
     std::fs::write(&results, text).unwrap();
+    (results, scripts)
+}
+
+#[test]
+fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, scripts) = two_runs_and_noise(dir.path());
     let out_dir = dir.path().join("out");
     let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
         .args(["report", "--campaign", "c", "--json"])
