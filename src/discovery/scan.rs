@@ -221,13 +221,13 @@ pub enum ScanError {
         /// URL.
         url: String,
         /// What was wrong.
-        why: Unexpected,
+        why: UnexpectedAnswer,
     },
 }
 
 /// What was wrong with an answer of the index.
 #[derive(Debug, thiserror::Error)]
-pub enum Unexpected {
+pub enum UnexpectedAnswer {
     /// The body is not JSON.
     #[error("not JSON: {0}")]
     NotJson(serde_json::Error),
@@ -472,7 +472,7 @@ impl ScanClient {
         let (Some(chain), Some(token)) = (chain_id, token_id) else {
             return Err(ScanError::Shape {
                 url: self.base.to_string(),
-                why: Unexpected::RowWithoutIds(snippet(row.to_string().as_bytes(), 120)),
+                why: UnexpectedAnswer::RowWithoutIds(snippet(row.to_string().as_bytes(), 120)),
             });
         };
         let detail = self
@@ -510,7 +510,7 @@ impl ScanClient {
             _ if body.get("success") == Some(&Value::Bool(false)) => {
                 return Err(ScanError::Shape {
                     url: url.to_string(),
-                    why: Unexpected::Refused(api_message(&body)),
+                    why: UnexpectedAnswer::Refused(api_message(&body)),
                 });
             }
             _ => body,
@@ -596,7 +596,7 @@ impl ScanClient {
                 .map(Attempt::Done)
                 .map_err(|e| ScanError::Shape {
                     url,
-                    why: Unexpected::NotJson(e),
+                    why: UnexpectedAnswer::NotJson(e),
                 }),
             status @ (401 | 403) if self.settings.api_key.is_some() => {
                 Err(ScanError::BadKey { url, status })
@@ -686,9 +686,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// Rows and whether another page exists, from either envelope.
-fn parse_page(body: &Value, page: u32, page_size: usize) -> Result<(Vec<Value>, bool), Unexpected> {
+fn parse_page(
+    body: &Value,
+    page: u32,
+    page_size: usize,
+) -> Result<(Vec<Value>, bool), UnexpectedAnswer> {
     if body.get("success") == Some(&Value::Bool(false)) {
-        return Err(Unexpected::Refused(api_message(body)));
+        return Err(UnexpectedAnswer::Refused(api_message(body)));
     }
     if let Some(rows) = body.get("data").and_then(Value::as_array) {
         let pagination = body.pointer("/meta/pagination");
@@ -712,7 +716,7 @@ fn parse_page(body: &Value, page: u32, page_size: usize) -> Result<(Vec<Value>, 
     if let Some(rows) = body.as_array() {
         return Ok((rows.clone(), rows.len() >= page_size));
     }
-    Err(Unexpected::Envelope)
+    Err(UnexpectedAnswer::Envelope)
 }
 
 fn api_message(body: &Value) -> String {
@@ -830,11 +834,11 @@ mod tests {
         );
         assert!(matches!(
             parse_page(&json!({"success": false, "error": "boom"}), 1, 1),
-            Err(Unexpected::Refused(m)) if m.contains("boom")
+            Err(UnexpectedAnswer::Refused(m)) if m.contains("boom")
         ));
         assert!(matches!(
             parse_page(&json!({"weird": 1}), 1, 1),
-            Err(Unexpected::Envelope)
+            Err(UnexpectedAnswer::Envelope)
         ));
     }
 

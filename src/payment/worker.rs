@@ -462,15 +462,7 @@ impl WorkerClient {
             .quick
             .get(result_url.as_str())
             .bearer_auth(&ticket.job_token);
-        let response = send(get, result_url.as_str(), 30).await?;
-        let code = response.status();
-        let body = read(response).await?;
-        if !code.is_success() {
-            return Err(WorkerError::Job(format!(
-                "result answered HTTP {code}: {}",
-                http::excerpt(&body)
-            )));
-        }
+        let body = job_body(get, &result_url, "result").await?;
         // The broker may wrap the worker's answer as {"result": {...}}.
         let unwrapped = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -483,16 +475,7 @@ impl WorkerClient {
     async fn wait_for_job(&self, status_url: &Url) -> Result<(), WorkerError> {
         let deadline = tokio::time::Instant::now() + self.run_timeout;
         loop {
-            let response =
-                send(self.quick.get(status_url.as_str()), status_url.as_str(), 30).await?;
-            let code = response.status();
-            let body = read(response).await?;
-            if !code.is_success() {
-                return Err(WorkerError::Job(format!(
-                    "status answered HTTP {code}: {}",
-                    http::excerpt(&body)
-                )));
-            }
+            let body = job_body(self.quick.get(status_url.as_str()), status_url, "status").await?;
             match JobState::of(&body) {
                 JobState::Finished => return Ok(()),
                 JobState::Ended(state) => {
@@ -524,6 +507,25 @@ impl WorkerClient {
         }
         Ok(url)
     }
+}
+
+/// The body of a GET on one of a job's URLs (`what`: "status" or "result"); any answer but a
+/// success is the job's failure.
+async fn job_body(
+    get: reqwest::RequestBuilder,
+    url: &Url,
+    what: &str,
+) -> Result<Vec<u8>, WorkerError> {
+    let response = send(get, url.as_str(), 30).await?;
+    let code = response.status();
+    let body = read(response).await?;
+    if !code.is_success() {
+        return Err(WorkerError::Job(format!(
+            "{what} answered HTTP {code}: {}",
+            http::excerpt(&body)
+        )));
+    }
+    Ok(body)
 }
 
 /// What an async job's status says. A run that failed or timed out on the worker still has a

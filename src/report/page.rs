@@ -177,28 +177,18 @@ fn sections(
     let s = c.status.clone().unwrap_or_default();
     leaderboard(out, &s, history);
     workers(out, &s, history);
-    let rows = s.conditions.iter().map(|c| {
+    let conditions = s.conditions.iter().map(|c| {
         let c = c.clone();
         [c.type_, c.status, c.reason, c.message]
     });
-    section(
-        out,
-        "Conditions",
-        "conditions",
-        ["type", "status", "reason", "message"],
-        rows,
-    );
-    let rows = events.iter().map(|e| {
+    let events = events.iter().map(|e| {
         let e = e.clone();
         [e.time, e.kind, e.reason, e.note]
     });
-    section(
-        out,
-        "Recent events",
-        "events",
-        ["time", "type", "reason", "message"],
-        rows,
-    );
+    let columns = ["type", "status", "reason", "message"];
+    section(out, "Conditions", "conditions", columns, conditions);
+    let columns = ["time", "type", "reason", "message"];
+    section(out, "Recent events", "events", columns, events);
 }
 
 /// Status's leaderboard, each run labelled with what changed as the history says.
