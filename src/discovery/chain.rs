@@ -4,7 +4,7 @@
 //! `tokenURI` gives each agent's current URI. The log scan is incremental (a [`ChainIndex`]
 //! remembers where it stopped), and ranges are halved when a provider refuses them.
 
-use crate::http::RpcAnswer;
+use crate::http::{RpcFailure, rpc_call};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::http::{USER_AGENT, ensure_crypto_provider, read_capped, snippet};
+use super::http::{USER_AGENT, ensure_crypto_provider};
 
 alloy::sol! {
     /// ERC-8004 Identity Registry events and the one view we call.
@@ -414,43 +414,25 @@ impl ChainIndex {
         quantity(&self.rpc("eth_chainId", json!([])).await?, "eth_chainId")
     }
 
-    /// One JSON-RPC call. Error objects are read whatever the HTTP status (eRPC answers
-    /// errors with 4xx/5xx and a JSON-RPC body).
+    /// One JSON-RPC call (see [`crate::http::rpc_call`]).
     async fn rpc(&self, method: &str, params: Value) -> Result<Value, RegistryError> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let transport = |why: String, timeout: bool| RegistryError::Transport {
-            method: method.to_string(),
-            url: self.cfg.rpc_url.clone(),
-            why,
-            timeout,
-        };
-        let resp = self
-            .http
-            .post(self.url.clone())
-            .json(&body)
-            .send()
+        rpc_call(&self.http, &self.url, id, method, params, MAX_RPC_BYTES)
             .await
-            .map_err(|e| transport(e.to_string(), e.is_timeout()))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, MAX_RPC_BYTES)
-            .await
-            .map_err(|e| transport(e.to_string(), false))?;
-        let answer: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| transport(format!("HTTP {status}: {}", snippet(&bytes, 200)), false))?;
-        match crate::http::rpc_answer(&answer) {
-            RpcAnswer::Result(result) => Ok(result),
-            RpcAnswer::Error { code, message } => Err(RegistryError::Provider {
-                method: method.to_string(),
-                url: self.cfg.rpc_url.clone(),
-                code,
-                message,
-            }),
-            RpcAnswer::Empty => Err(transport(
-                format!("HTTP {status}: no result in the answer"),
-                false,
-            )),
-        }
+            .map_err(|failure| match failure {
+                RpcFailure::Transport { why, timeout } => RegistryError::Transport {
+                    method: method.to_string(),
+                    url: self.cfg.rpc_url.clone(),
+                    why,
+                    timeout,
+                },
+                RpcFailure::Provider { code, message } => RegistryError::Provider {
+                    method: method.to_string(),
+                    url: self.cfg.rpc_url.clone(),
+                    code,
+                    message,
+                },
+            })
     }
 
     fn shape(&self, method: &str, why: impl std::fmt::Display) -> RegistryError {
