@@ -11,7 +11,8 @@ use std::process::{Child, Command};
 
 use alloy::primitives::U256;
 use llm_support::{
-    MASTER_KEY, UPSTREAM_KEY, install_litellm, repo, start_litellm, start_proposer, wait_until_live,
+    MASTER_KEY, UPSTREAM_KEY, install_litellm, repo, run_train_py, start_litellm, start_proposer,
+    wait_until_live,
 };
 use serde_json::{Value, json};
 use support::testbed::Testbed;
@@ -84,23 +85,6 @@ fn assert_baseline_then_new_code(lines: &[Value], tiny: &str, start: f64) {
     }
 }
 
-fn run_python(source: &str) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("train.py"), source).unwrap();
-    let out = Command::new("python3")
-        .arg("train.py")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("val_bpb: "))
-        .unwrap();
-    line["val_bpb: ".len()..].trim().parse().unwrap()
-}
-
 #[tokio::test]
 async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals() {
     let llm = start_llm();
@@ -108,7 +92,7 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     let payee = tb.pay_to("a");
     let before = tb.balance(payee).await;
     let tiny = std::fs::read_to_string(repo().join("examples/train_tiny.py")).unwrap();
-    let start = run_python(&tiny);
+    let start = run_train_py(&tiny).unwrap();
     let data = tempfile::tempdir().unwrap();
     let campaign = json!({
         "apiVersion": "autoresearch.obol.org/v1alpha1",
@@ -163,5 +147,5 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     // The best kept train.py is where the CLI says it is.
     let kept =
         std::fs::read_to_string(data.path().join("autoresearch/local/best_train.py")).unwrap();
-    assert!((run_python(&kept) - best).abs() < 1e-9);
+    assert!((run_train_py(&kept).unwrap() - best).abs() < 1e-9);
 }

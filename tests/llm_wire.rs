@@ -25,7 +25,8 @@ use autoresearch_coordinator::strategy::llm::{
 };
 use autoresearch_coordinator::strategy::train_script::{Template, parses};
 use llm_support::{
-    MASTER_KEY, UPSTREAM_KEY, install_litellm, repo, start_litellm, start_proposer, wait_until_live,
+    MASTER_KEY, UPSTREAM_KEY, install_litellm, repo, run_train_py, start_litellm, start_proposer,
+    wait_until_live,
 };
 
 /// A train.py shaped like autoresearch's: constants with comments, val_bpb printed last.
@@ -402,20 +403,6 @@ async fn tried_train_py_are_refused_and_re_asked() {
     let outcome = proposer.propose(&context(&tried), 10).await;
     assert_eq!(kinds(&outcome), [RefusalKind::AlreadyTried], "{outcome:?}");
     assert_ne!(outcome.proposal.unwrap().train_py, first.train_py);
-}
-
-/// Runs a train.py with python3 as a worker would, and reads `val_bpb: N` from its output.
-fn run_train_py(source: &str) -> Option<f64> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("train.py"), source).unwrap();
-    let out = Command::new("python3")
-        .arg("train.py")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with("val_bpb: "))?;
-    line["val_bpb: ".len()..].trim().parse().ok()
 }
 
 #[tokio::test]

@@ -103,3 +103,17 @@ pub fn wait_until_live(url: &str, dir: &Path) {
     let log = std::fs::read_to_string(dir.join("litellm.log")).unwrap_or_default();
     panic!("litellm did not start within 90 s:\n{log}");
 }
+
+/// Runs a train.py with python3 as a worker would, and reads `val_bpb: N` from its output.
+pub fn run_train_py(source: &str) -> Option<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.py"), source).unwrap();
+    let out = Command::new("python3")
+        .arg("train.py")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with("val_bpb: "))?;
+    line["val_bpb: ".len()..].trim().parse().ok()
+}
