@@ -263,26 +263,26 @@ async fn tampered(client: &WorkerClient) -> Vec<(&'static str, Voucher)> {
     vec![
         (
             "wrong key",
-            hand_made(&client, "exp-r", OTHER_KEY, |_| {}).await,
+            hand_made(client, "exp-r", OTHER_KEY, |_| {}).await,
         ),
         (
             "value",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| a.value += U256::from(1)).await,
+            hand_made(client, "exp-r", PAYER_KEY, |a| a.value += U256::from(1)).await,
         ),
         (
             "recipient",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| a.to = PAYER).await,
+            hand_made(client, "exp-r", PAYER_KEY, |a| a.to = PAYER).await,
         ),
         (
             "expired",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| {
+            hand_made(client, "exp-r", PAYER_KEY, |a| {
                 a.valid_before = unix_now() + 2
             })
             .await,
         ),
         (
             "not yet valid",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| {
+            hand_made(client, "exp-r", PAYER_KEY, |a| {
                 a.valid_after = unix_now() + 60
             })
             .await,
