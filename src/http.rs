@@ -91,9 +91,101 @@ pub fn rpc_answer(answer: &serde_json::Value) -> RpcAnswer {
         .map_or(RpcAnswer::Empty, RpcAnswer::Result)
 }
 
+/// Why a JSON-RPC call has no result.
+#[derive(Debug, PartialEq)]
+pub enum RpcFailure {
+    /// Not sent, not read, or not a JSON-RPC answer: what happened, and whether it timed out.
+    Transport { why: String, timeout: bool },
+    /// The provider's error object.
+    Provider { code: i64, message: String },
+}
+
+/// Posts one JSON-RPC call to `url` and reads the answer (at most `cap` bytes) whatever the HTTP
+/// status: providers such as eRPC send their error objects with a 4xx or 5xx. Each chain client
+/// puts its own method and URL around the failure.
+pub async fn rpc_call(
+    http: &reqwest::Client,
+    url: &url::Url,
+    id: u64,
+    method: &str,
+    params: serde_json::Value,
+    cap: usize,
+) -> Result<serde_json::Value, RpcFailure> {
+    let transport = |why: String, timeout: bool| RpcFailure::Transport { why, timeout };
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let resp = http
+        .post(url.clone())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| transport(e.to_string(), e.is_timeout()))?;
+    let status = resp.status();
+    let bytes = read_capped(resp, cap)
+        .await
+        .map_err(|e| transport(e.to_string(), false))?;
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+        let why = format!("HTTP {status}: not JSON-RPC: {}", snippet(&bytes, 200));
+        transport(why, false)
+    })?;
+    match rpc_answer(&answer) {
+        RpcAnswer::Result(result) => Ok(result),
+        RpcAnswer::Error { code, message } => Err(RpcFailure::Provider { code, message }),
+        RpcAnswer::Empty => Err(transport(format!("HTTP {status}: no result"), false)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_json_rpc_answer_is_read_whatever_the_http_status() {
+        use axum::http::StatusCode;
+        use axum::routing::post;
+        let answer =
+            |status: StatusCode, body: &'static str| post(move || async move { (status, body) });
+        let app = axum::Router::new()
+            .route("/ok", answer(StatusCode::OK, r#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#))
+            .route(
+                "/refused",
+                answer(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"range too large"}}"#,
+                ),
+            )
+            .route("/html", answer(StatusCode::BAD_GATEWAY, "<html>bad gateway</html>"))
+            .route("/empty", answer(StatusCode::OK, r#"{"jsonrpc":"2.0","id":1}"#));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        ensure_crypto_provider();
+        let http = reqwest::Client::new();
+        let call = |path: &str| {
+            let url = url::Url::parse(&format!("{base}{path}")).unwrap();
+            let http = http.clone();
+            async move { rpc_call(&http, &url, 1, "eth_chainId", serde_json::json!([]), 4096).await }
+        };
+        assert_eq!(call("/ok").await, Ok(serde_json::json!("0x1")));
+        assert_eq!(
+            call("/refused").await,
+            Err(RpcFailure::Provider {
+                code: -32005,
+                message: "range too large".into()
+            })
+        );
+        let Err(RpcFailure::Transport {
+            why,
+            timeout: false,
+        }) = call("/html").await
+        else {
+            panic!("an HTML page is not an answer")
+        };
+        assert!(why.contains("502") && why.contains("bad gateway"), "{why}");
+        let Err(RpcFailure::Transport { why, .. }) = call("/empty").await else {
+            panic!("an answer without result or error is not a result")
+        };
+        assert!(why.contains("no result"), "{why}");
+    }
 
     #[test]
     fn snippets_are_bounded() {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use autoresearch_coordinator::crd::{DiscoverySpec, OnChainMode};
-use autoresearch_coordinator::discovery::chain::{ChainConfig, ChainError, ChainIndex};
+use autoresearch_coordinator::discovery::chain::{ChainConfig, ChainIndex, RegistryError};
 use autoresearch_coordinator::discovery::scan::ScanSettings;
 use autoresearch_coordinator::discovery::{Discovery, DiscoverySettings, FoundIn};
 use discovery_support::{
@@ -237,7 +237,7 @@ async fn wrong_chain_is_named() {
     assert!(
         matches!(
             err,
-            ChainError::WrongChain {
+            RegistryError::WrongChain {
                 got: 84532,
                 want: 8453,
                 ..

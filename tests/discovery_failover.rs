@@ -48,56 +48,12 @@ async fn a_failed_worker_is_replaced_within_a_second_by_a_cached_candidate() {
     // The index lists b, at the real anonymous limits (one request every 6 s).
     let scan = ScanServer::start(&["--real-limits", "--fail-every", "0", "--workers", &listed]);
     let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_autoresearch-coordinator");
-
-    // An earlier `discover` (with a key, so it is quick) left its result in the cache.
-    let warm = Command::new(bin)
-        .args(["discover", "--limit", "100", "--on-chain", "never"])
-        .args(["--allow-private", "127.0.0.1/32"])
-        .env("SCAN_API_URL", scan.api_url())
-        .env("SCAN_API_KEY", "testbed-scan-key")
-        .env("DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    assert!(
-        warm.status.success(),
-        "{}",
-        String::from_utf8_lossy(&warm.stderr)
-    );
+    warm_the_cache(&scan, data.path());
     // ... and it is now older than the refresh interval: stale, but a candidate all the same.
     tokio::time::sleep(Duration::from_millis(10_500)).await;
     let before = scan.stats().await["api"].as_u64().unwrap();
 
-    let campaign = data.path().join("campaign.yaml");
-    std::fs::write(&campaign, CAMPAIGN).unwrap();
-    let started = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("loop")
-        .arg("--campaign")
-        .arg(&campaign)
-        .args(["--rounds", "2", "--max-price", "0.02", "--prefer", &a])
-        .args(["--allow-private", "127.0.0.1/32"])
-        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
-        .env(
-            "REMOTE_SIGNER_TOKEN",
-            tb.m["signer"]["token"].as_str().unwrap(),
-        )
-        .env("SCAN_API_URL", scan.api_url())
-        .env_remove("SCAN_API_KEY")
-        .env("DATA_DIR", data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Each line of the loop's progress with the time it was printed.
-    let mut lines: Vec<(Duration, String)> = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        lines.push((started.elapsed(), line));
-    }
-    let status = child.wait().unwrap();
+    let (status, lines) = timed_loop(&tb, &scan, data.path(), &a);
     let log: String = lines
         .iter()
         .map(|(t, l)| format!("{:>6}ms {l}\n", t.as_millis()))
@@ -139,4 +95,60 @@ async fn a_failed_worker_is_replaced_within_a_second_by_a_cached_candidate() {
         during < 3,
         "{during} index requests during the loop:\n{log}"
     );
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_autoresearch-coordinator");
+
+/// An earlier `discover` (with a key, so it is quick) leaves its result in the cache.
+fn warm_the_cache(scan: &ScanServer, data: &std::path::Path) {
+    let warm = Command::new(BIN)
+        .args(["discover", "--limit", "100", "--on-chain", "never"])
+        .args(["--allow-private", "127.0.0.1/32"])
+        .env("SCAN_API_URL", scan.api_url())
+        .env("SCAN_API_KEY", "testbed-scan-key")
+        .env("DATA_DIR", data)
+        .output()
+        .unwrap();
+    assert!(
+        warm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warm.stderr)
+    );
+}
+
+/// Runs `loop` on the campaign, preferring `prefer`, anonymous at the index; each line of its
+/// progress with the time it was printed.
+fn timed_loop(
+    tb: &Testbed,
+    scan: &ScanServer,
+    data: &std::path::Path,
+    prefer: &str,
+) -> (std::process::ExitStatus, Vec<(Duration, String)>) {
+    let campaign = data.join("campaign.yaml");
+    std::fs::write(&campaign, CAMPAIGN).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("loop")
+        .arg("--campaign")
+        .arg(&campaign)
+        .args(["--rounds", "2", "--max-price", "0.02", "--prefer", prefer])
+        .args(["--allow-private", "127.0.0.1/32"])
+        .args(["--signer-url", tb.m["signer"]["url"].as_str().unwrap()])
+        .env(
+            "REMOTE_SIGNER_TOKEN",
+            tb.m["signer"]["token"].as_str().unwrap(),
+        )
+        .env("SCAN_API_URL", scan.api_url())
+        .env_remove("SCAN_API_KEY")
+        .env("DATA_DIR", data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .map(|line| (started.elapsed(), line))
+        .collect();
+    (child.wait().unwrap(), lines)
 }

@@ -71,8 +71,24 @@ async fn index_finds_every_variant_and_no_decoy() {
     let expected: BTreeSet<String> = REAL.iter().map(|s| s.to_string()).collect();
     assert_eq!(names(&set), expected, "workers: {:#?}", set.workers);
 
+    assert_documents_read(&set, &server.origin());
+    assert_decoys_kept_out(&set);
+
+    let stats = server.stats().await;
+    assert!(stats["served500"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["list"].as_u64().unwrap() > 3, "paged: {stats}");
+    assert!(
+        stats["userAgents"].as_array().unwrap().iter().any(|ua| ua
+            .as_str()
+            .unwrap()
+            .starts_with("autoresearch-coordinator/")),
+        "{stats}"
+    );
+}
+
+/// The fields of each document variant, as the index and the documents give them.
+fn assert_documents_read(set: &WorkerSet, origin: &str) {
     let by_name = |n: &str| set.workers.iter().find(|w| w.name == n).unwrap();
-    let origin = server.origin();
     let alpha = by_name("Alpha");
     assert_eq!((alpha.agent_id, alpha.chain_id), (Some(1), Some(84532)));
     assert_eq!(alpha.best_val_bpb, Some(0.9712));
@@ -87,8 +103,10 @@ async fn index_finds_every_variant_and_no_decoy() {
     assert_eq!(by_name("Gamma").best_val_bpb, Some(0.9801));
     assert_eq!(by_name("Epsilon").best_val_bpb, None);
     assert!(by_name("Eta").x402, "x402_supported from the detail record");
+}
 
-    // Decoys: refused by the policy, or not workers.
+/// Decoys: refused by the policy, or not workers.
+fn assert_decoys_kept_out(set: &WorkerSet) {
     assert!(
         agents(&set.refused).is_superset(
             &["84532:22", "84532:23", "84532:24", "84532:25", "84532:27"]
@@ -108,17 +126,6 @@ async fn index_finds_every_variant_and_no_decoy() {
         ),
         "skipped: {:#?}",
         set.skipped
-    );
-
-    let stats = server.stats().await;
-    assert!(stats["served500"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["list"].as_u64().unwrap() > 3, "paged: {stats}");
-    assert!(
-        stats["userAgents"].as_array().unwrap().iter().any(|ua| ua
-            .as_str()
-            .unwrap()
-            .starts_with("autoresearch-coordinator/")),
-        "{stats}"
     );
 }
 
@@ -222,32 +229,45 @@ fn cli(server: &ScanServer, args: &[&str], data_dir: &std::path::Path) -> std::p
         .expect("run the CLI")
 }
 
-#[tokio::test]
-async fn cli_discover_and_leaderboard() {
-    let server = ScanServer::start(&["--fail-every", "5"]);
-    let dir = tempfile::tempdir().unwrap();
-
+/// `command --json` on loopback workers, which must succeed.
+fn cli_json(server: &ScanServer, command: &str, data_dir: &std::path::Path) -> serde_json::Value {
+    let args = [command, "--on-chain", "never", "--json"];
     let out = cli(
-        &server,
-        &[
-            "discover",
-            "--on-chain",
-            "never",
-            "--json",
-            "--allow-private",
-            "127.0.0.1/32",
-        ],
-        dir.path(),
+        server,
+        &[&args[..], &["--allow-private", "127.0.0.1/32"]].concat(),
+        data_dir,
     );
     assert!(
         out.status.success(),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn cli_discover_and_leaderboard() {
+    let server = ScanServer::start(&["--fail-every", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    discover_lists_refuses_and_tabulates(&server, dir.path());
+    write_local_results(dir.path());
+    leaderboard_ranks_by_published_bpb(&server, dir.path());
+
+    let out = cli(
+        &server,
+        &["discover", "--allow-private", "10.0.0.0/33"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --allow-private"));
+}
+
+/// `discover`: every real worker as JSON; without the allowlist an error that names it; a table.
+fn discover_lists_refuses_and_tabulates(server: &ScanServer, dir: &std::path::Path) {
+    let json = cli_json(server, "discover", dir);
     assert_eq!(json["workers"].as_array().unwrap().len(), REAL.len());
 
-    let out = cli(&server, &["discover", "--on-chain", "never"], dir.path());
+    let out = cli(server, &["discover", "--on-chain", "never"], dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -256,7 +276,7 @@ async fn cli_discover_and_leaderboard() {
     );
 
     let table = cli(
-        &server,
+        server,
         &[
             "discover",
             "--on-chain",
@@ -266,15 +286,18 @@ async fn cli_discover_and_leaderboard() {
             "--allow-private",
             "127.0.0.1/32",
         ],
-        dir.path(),
+        dir,
     );
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.starts_with("AGENT") && text.contains("BEST VAL_BPB") && text.contains("8004scan"),
         "{text}"
     );
+}
 
-    let results = dir.path().join("autoresearch/results.jsonl");
+/// Three local results: exp-b (0.982) is the best, exp-c failed.
+fn write_local_results(dir: &std::path::Path) {
+    let results = dir.join("autoresearch/results.jsonl");
     std::fs::create_dir_all(results.parent().unwrap()).unwrap();
     std::fs::write(
         &results,
@@ -285,24 +308,11 @@ async fn cli_discover_and_leaderboard() {
         ),
     )
     .unwrap();
-    let out = cli(
-        &server,
-        &[
-            "leaderboard",
-            "--on-chain",
-            "never",
-            "--json",
-            "--allow-private",
-            "127.0.0.1/32",
-        ],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+}
+
+/// `leaderboard`: ranked by the val_bpb each worker publishes, with the best local result.
+fn leaderboard_ranks_by_published_bpb(server: &ScanServer, dir: &std::path::Path) {
+    let json = cli_json(server, "leaderboard", dir);
     let ranked: Vec<&str> = json["workers"]
         .as_array()
         .unwrap()
@@ -314,7 +324,7 @@ async fn cli_discover_and_leaderboard() {
     assert_eq!(json["local_best"]["experiment_id"], "exp-b");
 
     let out = cli(
-        &server,
+        server,
         &[
             "leaderboard",
             "--on-chain",
@@ -324,7 +334,7 @@ async fn cli_discover_and_leaderboard() {
             "--allow-private",
             "127.0.0.1/32",
         ],
-        dir.path(),
+        dir,
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -338,14 +348,6 @@ async fn cli_discover_and_leaderboard() {
         rows[0].contains("Beta") && rows[1].contains("Alpha"),
         "{text}"
     );
-
-    let out = cli(
-        &server,
-        &["discover", "--allow-private", "10.0.0.0/33"],
-        dir.path(),
-    );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --allow-private"));
 }
 
 #[tokio::test]

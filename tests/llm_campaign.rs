@@ -3,30 +3,25 @@
 //! deterministic proposer. Its first reply of each proposal does not apply (`noapply`), so every
 //! proposal is refused once before it is usable: nothing refused may ever be paid.
 
+mod llm_support;
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use alloy::primitives::U256;
+use llm_support::{
+    MASTER_KEY, UPSTREAM_KEY, install_litellm, repo, run_train_py, start_litellm, start_proposer,
+    wait_until_live,
+};
 use serde_json::{Value, json};
 use support::testbed::Testbed;
-
-const MASTER_KEY: &str = "sk-test-master";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// LiteLLM relaying every model name to the proposer; killed on drop.
 struct Llm {
     url: String,
     children: Vec<Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Llm {
@@ -43,92 +38,51 @@ impl Drop for Llm {
 }
 
 fn start_llm() -> Llm {
-    let installed = Command::new("bash")
-        .arg(repo().join("scripts/install-llm.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        installed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    let litellm = String::from_utf8(installed.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let litellm = install_litellm();
     let dir = tempfile::tempdir().unwrap();
-    let mut proposer = Command::new("python3")
-        .arg(repo().join("testbed/llm/proposer.py"))
-        .args(["--port", "0", "--key", "upstream-key", "--log"])
-        .arg(dir.path().join("requests.jsonl"))
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(proposer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let upstream = format!(
-        "http://127.0.0.1:{}/v1",
-        line.trim().rsplit(' ').next().unwrap()
-    );
+    let (proposer, upstream) = start_proposer(&dir.path().join("requests.jsonl"));
     let config = dir.path().join("litellm.yaml");
     std::fs::write(
         &config,
         format!(
-            "model_list:\n  - model_name: \"*\"\n    litellm_params: {{model: \"openai/*\", api_base: \"{upstream}\", api_key: \"upstream-key\", max_retries: 0}}\nlitellm_settings:\n  num_retries: 0\n  drop_params: true\ngeneral_settings:\n  master_key: {MASTER_KEY}\n"
+            "model_list:\n  - model_name: \"*\"\n    litellm_params: {{model: \"openai/*\", api_base: \"{upstream}\", api_key: \"{UPSTREAM_KEY}\", max_retries: 0}}\nlitellm_settings:\n  num_retries: 0\n  drop_params: true\ngeneral_settings:\n  master_key: {MASTER_KEY}\n"
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Command::new(litellm)
-        .arg("--config")
-        .arg(&config)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Command::new("python3")
-        .args(["-c", &format!("import urllib.request; urllib.request.urlopen('{url}/health/liveliness', timeout=2)")])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "litellm did not start");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Llm {
+    let (server, url) = start_litellm(&litellm, &config, dir.path());
+    // Owned before the wait: a LiteLLM that does not start is still ended on drop.
+    let llm = Llm {
         url: format!("{url}/v1"),
         children: vec![proposer, server],
-        _dir: dir,
-    }
+        dir,
+    };
+    wait_until_live(&url, llm.dir.path());
+    llm
 }
 
-fn run_python(source: &str) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("train.py"), source).unwrap();
-    let out = Command::new("python3")
-        .arg("train.py")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("val_bpb: "))
-        .unwrap();
-    line["val_bpb: ".len()..].trim().parse().unwrap()
+/// The first runs are the unmodified train.py (objective.baselineRuns, 2 by default: with one
+/// worker both on it); every later one is a different, new train.py.
+fn assert_baseline_then_new_code(lines: &[Value], tiny: &str, start: f64) {
+    let n = lines.len();
+    let base = autoresearch_coordinator::experiment::train_hash(tiny);
+    let baseline = &lines[..2];
+    for line in baseline {
+        assert_eq!(line["train_hash"], base.as_str());
+        assert_eq!(line["role"], "baseline");
+        assert_eq!(line["description"], "baseline");
+        // The worker measured what the code really gives: the baseline matches a local run.
+        assert!((line["val_bpb"].as_f64().unwrap() - start).abs() < 1e-9);
+    }
+    let hashes: HashSet<&str> = lines[2..]
+        .iter()
+        .map(|l| l["train_hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(hashes.len(), n - 2, "no proposed train.py ran twice");
+    assert!(!hashes.contains(base.as_str()));
+    for line in &lines[2..] {
+        assert!(line["parent_train_hash"].as_str().is_some(), "{line}");
+        assert!(["keep", "discard", "crash"].contains(&line["decision"].as_str().unwrap()));
+    }
 }
 
 #[tokio::test]
@@ -138,7 +92,7 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     let payee = tb.pay_to("a");
     let before = tb.balance(payee).await;
     let tiny = std::fs::read_to_string(repo().join("examples/train_tiny.py")).unwrap();
-    let start = run_python(&tiny);
+    let start = run_train_py(&tiny).unwrap();
     let data = tempfile::tempdir().unwrap();
     let campaign = json!({
         "apiVersion": "autoresearch.obol.org/v1alpha1",
@@ -173,27 +127,7 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     // deterministic proposer repeats itself, and a repeat is refused, not paid.
     let n = lines.len();
     assert!((4..=7).contains(&n), "{stderr}");
-    // The first runs are the unmodified train.py (objective.baselineRuns, 2 by default: with one
-    // worker both on it); every later one is a different, new train.py.
-    let base = autoresearch_coordinator::experiment::train_hash(&tiny);
-    let baseline = &lines[..2];
-    for line in baseline {
-        assert_eq!(line["train_hash"], base.as_str());
-        assert_eq!(line["role"], "baseline");
-        assert_eq!(line["description"], "baseline");
-        // The worker measured what the code really gives: the baseline matches a local run.
-        assert!((line["val_bpb"].as_f64().unwrap() - start).abs() < 1e-9);
-    }
-    let hashes: HashSet<&str> = lines[2..]
-        .iter()
-        .map(|l| l["train_hash"].as_str().unwrap())
-        .collect();
-    assert_eq!(hashes.len(), n - 2, "no proposed train.py ran twice");
-    assert!(!hashes.contains(base.as_str()));
-    for line in &lines[2..] {
-        assert!(line["parent_train_hash"].as_str().is_some(), "{line}");
-        assert!(["keep", "discard", "crash"].contains(&line["decision"].as_str().unwrap()));
-    }
+    assert_baseline_then_new_code(&lines, &tiny, start);
     // Every reply was refused once (its edit did not apply) and none of those was paid: the
     // chain moved exactly one price per recorded experiment.
     let refused = stderr.matches("ProposalRefused").count();
@@ -213,5 +147,5 @@ async fn an_llm_campaign_improves_train_tiny_and_pays_only_for_usable_proposals(
     // The best kept train.py is where the CLI says it is.
     let kept =
         std::fs::read_to_string(data.path().join("autoresearch/local/best_train.py")).unwrap();
-    assert!((run_python(&kept) - best).abs() < 1e-9);
+    assert!((run_train_py(&kept).unwrap() - best).abs() < 1e-9);
 }

@@ -10,9 +10,9 @@
 //!   error handler needs the `prisma` module); the "no Authorization header" case is checked on
 //!   the proposer's request log instead.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+mod llm_support;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,9 +24,10 @@ use autoresearch_coordinator::strategy::llm::{
     program_or_default,
 };
 use autoresearch_coordinator::strategy::train_script::{Template, parses};
-
-const MASTER_KEY: &str = "sk-test-master";
-const UPSTREAM_KEY: &str = "upstream-key";
+use llm_support::{
+    MASTER_KEY, UPSTREAM_KEY, install_litellm, repo, run_train_py, start_litellm, start_proposer,
+    wait_until_live,
+};
 
 /// A train.py shaped like autoresearch's: constants with comments, val_bpb printed last.
 const TRAIN: &str = "\
@@ -53,62 +54,20 @@ struct Fixture {
     _servers: Vec<Child>,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(start)
 }
 
 fn start() -> Fixture {
-    let installed = Command::new("bash")
-        .arg(repo().join("scripts/install-llm.sh"))
-        .output()
-        .expect("run scripts/install-llm.sh");
-    assert!(
-        installed.status.success(),
-        "install-llm.sh: {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    let litellm = String::from_utf8(installed.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let litellm = install_litellm();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.jsonl");
-
-    let mut proposer = Command::new("python3")
-        .arg(repo().join("testbed/llm/proposer.py"))
-        .args(["--port", "0", "--key", UPSTREAM_KEY, "--log"])
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("start the proposer");
-    let mut line = String::new();
-    BufReader::new(proposer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let proposer_port: u16 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
-    let proposer_url = format!("http://127.0.0.1:{proposer_port}/v1");
-
+    let (proposer, proposer_url) = start_proposer(&log);
     let config = dir.path().join("litellm.yaml");
     std::fs::write(&config, litellm_config(&proposer_url)).unwrap();
-    let port = free_port();
-    let server = Command::new(&litellm)
-        .arg("--config")
-        .arg(&config)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("litellm.log")).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("start litellm");
+    let (server, url) = start_litellm(&litellm, &config, dir.path());
     let watchdog = watchdog(&[&proposer, &server]);
-    let url = format!("http://127.0.0.1:{port}");
     wait_until_live(&url, dir.path());
     Fixture {
         litellm: format!("{url}/v1"),
@@ -140,14 +99,6 @@ general_settings:
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Statics are never dropped, so a shell waits for this test binary to exit and then ends the
 /// servers' process groups.
 fn watchdog(children: &[&Child]) -> Child {
@@ -164,27 +115,6 @@ fn watchdog(children: &[&Child]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the watchdog")
-}
-
-fn wait_until_live(url: &str, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        let live = Command::new("curl")
-            .args([
-                "-sf",
-                "-o",
-                "/dev/null",
-                &format!("{url}/health/liveliness"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        if live {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let log = std::fs::read_to_string(dir.join("litellm.log")).unwrap_or_default();
-    panic!("litellm did not start within 90 s:\n{log}");
 }
 
 fn spec(endpoint: &str, model: &str) -> LlmSpec {
@@ -473,20 +403,6 @@ async fn tried_train_py_are_refused_and_re_asked() {
     let outcome = proposer.propose(&context(&tried), 10).await;
     assert_eq!(kinds(&outcome), [RefusalKind::AlreadyTried], "{outcome:?}");
     assert_ne!(outcome.proposal.unwrap().train_py, first.train_py);
-}
-
-/// Runs a train.py with python3 as a worker would, and reads `val_bpb: N` from its output.
-fn run_train_py(source: &str) -> Option<f64> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("train.py"), source).unwrap();
-    let out = Command::new("python3")
-        .arg("train.py")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with("val_bpb: "))?;
-    line["val_bpb: ".len()..].trim().parse().ok()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use autoresearch_coordinator::crd::ExperimentCampaign;
 use autoresearch_coordinator::report::page;
-use autoresearch_coordinator::report::{History, Row};
+use autoresearch_coordinator::report::{ResultHistory, Row};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::controller::{Controller, campaign, signer_secret, wait_done};
@@ -83,7 +83,7 @@ fn the_console_check_sees_errors() {
     );
 }
 
-fn hostile_campaign() -> (ExperimentCampaign, History) {
+fn hostile_campaign() -> (ExperimentCampaign, ResultHistory) {
     let mut c: ExperimentCampaign = serde_json::from_value(json!({
         "apiVersion": "autoresearch.obol.org/v1alpha1", "kind": "ExperimentCampaign",
         "metadata": {"name": "evil", "namespace": "ns"},
@@ -108,7 +108,7 @@ fn hostile_campaign() -> (ExperimentCampaign, History) {
     .into_iter()
     .map(|v| serde_json::from_value(v).unwrap())
     .collect();
-    (c, History::new(Some("ns/evil".into()), rows, 0.002))
+    (c, ResultHistory::new(Some("ns/evil".into()), rows, 0.002))
 }
 
 #[test]
@@ -151,17 +151,7 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
     ]}));
     signer_secret(&client, &ns, &tb).await;
     let data = tempfile::tempdir().unwrap();
-    // A row a hostile model could have described: it is this campaign's history too.
-    let seeded = json!({"experiment_id": "exp-seeded", "train_hash": "sha256:00", "val_bpb": 9.0,
-        "worker_endpoint": "http://127.0.0.1:9/services/x", "timestamp": "2026-01-01T00:00:00Z",
-        "payment_tx": null, "status": "discard", "run_status": "completed", "description": SCRIPT,
-        "campaign_namespace": ns, "campaign_name": "page"});
-    std::fs::create_dir_all(data.path().join("autoresearch")).unwrap();
-    std::fs::write(
-        data.path().join("autoresearch/results.jsonl"),
-        format!("{seeded}\n"),
-    )
-    .unwrap();
+    seed_a_hostile_row(data.path(), &ns);
     let controller = Controller::start(&ns, data.path(), "ctl-page");
     let api: Api<ExperimentCampaign> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"maxExperiments": 6, "parallelism": 2, "maxFailedExperiments": 6});
@@ -171,7 +161,28 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
     let status = wait_done(&api, "page", 120, &[&controller]).await;
     assert!(status.succeeded >= 1, "{status:?}");
 
-    let base = format!("http://{}", controller.metrics);
+    let tsv = pages_are_served(&controller, &ns, data.path()).await;
+    the_report_command_agrees(&ns, data.path(), &status, &tsv);
+    chromium_renders(&controller, &ns, data.path(), &status);
+}
+
+/// A row a hostile model could have described: it is this campaign's history too.
+fn seed_a_hostile_row(data: &Path, ns: &str) {
+    let seeded = json!({"experiment_id": "exp-seeded", "train_hash": "sha256:00", "val_bpb": 9.0,
+        "worker_endpoint": "http://127.0.0.1:9/services/x", "timestamp": "2026-01-01T00:00:00Z",
+        "payment_tx": null, "status": "discard", "run_status": "completed", "description": SCRIPT,
+        "campaign_namespace": ns, "campaign_name": "page"});
+    std::fs::create_dir_all(data.join("autoresearch")).unwrap();
+    std::fs::write(
+        data.join("autoresearch/results.jsonl"),
+        format!("{seeded}\n"),
+    )
+    .unwrap();
+}
+
+/// The index links the campaign, its page escapes the seeded row, results.tsv has a line per
+/// recorded run (the failed one a crash), an unknown campaign is 404. Returns results.tsv.
+async fn pages_are_served(controller: &Controller, ns: &str, data: &Path) -> String {
     let (code, index) = controller.http_get("/campaigns").await.unwrap();
     assert_eq!(code, 200, "{index}");
     assert!(
@@ -194,7 +205,7 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
         .unwrap();
     assert_eq!(code, 200);
     assert!(tsv.starts_with("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"));
-    let recorded = support::controller::results(data.path()).len();
+    let recorded = support::controller::results(data).len();
     assert_eq!(
         tsv.lines().count(),
         1 + recorded,
@@ -209,13 +220,21 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
         .await
         .unwrap();
     assert_eq!(code, 404);
+    tsv
+}
 
-    // `report` on the live campaign: its rows only, its noise floor, the files written.
-    let out_dir = data.path().join("report");
+/// `report` on the live campaign: its rows only, its noise floor, the files written.
+fn the_report_command_agrees(
+    ns: &str,
+    data: &Path,
+    status: &autoresearch_coordinator::crd::ExperimentCampaignStatus,
+    tsv: &str,
+) {
+    let out_dir = data.join("report");
     let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
-        .args(["report", "--json", "--namespace", &ns, "--name", "page"])
+        .args(["report", "--json", "--namespace", ns, "--name", "page"])
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .arg("--out")
         .arg(&out_dir)
         .env("KUBECONFIG", support::kubeconfig())
@@ -228,7 +247,10 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["campaign"], format!("{ns}/page"));
-    assert_eq!(summary["experiments"], recorded);
+    assert_eq!(
+        summary["experiments"],
+        support::controller::results(data).len()
+    );
     assert_eq!(summary["spent_usdc"], status.spent.clone().unwrap());
     // The last kept result is within the noise floor of the lowest (status.best): a lower one
     // that was not kept did not beat it by more than the floor.
@@ -248,11 +270,22 @@ async fn a_real_controller_serves_the_page_and_chromium_renders_chart_and_leader
         std::fs::read_to_string(out_dir.join("results.tsv")).unwrap(),
         tsv
     );
+}
 
+/// Chromium renders the chart (titled with the count of recorded runs) and the leaderboard
+/// (a row per status entry), runs no script and logs nothing; screenshots for a human.
+fn chromium_renders(
+    controller: &Controller,
+    ns: &str,
+    data: &Path,
+    status: &autoresearch_coordinator::crd::ExperimentCampaignStatus,
+) {
+    let base = format!("http://{}", controller.metrics);
     let url = format!("{base}/campaigns/{ns}/page");
     let (dom, console) = dump_dom(&url);
     assert!(console.is_empty(), "console: {console:?}");
     let chart = &dom[dom.find("<div id=\"chart\">").expect("chart div")..];
+    let recorded = support::controller::results(data).len();
     let title = format!("{ns}/page: {recorded} experiments");
     assert!(
         chart.contains("<svg") && chart.contains(&title),

@@ -69,60 +69,12 @@ async fn each_gate_kind_is_paid_exactly_once() {
         ],
         "extraSigners": [{"name": "v01", "token": "t0k", "mode": "vZeroOne"}],
     }));
-    let signer = tb.signer("default");
     for (i, (name, amount)) in [("v2", 10_000u64), ("v1", 20_000), ("obol", 30_000)]
         .into_iter()
         .enumerate()
     {
-        let worker = tb.client(name);
         let req = request(json!({"lr": 0.004, "depth": 8 + i}));
-        let before = tb.balances(name).await;
-
-        let prepared = payment::prepare(&worker, &signer, &policy(), &terms(&req))
-            .await
-            .unwrap();
-        let voucher = prepared.voucher().unwrap().clone();
-        assert_eq!(voucher.amount, Usdc::from_atomic(amount.into()));
-        // What the controller persists and would re-send after a crash.
-        let stored: payment::Voucher =
-            serde_json::from_str(&serde_json::to_string(&voucher).unwrap()).unwrap();
-
-        let outcome = worker.run(Some(&stored), &req).await.unwrap();
-        assert_eq!(outcome.result.status, "completed", "{name}");
-        assert_eq!(outcome.result.experiment_id, req.experiment_id);
-        assert_eq!(
-            outcome.result.val_bpb,
-            Some(landscape::val_bpb(&req.config)),
-            "{name}: what train.py measured"
-        );
-        let tx = outcome
-            .transaction()
-            .unwrap_or_else(|| panic!("{name}: no tx hash"));
-        assert_eq!(tx.len(), 66);
-
-        let after = tb.balances(name).await;
-        assert_eq!(
-            before.0 - after.0,
-            price(amount),
-            "{name}: payer paid the price"
-        );
-        assert_eq!(
-            after.1 - before.1,
-            price(amount),
-            "{name}: payee got the price"
-        );
-
-        // Re-sending the same voucher never pays twice.
-        let replay = worker.run(Some(&stored), &req).await;
-        assert!(
-            matches!(replay, Err(WorkerError::PaymentRejected { .. })),
-            "{name}: replay: {replay:?}"
-        );
-        assert_eq!(tb.balances(name).await, after, "{name}: replay moved money");
-
-        // The lost-answer path finds the stored result.
-        let recovered = worker.recover(&req).await.unwrap().unwrap();
-        assert_eq!(recovered.val_bpb, outcome.result.val_bpb);
+        pay_once_then_replay(&tb, name, amount, &req).await;
     }
 
     // A signer answering v = 0/1 still yields a voucher the chain accepts.
@@ -141,6 +93,59 @@ async fn each_gate_kind_is_paid_exactly_once() {
     let after = tb.balances("v2").await;
     assert_eq!(before.0 - after.0, price(10_000));
     assert_eq!(after.1 - before.1, price(10_000));
+}
+
+/// Pays worker `name` for `req` with a voucher as the controller stores it: the result is what
+/// train.py measured and `amount` moves once; the same voucher again moves nothing, and the
+/// stored result can be recovered.
+async fn pay_once_then_replay(tb: &Testbed, name: &str, amount: u64, req: &ExperimentRequest) {
+    let worker = tb.client(name);
+    let before = tb.balances(name).await;
+    let prepared = payment::prepare(&worker, &tb.signer("default"), &policy(), &terms(req))
+        .await
+        .unwrap();
+    let voucher = prepared.voucher().unwrap().clone();
+    assert_eq!(voucher.amount, Usdc::from_atomic(amount.into()));
+    // What the controller persists and would re-send after a crash.
+    let stored: payment::Voucher =
+        serde_json::from_str(&serde_json::to_string(&voucher).unwrap()).unwrap();
+
+    let outcome = worker.run(Some(&stored), req).await.unwrap();
+    assert_eq!(outcome.result.status, "completed", "{name}");
+    assert_eq!(outcome.result.experiment_id, req.experiment_id);
+    assert_eq!(
+        outcome.result.val_bpb,
+        Some(landscape::val_bpb(&req.config)),
+        "{name}: what train.py measured"
+    );
+    let tx = outcome
+        .transaction()
+        .unwrap_or_else(|| panic!("{name}: no tx hash"));
+    assert_eq!(tx.len(), 66);
+
+    let after = tb.balances(name).await;
+    assert_eq!(
+        before.0 - after.0,
+        price(amount),
+        "{name}: payer paid the price"
+    );
+    assert_eq!(
+        after.1 - before.1,
+        price(amount),
+        "{name}: payee got the price"
+    );
+
+    // Re-sending the same voucher never pays twice.
+    let replay = worker.run(Some(&stored), req).await;
+    assert!(
+        matches!(replay, Err(WorkerError::PaymentRejected { .. })),
+        "{name}: replay: {replay:?}"
+    );
+    assert_eq!(tb.balances(name).await, after, "{name}: replay moved money");
+
+    // The lost-answer path finds the stored result.
+    let recovered = worker.recover(req).await.unwrap().unwrap();
+    assert_eq!(recovered.val_bpb, outcome.result.val_bpb);
 }
 
 /// Refusals before signing, signer failures and worker failures: nothing moves on chain.
@@ -162,21 +167,40 @@ async fn refusals_and_failures_move_no_money() {
     let settlements_before = tb.facilitator_transactions().await;
     let payer_before = tb.balance(tb.payer()).await;
 
-    // Price above the cap: refused, and the signer is never even contacted.
+    refused_without_asking_the_signer(&tb).await;
+    signer_failures_are_named(&tb).await;
+    worker_failures_settle_nothing(&tb).await;
+
+    assert_eq!(
+        tb.balance(tb.payer()).await,
+        payer_before,
+        "the payer paid nothing"
+    );
+    for name in ["dear", "ok", "busy", "broken", "broken-v2"] {
+        assert_eq!(tb.balance(tb.pay_to(name)).await, U256::ZERO, "{name}");
+    }
+    assert_eq!(
+        tb.facilitator_transactions().await,
+        settlements_before,
+        "the facilitator sent no transaction"
+    );
+}
+
+/// How paying worker `name` with `signer` fails, for a request named by `case`.
+async fn failure(tb: &Testbed, name: &str, signer: &RemoteSigner, case: &str) -> PaymentError {
+    let req = request(json!({ "case": case }));
+    payment::pay_and_run(&tb.client(name), signer, &policy(), &req, &terms(&req))
+        .await
+        .unwrap_err()
+}
+
+/// A price above the cap and a network not allowed: refused, the signer never contacted.
+async fn refused_without_asking_the_signer(tb: &Testbed) {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     silent.set_nonblocking(true).unwrap();
     let never_asked =
         RemoteSigner::new(&format!("http://{}", silent.local_addr().unwrap()), None).unwrap();
-    let req = request(json!({"case": "dear"}));
-    let err = payment::pay_and_run(
-        &tb.client("dear"),
-        &never_asked,
-        &policy(),
-        &req,
-        &terms(&req),
-    )
-    .await
-    .unwrap_err();
+    let err = failure(tb, "dear", &never_asked, "dear").await;
     let PaymentError::Refused(refusal) = &err else {
         panic!("{err}")
     };
@@ -187,11 +211,11 @@ async fn refusals_and_failures_move_no_money() {
         "the signer was contacted for a refused price"
     );
 
-    // Network not allowed.
     let base_only = Policy {
         networks: vec![Network::Base],
         ..policy()
     };
+    let req = request(json!({"case": "dear"}));
     let err = payment::prepare(&tb.client("ok"), &never_asked, &base_only, &terms(&req))
         .await
         .unwrap_err();
@@ -200,33 +224,20 @@ async fn refusals_and_failures_move_no_money() {
         "{err}"
     );
     assert!(silent.accept().is_err());
+}
 
-    // Signer signs with another key: refused before sending.
-    let req = request(json!({"case": "wrong"}));
-    let err = payment::pay_and_run(
-        &tb.client("ok"),
-        &tb.signer("wrong"),
-        &policy(),
-        &req,
-        &terms(&req),
-    )
-    .await
-    .unwrap_err();
+/// A signer with another key, one that refuses the token, and an unknown address: each error
+/// says what to fix.
+async fn signer_failures_are_named(tb: &Testbed) {
+    // Signs with another key: refused before sending.
+    let err = failure(tb, "ok", &tb.signer("wrong"), "wrong").await;
     assert!(
         matches!(err, PaymentError::Signer(SignerError::WrongSigner { .. })),
         "{err}"
     );
 
-    // Signer answers 401: the message names REMOTE_SIGNER_TOKEN.
-    let err = payment::pay_and_run(
-        &tb.client("ok"),
-        &tb.signer("unauth"),
-        &policy(),
-        &req,
-        &terms(&req),
-    )
-    .await
-    .unwrap_err();
+    // Answers 401: the message names REMOTE_SIGNER_TOKEN.
+    let err = failure(tb, "ok", &tb.signer("unauth"), "wrong").await;
     assert!(
         matches!(
             err,
@@ -235,6 +246,7 @@ async fn refusals_and_failures_move_no_money() {
         "{err}"
     );
     assert!(err.to_string().contains("REMOTE_SIGNER_TOKEN"), "{err}");
+    let req = request(json!({"case": "wrong"}));
     let url = tb.m["signer"]["url"].as_str().unwrap();
     for token in [None, Some("wrong-token".to_string())] {
         let bad = RemoteSigner::new(url, token).unwrap();
@@ -258,14 +270,13 @@ async fn refusals_and_failures_move_no_money() {
         "{err}"
     );
     assert!(err.to_string().contains(&stranger.to_string()), "{err}");
+}
 
-    // Worker busy (409) and worker error (500) behind each kind of gate: nothing settles.
+/// Worker busy (409) and worker error (500) behind each kind of gate: nothing settles.
+async fn worker_failures_settle_nothing(tb: &Testbed) {
     let signer = tb.signer("default");
     for name in ["busy", "broken", "broken-v2"] {
-        let req = request(json!({"case": name}));
-        let err = payment::pay_and_run(&tb.client(name), &signer, &policy(), &req, &terms(&req))
-            .await
-            .unwrap_err();
+        let err = failure(tb, name, &signer, name).await;
         match name {
             "busy" => assert!(
                 matches!(err, PaymentError::Worker(WorkerError::Busy)),
@@ -281,20 +292,6 @@ async fn refusals_and_failures_move_no_money() {
         }
         assert_eq!(tb.balance(tb.pay_to(name)).await, U256::ZERO, "{name}");
     }
-
-    assert_eq!(
-        tb.balance(tb.payer()).await,
-        payer_before,
-        "the payer paid nothing"
-    );
-    for name in ["dear", "ok", "busy", "broken", "broken-v2"] {
-        assert_eq!(tb.balance(tb.pay_to(name)).await, U256::ZERO, "{name}");
-    }
-    assert_eq!(
-        tb.facilitator_transactions().await,
-        settlements_before,
-        "the facilitator sent no transaction"
-    );
 }
 
 /// Answers that are lost, late, wrong or asynchronous.
@@ -311,41 +308,8 @@ async fn lost_wrong_and_async_answers() {
         ],
     }));
     let signer = tb.signer("default");
-
-    // Answer lost after settlement: the stored result is recovered; paid once.
-    let req = request(json!({"case": "lost"}));
-    let prepared = payment::prepare(&tb.client("lost"), &signer, &policy(), &terms(&req))
-        .await
-        .unwrap();
-    let err = tb
-        .client("lost")
-        .run(prepared.voucher(), &req)
-        .await
-        .unwrap_err();
-    // A connection cut after the request was sent is not "unreachable": money may have moved.
-    assert!(
-        matches!(
-            err,
-            WorkerError::Interrupted { .. } | WorkerError::Timeout { .. }
-        ),
-        "{err}"
-    );
-    let recovered = tb.client("lost").recover(&req).await.unwrap().unwrap();
-    assert_eq!(recovered.experiment_id, req.experiment_id);
-    assert_eq!(tb.balance(tb.pay_to("lost")).await, price(10_000));
-
-    // Lies are invalid answers, never results (the gate did settle: money moved once).
-    for name in ["nan", "negative", "wrong-id"] {
-        let req = request(json!({"case": name}));
-        let err = payment::pay_and_run(&tb.client(name), &signer, &policy(), &req, &terms(&req))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, PaymentError::Worker(WorkerError::InvalidAnswer(_))),
-            "{name}: {err}"
-        );
-        assert_eq!(tb.balance(tb.pay_to(name)).await, price(10_000), "{name}");
-    }
+    a_lost_answer_is_recovered(&tb, &signer).await;
+    lies_are_invalid_answers(&tb, &signer).await;
 
     // 202: the job is polled and its result read with the job token.
     let req = request(json!({"case": "async"}));
@@ -375,6 +339,42 @@ async fn lost_wrong_and_async_answers() {
     assert_eq!(tb.balance(tb.pay_to("hang")).await, U256::ZERO);
 }
 
+/// Answer lost after settlement: the stored result is recovered; paid once.
+async fn a_lost_answer_is_recovered(tb: &Testbed, signer: &RemoteSigner) {
+    let req = request(json!({"case": "lost"}));
+    let prepared = payment::prepare(&tb.client("lost"), signer, &policy(), &terms(&req))
+        .await
+        .unwrap();
+    let err = tb
+        .client("lost")
+        .run(prepared.voucher(), &req)
+        .await
+        .unwrap_err();
+    // A connection cut after the request was sent is not "unreachable": money may have moved.
+    assert!(
+        matches!(
+            err,
+            WorkerError::Interrupted { .. } | WorkerError::Timeout { .. }
+        ),
+        "{err}"
+    );
+    let recovered = tb.client("lost").recover(&req).await.unwrap().unwrap();
+    assert_eq!(recovered.experiment_id, req.experiment_id);
+    assert_eq!(tb.balance(tb.pay_to("lost")).await, price(10_000));
+}
+
+/// Lies are invalid answers, never results (the gate did settle: money moved once).
+async fn lies_are_invalid_answers(tb: &Testbed, signer: &RemoteSigner) {
+    for name in ["nan", "negative", "wrong-id"] {
+        let err = failure(tb, name, signer, name).await;
+        assert!(
+            matches!(err, PaymentError::Worker(WorkerError::InvalidAnswer(_))),
+            "{name}: {err}"
+        );
+        assert_eq!(tb.balance(tb.pay_to(name)).await, price(10_000), "{name}");
+    }
+}
+
 /// The real binary: `probe`, a paid `submit` that appends to results.jsonl, and a refused one.
 #[tokio::test]
 async fn the_binary_pays_records_and_refuses() {
@@ -385,29 +385,16 @@ async fn the_binary_pays_records_and_refuses() {
     let train = dir.path().join("train.py");
     std::fs::write(&train, TRAIN_PY).unwrap();
     let endpoint = tb.worker("v1")["endpoint"].as_str().unwrap().to_string();
-    let bin = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"));
-        c.env("REMOTE_SIGNER_URL", tb.m["signer"]["url"].as_str().unwrap())
-            .env(
-                "REMOTE_SIGNER_TOKEN",
-                tb.m["signer"]["token"].as_str().unwrap(),
-            )
-            .env("DATA_DIR", dir.path())
-            .env_remove("REMOTE_SIGNER_ADDRESS");
-        c
-    };
+    let bin = || binary(&tb, dir.path());
 
+    // `probe` reads the price and the worker's health, and pays nothing.
     let probe = bin().args(["probe", &endpoint, "--json"]).output().unwrap();
     assert!(
         probe.status.success(),
         "{}",
         String::from_utf8_lossy(&probe.stderr)
     );
-    let p: Value = serde_json::from_slice(&probe.stdout).unwrap();
-    assert_eq!(p["x402Version"], 1);
-    assert_eq!(p["chosen"]["amount"], "20000");
-    assert_eq!(p["chosen"]["price"], "0.02");
-    assert_eq!(p["free"], true);
+    assert_probed(&serde_json::from_slice(&probe.stdout).unwrap());
 
     let before = tb.balances("v1").await;
     let out = bin()
@@ -426,16 +413,7 @@ async fn the_binary_pays_records_and_refuses() {
     assert_eq!(before.0 - after.0, price(20_000));
     assert_eq!(after.1 - before.1, price(20_000));
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let lines = std::fs::read_to_string(dir.path().join("autoresearch/results.jsonl")).unwrap();
-    let record: Value = serde_json::from_str(lines.trim()).unwrap();
-    assert_eq!(record, printed["record"]);
-    assert_eq!(record["amount"], "20000");
-    assert_eq!(record["network"], "base-sepolia");
-    assert_eq!(record["status"], "completed");
-    assert_eq!(record["train_hash"], experiment::train_hash(TRAIN_PY));
-    assert_eq!(record["config"], json!({"lr": 0.004}));
-    support::assert_measured_by_landscape(std::slice::from_ref(&record));
-    assert!(record["payment_tx"].as_str().unwrap().starts_with("0x"));
+    assert_recorded(dir.path(), &printed["record"]);
 
     let refused = bin()
         .args(["submit", &endpoint])
@@ -457,4 +435,39 @@ async fn the_binary_pays_records_and_refuses() {
             .count(),
         1
     );
+}
+
+/// The binary, paying with the testbed's signer and keeping results under `data_dir`.
+fn binary(tb: &Testbed, data_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"));
+    c.env("REMOTE_SIGNER_URL", tb.m["signer"]["url"].as_str().unwrap())
+        .env(
+            "REMOTE_SIGNER_TOKEN",
+            tb.m["signer"]["token"].as_str().unwrap(),
+        )
+        .env("DATA_DIR", data_dir)
+        .env_remove("REMOTE_SIGNER_ADDRESS");
+    c
+}
+
+/// What `probe --json` says of the v1 worker at 0.02 USDC.
+fn assert_probed(p: &Value) {
+    assert_eq!(p["x402Version"], 1);
+    assert_eq!(p["chosen"]["amount"], "20000");
+    assert_eq!(p["chosen"]["price"], "0.02");
+    assert_eq!(p["free"], true);
+}
+
+/// results.jsonl holds the one record `submit` printed: the paid run of `{"lr": 0.004}`.
+fn assert_recorded(data_dir: &std::path::Path, printed: &Value) {
+    let lines = std::fs::read_to_string(data_dir.join("autoresearch/results.jsonl")).unwrap();
+    let record: Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(&record, printed);
+    assert_eq!(record["amount"], "20000");
+    assert_eq!(record["network"], "base-sepolia");
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["train_hash"], experiment::train_hash(TRAIN_PY));
+    assert_eq!(record["config"], json!({"lr": 0.004}));
+    support::assert_measured_by_landscape(std::slice::from_ref(&record));
+    assert!(record["payment_tx"].as_str().unwrap().starts_with("0x"));
 }

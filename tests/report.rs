@@ -6,7 +6,9 @@ use std::process::Command;
 use autoresearch_coordinator::experiment::train_hash;
 use autoresearch_coordinator::report::chart::{Annotation, Mark};
 use autoresearch_coordinator::report::history::read_rows;
-use autoresearch_coordinator::report::{ChartData, Decision, Filter, History, Row, Summary, tsv};
+use autoresearch_coordinator::report::{
+    ChartData, Decision, Filter, ResultHistory, Row, Summary, tsv,
+};
 use serde_json::{Value, json};
 
 const NF: f64 = 0.002;
@@ -17,7 +19,7 @@ fn row(v: Value) -> Row {
 
 /// A new-style history: baseline, a kept change, a discard, a crash, a replication that agrees,
 /// a second kept change, a worker failure.
-fn history() -> History {
+fn history() -> ResultHistory {
     let w1 = "http://127.0.0.1:1/services/a";
     let w2 = "http://127.0.0.1:2/services/b";
     let rows = vec![
@@ -37,7 +39,7 @@ fn history() -> History {
         json!({"experiment_id": "e5", "train_hash": train_hash("x"), "val_bpb": null, "worker_endpoint": w2,
                "status": "crash", "run_status": "worker_failure", "description": "<script>alert(1)</script>"}),
     ];
-    History::new(Some("ns/c".into()), rows.into_iter().map(row).collect(), NF)
+    ResultHistory::new(Some("ns/c".into()), rows.into_iter().map(row).collect(), NF)
 }
 
 #[test]
@@ -105,7 +107,7 @@ fn a_broken_change_far_above_the_baseline_does_not_flatten_the_chart() {
         .enumerate()
         .map(|(i, v)| row(json!({"experiment_id": format!("e{i}"), "val_bpb": v})))
         .collect();
-    let data = ChartData::new(&History::new(None, rows, NF));
+    let data = ChartData::new(&ResultHistory::new(None, rows, NF));
     let (_, high) = data.y_range;
     assert!(high < 1.1, "the top is capped near the baseline: {high}");
     assert_eq!(data.title, "3 experiments, 1 kept improvement");
@@ -121,7 +123,7 @@ fn old_rows_are_replayed_with_the_keep_rule() {
         json!({"experiment_id": "d", "train_hash": "sha256:dd", "val_bpb": 0.5, "status": "failed"}),
         json!({"experiment_id": "e", "train_hash": "sha256:ee", "val_bpb": null, "status": "worker_failure"}),
     ];
-    let h = History::new(None, rows.into_iter().map(row).collect(), NF);
+    let h = ResultHistory::new(None, rows.into_iter().map(row).collect(), NF);
     let decisions: Vec<Decision> = h.entries.iter().map(|e| e.decision).collect();
     assert_eq!(
         decisions,
@@ -152,7 +154,7 @@ fn a_recorded_decision_is_taken_as_it_is() {
         0,
         row(json!({"experiment_id": "z", "val_bpb": 2.0, "decision": "discard"})),
     );
-    let h = History::new(None, rows, NF);
+    let h = ResultHistory::new(None, rows, NF);
     let decisions: Vec<Decision> = h.entries.iter().map(|e| e.decision).collect();
     assert_eq!(
         decisions,
@@ -248,10 +250,10 @@ fn summary_counts_money_workers_and_verification() {
     }
 }
 
-#[test]
-fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let scripts = dir.path().join("scripts");
+/// Two runs of campaign `c` (the second a kept code change, both sources in `scripts/`), one of
+/// another campaign, and a torn last line: `results.jsonl` and `scripts/` under `dir`.
+fn two_runs_and_noise(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let scripts = dir.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     let base = "DEPTH = 8\nMATRIX_LR = 0.04\nprint('train')\n";
     let best = "DEPTH = 8\nMATRIX_LR = 0.03\nprint('train')\n";
@@ -259,7 +261,7 @@ fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
         let hex = &train_hash(src)["sha256:".len()..];
         std::fs::write(scripts.join(format!("{hex}.py")), src).unwrap();
     }
-    let results = dir.path().join("results.jsonl");
+    let results = dir.join("results.jsonl");
     let lines = [
         json!({"experiment_id": "a", "train_hash": train_hash(base), "val_bpb": 1.0, "campaign_name": "c", "status": "completed", "amount": "10000"}),
         json!({"experiment_id": "b", "train_hash": train_hash(best), "val_bpb": 0.99, "campaign_name": "c", "status": "completed", "amount": "10000"}),
@@ -268,6 +270,13 @@ fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
     let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     text.push_str("{\"experiment_id\": \"tor");
     std::fs::write(&results, text).unwrap();
+    (results, scripts)
+}
+
+#[test]
+fn the_command_writes_chart_tsv_and_json_with_the_diff_of_the_code_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, scripts) = two_runs_and_noise(dir.path());
     let out_dir = dir.path().join("out");
     let out = Command::new(env!("CARGO_BIN_EXE_autoresearch-coordinator"))
         .args(["report", "--campaign", "c", "--json"])
@@ -337,7 +346,7 @@ fn a_claim_its_replications_contradict_is_not_drawn_as_kept() {
         json!({"experiment_id": "y-r1", "val_bpb": 0.9905, "status": "completed", "decision": "discard",
                "role": "replication", "replicates": "y"}),
     ];
-    let h = History::new(None, rows.into_iter().map(row).collect(), NF);
+    let h = ResultHistory::new(None, rows.into_iter().map(row).collect(), NF);
     let x = h
         .entries
         .iter()

@@ -103,8 +103,20 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
     let campaign = args.campaign.as_deref().map(read_campaign).transpose()?;
     let train_py = resolve_train_py(&args, campaign.as_ref())?;
     let spec = build_spec(&args, campaign, &train_py)?;
+    check_and_announce(&args, &spec, &train_py)?;
+    let local = LocalRun::new(&args, spec, train_py, workers)?;
+    local.drive(args.json).await?;
+    local.finish(args.json)
+}
+
+/// Refuses a spec the controller would refuse, then says what the loop may spend.
+fn check_and_announce(
+    args: &LoopArgs,
+    spec: &ExperimentCampaignSpec,
+    train_py: &str,
+) -> anyhow::Result<()> {
     let (total, max_price) = spec.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::strategy::validate(&spec.search, spec.base_config.as_ref(), &train_py)
+    crate::strategy::validate(&spec.search, spec.base_config.as_ref(), train_py)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "loop: {} experiments, at most {max_price} USDC each{}, {total} USDC in total, paying on {}",
@@ -116,74 +128,110 @@ pub(super) async fn run(args: LoopArgs, workers: Arc<dyn WorkerSource>) -> anyho
         },
         spec.payment.network
     );
-    let proposer = loop_proposer(&spec)?;
-    let mut campaign = ExperimentCampaign::new("local", spec);
-    campaign.metadata.uid = Some(run_uid());
-    let store = Arc::new(MemoryStore::new(campaign));
-    let signer = RemoteSigner::new(&args.signer_url, std::env::var("REMOTE_SIGNER_TOKEN").ok())
-        .map_err(|e| anyhow::anyhow!("--signer-url: {e}"))?;
-    let results = ResultsLog::new(default_path(&args.data_dir));
-    let results_path = results.path().to_path_buf();
-    let settings = Settings {
-        idle_requeue: Duration::from_secs(5),
-        no_worker_requeue: Duration::from_secs(10),
-        ..Settings::default()
-    };
-    let engine = Engine::new(workers, results, Metrics::new(), settings);
-    let handle = CampaignHandle {
-        key: "local/local".into(),
-        namespace: None,
-        name: "local".into(),
-        store: store.clone(),
-        notify: Arc::new(Printer),
-        signer: Arc::new(signer),
-        train_py: train_py.into(),
-        best: Some(Arc::new(super::best_file::BestFile::new(
-            &args.data_dir,
-            "local",
-        ))),
-        proposer,
-    };
+    Ok(())
+}
 
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    let live = std::io::stderr().is_terminal();
-    let mut progress = super::progress::Progress::start(super::progress::Mode::detect(args.json));
-    loop {
-        let step = engine.reconcile(&handle).await?;
-        if let Some(campaign) = store.snapshot() {
-            progress.update(&campaign);
-        }
-        if matches!(
-            step.phase,
-            None | Some(Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted)
-        ) {
-            break;
-        }
-        tokio::select! {
-            _ = engine.changed.notified() => {}
-            _ = tokio::time::sleep(step.requeue.min(Duration::from_secs(if live { 2 } else { 10 }))) => {}
-            _ = &mut interrupted => {
-                engine.abort_all();
-                bail!("interrupted; experiments in flight are in the ledger of this run only; their results, if any, are at the workers (GET <endpoint>/experiments/<id>)");
+/// One campaign run by the engine in this process, its status in memory.
+struct LocalRun {
+    engine: Arc<Engine>,
+    handle: CampaignHandle,
+    store: Arc<MemoryStore>,
+    results_path: PathBuf,
+}
+
+impl LocalRun {
+    fn new(
+        args: &LoopArgs,
+        spec: ExperimentCampaignSpec,
+        train_py: String,
+        workers: Arc<dyn WorkerSource>,
+    ) -> anyhow::Result<Self> {
+        let proposer = loop_proposer(&spec)?;
+        let mut campaign = ExperimentCampaign::new("local", spec);
+        campaign.metadata.uid = Some(run_uid());
+        let store = Arc::new(MemoryStore::new(campaign));
+        let signer = RemoteSigner::new(&args.signer_url, std::env::var("REMOTE_SIGNER_TOKEN").ok())
+            .map_err(|e| anyhow::anyhow!("--signer-url: {e}"))?;
+        let results = ResultsLog::new(default_path(&args.data_dir));
+        let results_path = results.path().to_path_buf();
+        let settings = Settings {
+            idle_requeue: Duration::from_secs(5),
+            no_worker_requeue: Duration::from_secs(10),
+            ..Settings::default()
+        };
+        let engine = Engine::new(workers, results, Metrics::new(), settings);
+        let handle = CampaignHandle {
+            key: "local/local".into(),
+            namespace: None,
+            name: "local".into(),
+            store: store.clone(),
+            notify: Arc::new(Printer),
+            signer: Arc::new(signer),
+            train_py: train_py.into(),
+            best: Some(Arc::new(super::best_file::BestFile::new(
+                &args.data_dir,
+                "local",
+            ))),
+            proposer,
+        };
+        Ok(Self {
+            engine,
+            handle,
+            store,
+            results_path,
+        })
+    }
+
+    /// Reconciles until the campaign ends, or Ctrl-C aborts what is in flight.
+    async fn drive(&self, json: bool) -> anyhow::Result<()> {
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let live = std::io::stderr().is_terminal();
+        let mut progress = super::progress::Progress::start(super::progress::Mode::detect(json));
+        loop {
+            let step = self.engine.reconcile(&self.handle).await?;
+            if let Some(campaign) = self.store.snapshot() {
+                progress.update(&campaign);
+            }
+            if matches!(
+                step.phase,
+                None | Some(Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted)
+            ) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.engine.changed.notified() => {}
+                _ = tokio::time::sleep(step.requeue.min(Duration::from_secs(if live { 2 } else { 10 }))) => {}
+                _ = &mut interrupted => {
+                    self.engine.abort_all();
+                    bail!("interrupted; experiments in flight are in the ledger of this run only; their results, if any, are at the workers (GET <endpoint>/experiments/<id>)");
+                }
             }
         }
     }
-    drop(progress);
-    if args.json {
-        let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
-        println!("{}", json_summary(&status, &results_path));
-    } else {
-        print_summary(&store, &results_path);
+
+    /// Prints the summary; a failed campaign is an error.
+    fn finish(&self, json: bool) -> anyhow::Result<()> {
+        let status = || {
+            self.store
+                .snapshot()
+                .and_then(|c| c.status)
+                .unwrap_or_default()
+        };
+        if json {
+            println!("{}", json_summary(&status(), &self.results_path));
+        } else {
+            print_summary(&self.store, &self.results_path);
+        }
+        let status = status();
+        if status.phase == Some(Phase::Failed) {
+            bail!(
+                "the loop failed: {}",
+                condition_message(&status, "Progressing")
+            );
+        }
+        Ok(())
     }
-    let status = store.snapshot().and_then(|c| c.status).unwrap_or_default();
-    if status.phase == Some(Phase::Failed) {
-        bail!(
-            "the loop failed: {}",
-            condition_message(&status, "Progressing")
-        );
-    }
-    Ok(())
 }
 
 /// The model proposer of an `llm` campaign: its key from `LLM_API_KEY`, its program inline or
@@ -325,41 +373,10 @@ fn build_spec(
     campaign: Option<ExperimentCampaign>,
     train_py: &str,
 ) -> anyhow::Result<ExperimentCampaignSpec> {
-    let max_price = args.max_price.unwrap_or(payment::DEFAULT_MAX_PRICE);
-    let base: Value = serde_json::from_str(&args.config).context("--config is not JSON")?;
-    if !base.is_object() {
-        bail!("--config must be a JSON object");
-    }
+    let base = base_config(&args.config)?;
     let mut spec = match campaign {
         Some(campaign) => campaign.spec,
-        None => {
-            let rounds = args.rounds.unwrap_or(5);
-            ExperimentCampaignSpec {
-                train_script: TrainScript::default(),
-                base_config: Some(base.clone()),
-                // Each round is its own experiment (a distinct id), as the skill's loop resubmits.
-                search: SearchSpec {
-                    strategy: Strategy::List,
-                    parameters: Vec::new(),
-                    experiments: (1..=rounds).map(|i| json!({ "round": i })).collect(),
-                    seed: 0,
-                    apply_to: ApplyTo::Config,
-                    llm: None,
-                },
-                objective: ObjectiveSpec::default(),
-                max_experiments: rounds,
-                parallelism: args.parallelism,
-                max_failed_experiments: rounds.max(1),
-                experiment_timeout_seconds: args.timeout,
-                budget: BudgetSpec {
-                    total: String::new(),
-                    max_price_per_experiment: String::new(),
-                },
-                payment: PaymentSpec::default(),
-                discovery: DiscoverySpec::default(),
-                suspend: false,
-            }
-        }
+        None => rounds_spec(args, base),
     };
     spec.train_script = TrainScript {
         inline: Some(train_py.to_string()),
@@ -369,6 +386,53 @@ fn build_spec(
         spec.max_experiments = rounds;
     }
     spec.parallelism = args.parallelism;
+    apply_money(&mut spec, args);
+    apply_discovery(&mut spec.discovery, args);
+    Ok(spec)
+}
+
+/// `--config`, which must be a JSON object (checked with a manifest too, which does not use it).
+fn base_config(text: &str) -> anyhow::Result<Value> {
+    let base: Value = serde_json::from_str(text).context("--config is not JSON")?;
+    if !base.is_object() {
+        bail!("--config must be a JSON object");
+    }
+    Ok(base)
+}
+
+/// The spec without a manifest: `--rounds` runs of the train.py with `base` as its config.
+fn rounds_spec(args: &LoopArgs, base: Value) -> ExperimentCampaignSpec {
+    let rounds = args.rounds.unwrap_or(5);
+    ExperimentCampaignSpec {
+        train_script: TrainScript::default(),
+        base_config: Some(base),
+        // Each round is its own experiment (a distinct id), as the skill's loop resubmits.
+        search: SearchSpec {
+            strategy: Strategy::List,
+            parameters: Vec::new(),
+            experiments: (1..=rounds).map(|i| json!({ "round": i })).collect(),
+            seed: 0,
+            apply_to: ApplyTo::Config,
+            llm: None,
+        },
+        objective: ObjectiveSpec::default(),
+        max_experiments: rounds,
+        parallelism: args.parallelism,
+        max_failed_experiments: rounds.max(1),
+        experiment_timeout_seconds: args.timeout,
+        budget: BudgetSpec {
+            total: String::new(),
+            max_price_per_experiment: String::new(),
+        },
+        payment: PaymentSpec::default(),
+        discovery: DiscoverySpec::default(),
+        suspend: false,
+    }
+}
+
+/// The price cap, the budget (by default every experiment at the cap), and how to pay.
+fn apply_money(spec: &mut ExperimentCampaignSpec, args: &LoopArgs) {
+    let max_price = args.max_price.unwrap_or(payment::DEFAULT_MAX_PRICE);
     let budget = args.budget.unwrap_or(Usdc::from_atomic(
         max_price.atomic() * u128::from(spec.max_experiments),
     ));
@@ -378,26 +442,29 @@ fn build_spec(
     };
     spec.payment.network = args.network;
     spec.payment.remote_signer_url = args.signer_url.clone();
-    spec.discovery.scan_api_url = if args.no_discovery {
+}
+
+/// The sources to search (none with `--no-discovery`) and the `--prefer` workers.
+fn apply_discovery(discovery: &mut DiscoverySpec, args: &LoopArgs) {
+    discovery.scan_api_url = if args.no_discovery {
         String::new()
     } else {
         args.scan_api_url.clone()
     };
     if args.no_discovery {
-        spec.discovery.on_chain.mode = crate::crd::OnChainMode::Never;
+        discovery.on_chain.mode = crate::crd::OnChainMode::Never;
     }
-    spec.discovery
+    discovery
         .allow_private
         .extend(args.allow_private.iter().cloned());
-    spec.discovery.prefer.extend(args.prefer.iter().cloned());
+    discovery.prefer.extend(args.prefer.iter().cloned());
     for endpoint in &args.prefer {
-        spec.discovery.workers.push(StaticWorker {
+        discovery.workers.push(StaticWorker {
             endpoint: endpoint.clone(),
             name: None,
             agent_id: None,
         });
     }
-    Ok(spec)
 }
 
 fn condition_message(status: &crate::crd::ExperimentCampaignStatus, type_: &str) -> String {

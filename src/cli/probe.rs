@@ -26,7 +26,8 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
-/// Parses `base-sepolia`, `base`, `eip155:84532` or `eip155:8453`.
+/// Parses `base-sepolia`, `base`, `eip155:84532` or `eip155:8453`. A `String` error because clap
+/// shows it to the user as the reason the argument was refused.
 pub(super) fn parse_network(s: &str) -> Result<Network, String> {
     Network::parse(s).ok_or_else(|| {
         format!("unknown network {s:?}: use base-sepolia, base, eip155:84532 or eip155:8453")
@@ -44,7 +45,6 @@ pub(super) async fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let quote = quote.map_err(|e| {
         anyhow::anyhow!("{e}").context(format!("could not read the price of {}", worker.endpoint()))
     })?;
-    let health = health.map_err(|e| e.to_string());
     let report = report(&worker, &quote, &health, &policy);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -58,13 +58,13 @@ pub(super) async fn run(args: ProbeArgs) -> anyhow::Result<()> {
 fn report(
     worker: &WorkerClient,
     quote: &Quote,
-    health: &Result<payment::Health, String>,
+    health: &Result<payment::WorkerHealth, payment::WorkerError>,
     policy: &Policy,
 ) -> Value {
     let free = health.as_ref().ok().and_then(|h| h.busy).map(|busy| !busy);
     let (health_json, health_error) = match health {
         Ok(h) => (json!(h), Value::Null),
-        Err(e) => (Value::Null, json!(e)),
+        Err(e) => (Value::Null, json!(e.to_string())),
     };
     let mut out = json!({
         "endpoint": worker.endpoint(),

@@ -9,7 +9,7 @@ use clap::Args;
 use kube::Api;
 
 use crate::crd::ExperimentCampaign;
-use crate::report::{self, Filter, History, Summary, history};
+use crate::report::{self, Filter, ResultHistory, Summary, history};
 
 /// `report` flags.
 #[derive(Args, Debug)]
@@ -74,7 +74,7 @@ pub(super) async fn run(args: ReportArgs) -> anyhow::Result<()> {
         .noise_floor
         .or(spec_noise)
         .unwrap_or(DEFAULT_NOISE_FLOOR);
-    let history = History::new(label, rows, noise);
+    let history = ResultHistory::new(label, rows, noise);
     let files = report::write_files(&history, &args.out)?;
     let scripts = args
         .scripts

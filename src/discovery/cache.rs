@@ -92,21 +92,21 @@ impl DiskCache {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => return ignored(&path, &e.to_string()),
+            Err(e) => return ignored(&path, e),
         };
         let mut text = Vec::new();
         if let Err(e) = std::io::Read::read_to_end(
             &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
             &mut text,
         ) {
-            return ignored(&path, &e.to_string());
+            return ignored(&path, e);
         }
         if text.len() as u64 > MAX_FILE_BYTES {
             return ignored(&path, "larger than the cache ever writes");
         }
         match decode(&text, kind, &digest(kind, key)) {
             Ok(stored) => Some(stored),
-            Err(why) => ignored(&path, &why),
+            Err(why) => ignored(&path, why),
         }
     }
 
@@ -176,7 +176,7 @@ impl DiskCache {
     }
 }
 
-fn ignored<T>(path: &Path, why: &str) -> Option<T> {
+fn ignored<T>(path: &Path, why: impl std::fmt::Display) -> Option<T> {
     tracing::warn!(file = %path.display(), "ignoring the discovery cache file: {why}");
     None
 }
@@ -190,34 +190,55 @@ fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Why a cache file was ignored. Only logged: an ignored file costs a request, nothing else.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error("not JSON ({0})")]
+    NotJson(serde_json::Error),
+    #[error("not a discovery cache file")]
+    ForeignSchema,
+    #[error("written by another version (format {0}, this is {VERSION})")]
+    OtherVersion(Value),
+    #[error("it belongs to other discovery settings")]
+    OtherSettings,
+    #[error("no savedAt")]
+    NoSavedAt,
+    #[error("saved in the future")]
+    FromTheFuture,
+    #[error("unexpected content ({0})")]
+    Content(serde_json::Error),
+}
+
 /// Checks the envelope and decodes the data.
-fn decode<T: DeserializeOwned>(text: &[u8], kind: &str, key: &str) -> Result<Stored<T>, String> {
-    let v: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON ({e})"))?;
+fn decode<T: DeserializeOwned>(
+    text: &[u8],
+    kind: &str,
+    key: &str,
+) -> Result<Stored<T>, Unreadable> {
+    let v: Value = serde_json::from_slice(text).map_err(Unreadable::NotJson)?;
     if v.get("schema").and_then(Value::as_str) != Some(SCHEMA) {
-        return Err("not a discovery cache file".into());
+        return Err(Unreadable::ForeignSchema);
     }
     if v.get("version").and_then(Value::as_u64) != Some(VERSION) {
-        return Err(format!(
-            "written by another version (format {}, this is {VERSION})",
-            v.get("version").unwrap_or(&Value::Null)
-        ));
+        let found = v.get("version").cloned().unwrap_or(Value::Null);
+        return Err(Unreadable::OtherVersion(found));
     }
     if v.get("kind").and_then(Value::as_str) != Some(kind)
         || v.get("key").and_then(Value::as_str) != Some(key)
     {
-        return Err("it belongs to other discovery settings".into());
+        return Err(Unreadable::OtherSettings);
     }
     let saved = v
         .get("savedAt")
         .and_then(Value::as_u64)
-        .ok_or("no savedAt")?;
+        .ok_or(Unreadable::NoSavedAt)?;
     let saved_at = SystemTime::UNIX_EPOCH + Duration::from_secs(saved);
     // A file from the future would never expire.
     if saved_at > SystemTime::now() + Duration::from_secs(300) {
-        return Err("saved in the future".into());
+        return Err(Unreadable::FromTheFuture);
     }
     let data = serde_json::from_value(v.get("data").cloned().unwrap_or(Value::Null))
-        .map_err(|e| format!("unexpected content ({e})"))?;
+        .map_err(Unreadable::Content)?;
     Ok(Stored { saved_at, data })
 }
 
@@ -258,6 +279,31 @@ mod tests {
         cache.save("k", "secret-url-with-token", &1u32).unwrap();
         let text = std::fs::read_to_string(cache.path("k", "secret-url-with-token")).unwrap();
         assert!(!text.contains("secret-url-with-token"), "{text}");
+    }
+
+    #[test]
+    fn each_foreign_file_is_named_for_what_is_wrong() {
+        let envelope = |edit: &dyn Fn(&mut Value)| {
+            let mut v = serde_json::json!({"schema": SCHEMA, "version": VERSION, "kind": "k",
+                "key": "d", "savedAt": unix(SystemTime::now()), "data": [1]});
+            edit(&mut v);
+            serde_json::to_vec(&v).unwrap()
+        };
+        let read = |bytes: &[u8]| decode::<Vec<u32>>(bytes, "k", "d");
+        assert_eq!(read(&envelope(&|_| {})).unwrap().data, vec![1]);
+        assert!(matches!(read(b"{\"schema"), Err(Unreadable::NotJson(_))));
+        let other = envelope(&|v| v["schema"] = "x".into());
+        assert!(matches!(read(&other), Err(Unreadable::ForeignSchema)));
+        let newer = envelope(&|v| v["version"] = 2.into());
+        assert!(matches!(read(&newer), Err(Unreadable::OtherVersion(v)) if v == 2));
+        let key = envelope(&|v| v["key"] = "e".into());
+        assert!(matches!(read(&key), Err(Unreadable::OtherSettings)));
+        let undated = envelope(&|v| v["savedAt"] = Value::Null);
+        assert!(matches!(read(&undated), Err(Unreadable::NoSavedAt)));
+        let future = envelope(&|v| v["savedAt"] = (unix(SystemTime::now()) + 3600).into());
+        assert!(matches!(read(&future), Err(Unreadable::FromTheFuture)));
+        let shape = envelope(&|v| v["data"] = "text".into());
+        assert!(matches!(read(&shape), Err(Unreadable::Content(_))));
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! `tokenURI` gives each agent's current URI. The log scan is incremental (a [`ChainIndex`]
 //! remembers where it stopped), and ranges are halved when a provider refuses them.
 
-use crate::http::RpcAnswer;
+use crate::http::{RpcFailure, rpc_call};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::http::{USER_AGENT, ensure_crypto_provider, read_capped, snippet};
+use super::http::{USER_AGENT, ensure_crypto_provider};
 
 alloy::sol! {
     /// ERC-8004 Identity Registry events and the one view we call.
@@ -56,14 +56,14 @@ pub struct ChainConfig {
 
 impl ChainConfig {
     /// The registry of a named network: `base`, `base-sepolia` (or their chain ids / CAIP-2 names).
-    pub fn for_network(network: &str, rpc_url: &str) -> Result<Self, ChainError> {
+    pub fn for_network(network: &str, rpc_url: &str) -> Result<Self, RegistryError> {
         let (chain_id, registry, start_block) = match network.trim().to_ascii_lowercase().as_str() {
             "base" | "base-mainnet" | "8453" | "eip155:8453" => {
                 (8453, MAINNET_REGISTRY, 41_663_799)
             }
             "base-sepolia" | "84532" | "eip155:84532" => (84532, TESTNET_REGISTRY, 37_174_254),
             other => {
-                return Err(ChainError::Config(format!(
+                return Err(RegistryError::Config(format!(
                     "ERPC_NETWORK {other:?} is not known; use base or base-sepolia"
                 )));
             }
@@ -78,9 +78,9 @@ impl ChainConfig {
     }
 }
 
-/// Why the chain could not be read.
+/// Why the identity registry could not be read on chain.
 #[derive(Debug, thiserror::Error)]
-pub enum ChainError {
+pub enum RegistryError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
@@ -122,7 +122,7 @@ pub enum ChainError {
     },
 }
 
-impl ChainError {
+impl RegistryError {
     /// Whether a smaller `eth_getLogs` range could succeed.
     fn is_range_refusal(&self) -> bool {
         match self {
@@ -184,19 +184,19 @@ pub struct ChainIndex {
 
 impl ChainIndex {
     /// An index of the registry described by `cfg`.
-    pub fn new(cfg: ChainConfig) -> Result<Self, ChainError> {
+    pub fn new(cfg: ChainConfig) -> Result<Self, RegistryError> {
         ensure_crypto_provider();
         let url = Url::parse(&cfg.rpc_url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| {
-                ChainError::Config(format!("ERPC_URL {:?} is not an http(s) URL", cfg.rpc_url))
+                RegistryError::Config(format!("ERPC_URL {:?} is not an http(s) URL", cfg.rpc_url))
             })?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ChainError::Config(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| RegistryError::Config(format!("building the HTTP client: {e}")))?;
         Ok(Self {
             cfg,
             url,
@@ -218,13 +218,13 @@ impl ChainIndex {
     }
 
     /// Every live agent and its current URI, reading only the blocks since the last call.
-    pub async fn agents(&self) -> Result<Vec<ChainAgent>, ChainError> {
+    pub async fn agents(&self) -> Result<Vec<ChainAgent>, RegistryError> {
         // One refresh at a time per registry; callers queue and then see fresh state.
         let mut state = self.state.lock().await;
         if !state.chain_checked {
             let got = self.chain_id().await?;
             if got != self.cfg.chain_id {
-                return Err(ChainError::WrongChain {
+                return Err(RegistryError::WrongChain {
                     url: self.cfg.rpc_url.clone(),
                     got,
                     want: self.cfg.chain_id,
@@ -274,11 +274,12 @@ impl ChainIndex {
             .filter(|(_, a)| a.token_uri.as_ref().map(|(_, p)| *p) != Some(a.position))
             .map(|(id, _)| *id)
             .collect();
-        let results: Vec<(u64, Result<Option<String>, ChainError>)> = futures::stream::iter(stale)
-            .map(|id| async move { (id, self.token_uri(id).await) })
-            .buffer_unordered(CALL_CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(u64, Result<Option<String>, RegistryError>)> =
+            futures::stream::iter(stale)
+                .map(|id| async move { (id, self.token_uri(id).await) })
+                .buffer_unordered(CALL_CONCURRENCY)
+                .collect()
+                .await;
         for (id, result) in results {
             let agent = state
                 .agents
@@ -299,7 +300,7 @@ impl ChainIndex {
     }
 
     /// `tokenURI(agentId)`; `None` when the call reverts (no such token, or burned).
-    pub async fn token_uri(&self, agent_id: u64) -> Result<Option<String>, ChainError> {
+    pub async fn token_uri(&self, agent_id: u64) -> Result<Option<String>, RegistryError> {
         let data = Bytes::from(
             tokenURICall {
                 tokenId: U256::from(agent_id),
@@ -329,7 +330,7 @@ impl ChainIndex {
         &self,
         from: u64,
         to: u64,
-    ) -> Result<Vec<(u64, String, (u64, u64))>, ChainError> {
+    ) -> Result<Vec<(u64, String, (u64, u64))>, RegistryError> {
         let mut out = Vec::new();
         let mut span = self.cfg.max_block_range.max(1);
         let mut start = from;
@@ -357,7 +358,7 @@ impl ChainIndex {
         &self,
         from: u64,
         to: u64,
-    ) -> Result<Vec<(u64, String, (u64, u64))>, ChainError> {
+    ) -> Result<Vec<(u64, String, (u64, u64))>, RegistryError> {
         self.log_requests.fetch_add(1, Ordering::Relaxed);
         let filter = json!([{
             "address": self.cfg.registry,
@@ -409,51 +410,33 @@ impl ChainIndex {
         }
     }
 
-    async fn chain_id(&self) -> Result<u64, ChainError> {
+    async fn chain_id(&self) -> Result<u64, RegistryError> {
         quantity(&self.rpc("eth_chainId", json!([])).await?, "eth_chainId")
     }
 
-    /// One JSON-RPC call. Error objects are read whatever the HTTP status (eRPC answers
-    /// errors with 4xx/5xx and a JSON-RPC body).
-    async fn rpc(&self, method: &str, params: Value) -> Result<Value, ChainError> {
+    /// One JSON-RPC call (see [`crate::http::rpc_call`]).
+    async fn rpc(&self, method: &str, params: Value) -> Result<Value, RegistryError> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let transport = |why: String, timeout: bool| ChainError::Transport {
-            method: method.to_string(),
-            url: self.cfg.rpc_url.clone(),
-            why,
-            timeout,
-        };
-        let resp = self
-            .http
-            .post(self.url.clone())
-            .json(&body)
-            .send()
+        rpc_call(&self.http, &self.url, id, method, params, MAX_RPC_BYTES)
             .await
-            .map_err(|e| transport(e.to_string(), e.is_timeout()))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, MAX_RPC_BYTES)
-            .await
-            .map_err(|e| transport(e.to_string(), false))?;
-        let answer: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| transport(format!("HTTP {status}: {}", snippet(&bytes, 200)), false))?;
-        match crate::http::rpc_answer(&answer) {
-            RpcAnswer::Result(result) => Ok(result),
-            RpcAnswer::Error { code, message } => Err(ChainError::Provider {
-                method: method.to_string(),
-                url: self.cfg.rpc_url.clone(),
-                code,
-                message,
-            }),
-            RpcAnswer::Empty => Err(transport(
-                format!("HTTP {status}: no result in the answer"),
-                false,
-            )),
-        }
+            .map_err(|failure| match failure {
+                RpcFailure::Transport { why, timeout } => RegistryError::Transport {
+                    method: method.to_string(),
+                    url: self.cfg.rpc_url.clone(),
+                    why,
+                    timeout,
+                },
+                RpcFailure::Provider { code, message } => RegistryError::Provider {
+                    method: method.to_string(),
+                    url: self.cfg.rpc_url.clone(),
+                    code,
+                    message,
+                },
+            })
     }
 
-    fn shape(&self, method: &str, why: impl std::fmt::Display) -> ChainError {
-        ChainError::Transport {
+    fn shape(&self, method: &str, why: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Transport {
             method: method.to_string(),
             url: self.cfg.rpc_url.clone(),
             why: why.to_string(),
@@ -463,11 +446,11 @@ impl ChainIndex {
 }
 
 /// A `0x`-hex quantity.
-fn quantity(v: &Value, what: &str) -> Result<u64, ChainError> {
+fn quantity(v: &Value, what: &str) -> Result<u64, RegistryError> {
     v.as_str()
         .and_then(|s| s.strip_prefix("0x"))
         .and_then(|h| u64::from_str_radix(h, 16).ok())
-        .ok_or_else(|| ChainError::Transport {
+        .ok_or_else(|| RegistryError::Transport {
             method: what.to_string(),
             url: String::new(),
             why: format!("{v} is not a hex quantity"),
@@ -503,7 +486,7 @@ mod tests {
 
     #[test]
     fn range_refusals() {
-        let e = |code, message: &str| ChainError::Provider {
+        let e = |code, message: &str| RegistryError::Provider {
             method: "eth_getLogs".into(),
             url: String::new(),
             code,

@@ -221,8 +221,25 @@ pub enum ScanError {
         /// URL.
         url: String,
         /// What was wrong.
-        why: String,
+        why: UnexpectedAnswer,
     },
+}
+
+/// What was wrong with an answer of the index.
+#[derive(Debug, thiserror::Error)]
+pub enum UnexpectedAnswer {
+    /// The body is not JSON.
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// `success: false`, with the index's own message.
+    #[error("success: false ({0})")]
+    Refused(String),
+    /// None of the envelopes the API has used.
+    #[error("neither {{data, meta}} nor {{items, total}} nor a list")]
+    Envelope,
+    /// A row that names no agent (the start of the row).
+    #[error("a row without chain and token ids: {0}")]
+    RowWithoutIds(String),
 }
 
 /// One agent as the index knows it.
@@ -455,10 +472,7 @@ impl ScanClient {
         let (Some(chain), Some(token)) = (chain_id, token_id) else {
             return Err(ScanError::Shape {
                 url: self.base.to_string(),
-                why: format!(
-                    "a row without chain and token ids: {}",
-                    snippet(row.to_string().as_bytes(), 120)
-                ),
+                why: UnexpectedAnswer::RowWithoutIds(snippet(row.to_string().as_bytes(), 120)),
             });
         };
         let detail = self
@@ -496,7 +510,7 @@ impl ScanClient {
             _ if body.get("success") == Some(&Value::Bool(false)) => {
                 return Err(ScanError::Shape {
                     url: url.to_string(),
-                    why: format!("success: false ({})", api_message(&body)),
+                    why: UnexpectedAnswer::Refused(api_message(&body)),
                 });
             }
             _ => body,
@@ -582,7 +596,7 @@ impl ScanClient {
                 .map(Attempt::Done)
                 .map_err(|e| ScanError::Shape {
                     url,
-                    why: format!("not JSON: {e}"),
+                    why: UnexpectedAnswer::NotJson(e),
                 }),
             status @ (401 | 403) if self.settings.api_key.is_some() => {
                 Err(ScanError::BadKey { url, status })
@@ -672,9 +686,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// Rows and whether another page exists, from either envelope.
-fn parse_page(body: &Value, page: u32, page_size: usize) -> Result<(Vec<Value>, bool), String> {
+fn parse_page(
+    body: &Value,
+    page: u32,
+    page_size: usize,
+) -> Result<(Vec<Value>, bool), UnexpectedAnswer> {
     if body.get("success") == Some(&Value::Bool(false)) {
-        return Err(format!("success: false ({})", api_message(body)));
+        return Err(UnexpectedAnswer::Refused(api_message(body)));
     }
     if let Some(rows) = body.get("data").and_then(Value::as_array) {
         let pagination = body.pointer("/meta/pagination");
@@ -698,7 +716,7 @@ fn parse_page(body: &Value, page: u32, page_size: usize) -> Result<(Vec<Value>, 
     if let Some(rows) = body.as_array() {
         return Ok((rows.clone(), rows.len() >= page_size));
     }
-    Err("neither {data, meta} nor {items, total} nor a list".into())
+    Err(UnexpectedAnswer::Envelope)
 }
 
 fn api_message(body: &Value) -> String {
@@ -814,8 +832,14 @@ mod tests {
             parse_page(&b, 2, 1).unwrap(),
             (vec![json!({"token_id": "2"})], false)
         );
-        assert!(parse_page(&json!({"success": false, "error": "boom"}), 1, 1).is_err());
-        assert!(parse_page(&json!({"weird": 1}), 1, 1).is_err());
+        assert!(matches!(
+            parse_page(&json!({"success": false, "error": "boom"}), 1, 1),
+            Err(UnexpectedAnswer::Refused(m)) if m.contains("boom")
+        ));
+        assert!(matches!(
+            parse_page(&json!({"weird": 1}), 1, 1),
+            Err(UnexpectedAnswer::Envelope)
+        ));
     }
 
     #[test]

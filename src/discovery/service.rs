@@ -16,12 +16,12 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::cache::DiskCache;
-use super::chain::{ChainConfig, ChainError, ChainIndex};
-use super::document::{SkillFilter, parse_registration};
+use super::chain::{ChainConfig, ChainIndex, RegistryError};
+use super::document::{NotADocument, SkillFilter, parse_registration};
 use super::fetch::{DEFAULT_IPFS_GATEWAY, DocumentFetcher, FetchError};
 use super::policy::{AddressPolicy, AllowEntryError, UrlRefusal};
 use super::scan::{ApiKey, IndexEntry, Quota, ScanClient, ScanError, ScanResult, ScanSettings};
-use super::worker::{FoundIn, Worker, merge};
+use super::worker::{FoundIn, NotAWorker, Worker, merge};
 use crate::crd::{DiscoverySpec, OnChainMode};
 
 /// A failed index scan is retried after at most this long, whatever the refresh interval.
@@ -212,7 +212,7 @@ mod system_time_rfc3339 {
 
 /// What the discovered part of a [`WorkerSet`] is cached as (in memory and on disk).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Discovered {
+struct Findings {
     workers: Vec<Worker>,
     refused: Vec<Rejected>,
     skipped: Vec<Rejected>,
@@ -221,7 +221,7 @@ struct Discovered {
     index_quota: Option<Quota>,
 }
 
-impl Discovered {
+impl Findings {
     fn age(&self) -> Duration {
         SystemTime::now()
             .duration_since(self.fetched_at)
@@ -240,7 +240,8 @@ type Slot<T> = Arc<Mutex<Option<Timed<T>>>>;
 /// source is not retried by every caller).
 #[derive(Default)]
 struct Resolved {
-    good: Option<Arc<Discovered>>,
+    good: Option<Arc<Findings>>,
+    /// The message of [`DiscoveryError::AllSourcesFailed`], served again while it is fresh.
     failure: Option<Timed<String>>,
 }
 
@@ -248,23 +249,24 @@ struct Resolved {
 /// must not wait can always read it; `refresh` is held for as long as a refresh runs, so there
 /// is one refresh at a time per key.
 #[derive(Default)]
-struct Entry {
+struct KeyCache {
     state: std::sync::Mutex<Resolved>,
     refresh: Arc<Mutex<()>>,
 }
 
-impl Entry {
+impl KeyCache {
     fn state(&self) -> std::sync::MutexGuard<'_, Resolved> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn good(&self) -> Option<Arc<Discovered>> {
+    fn good(&self) -> Option<Arc<Findings>> {
         self.state().good.clone()
     }
 }
 
-/// An index scan, or why it failed (failures are cached too, so an outage is not hammered).
-type IndexOutcome = Result<Arc<ScanResult>, String>;
+/// An index scan, or why it failed (failures are cached too, so an outage is not hammered; the
+/// error is shared because every cached reader gets the same one).
+type IndexOutcome = Result<Arc<ScanResult>, Arc<ScanError>>;
 
 /// Everything that changes what is discovered, except the lists applied afterwards.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -302,7 +304,7 @@ struct Inner {
     scan_clients: Mutex<HashMap<String, Arc<ScanClient>>>,
     chains: Mutex<HashMap<ChainConfig, Arc<ChainIndex>>>,
     index: Mutex<HashMap<(String, SkillFilter), Slot<IndexOutcome>>>,
-    resolved: Mutex<HashMap<ResolveKey, Arc<Entry>>>,
+    resolved: Mutex<HashMap<ResolveKey, Arc<KeyCache>>>,
     disk: Option<DiskCache>,
 }
 
@@ -400,7 +402,7 @@ impl Discovery {
         }
         self.refresh_in_background(&key, ttl, &entry);
         if !spec.workers.is_empty() {
-            let mut set = finish(spec, &Discovered::empty());
+            let mut set = finish(spec, &Findings::empty());
             set.warnings
                 .push("discovery is still running; using the named workers meanwhile".into());
             return Ok(set);
@@ -448,7 +450,7 @@ impl Discovery {
                 Ok(set)
             }
             _ if !spec.workers.is_empty() => {
-                let mut set = finish(spec, &Discovered::empty());
+                let mut set = finish(spec, &Findings::empty());
                 set.warnings.push(e.to_string());
                 Ok(set)
             }
@@ -457,7 +459,7 @@ impl Discovery {
     }
 
     /// Starts a refresh of `key` in a task, unless one runs already.
-    fn refresh_in_background(&self, key: &ResolveKey, ttl: Duration, entry: &Arc<Entry>) {
+    fn refresh_in_background(&self, key: &ResolveKey, ttl: Duration, entry: &Arc<KeyCache>) {
         let Ok(guard) = entry.refresh.clone().try_lock_owned() else {
             return;
         };
@@ -476,11 +478,11 @@ impl Discovery {
         &self,
         key: &ResolveKey,
         ttl: Duration,
-        entry: &Entry,
+        entry: &KeyCache,
         force: bool,
-    ) -> Result<Arc<Discovered>, DiscoveryError> {
+    ) -> Result<Arc<Findings>, DiscoveryError> {
         let asked = SystemTime::now();
-        let fresh = |d: &Arc<Discovered>| !force && d.age() < ttl;
+        let fresh = |d: &Arc<Findings>| !force && d.age() < ttl;
         if let Some(found) = entry.good().filter(fresh) {
             return Ok(found);
         }
@@ -506,11 +508,24 @@ impl Discovery {
         {
             return Ok(found);
         }
-        match self.discover(key, ttl, force).await {
+        let outcome = self.discover(key, ttl, force).await;
+        self.remember(&text, entry, outcome, force)
+    }
+
+    /// Keeps a refresh's outcome: a result in memory and on disk, or the failure of every
+    /// source (the first since the last good result, unless `force`d).
+    fn remember(
+        &self,
+        text: &str,
+        entry: &KeyCache,
+        outcome: Result<Findings, DiscoveryError>,
+        force: bool,
+    ) -> Result<Arc<Findings>, DiscoveryError> {
+        match outcome {
             Ok(found) => {
                 let found = Arc::new(found);
                 if let Some(disk) = &self.inner.disk
-                    && let Err(e) = disk.save(RESULTS, &text, &*found)
+                    && let Err(e) = disk.save(RESULTS, text, &*found)
                 {
                     tracing::warn!("{e}");
                 }
@@ -535,9 +550,9 @@ impl Discovery {
     }
 
     /// The result stored on disk for `key`, if newer than memory's (it is then kept in memory).
-    fn load_disk(&self, key: &ResolveKey, entry: &Entry) -> Option<Arc<Discovered>> {
+    fn load_disk(&self, key: &ResolveKey, entry: &KeyCache) -> Option<Arc<Findings>> {
         let disk = self.inner.disk.as_ref()?;
-        let stored = disk.load::<Discovered>(RESULTS, &format!("{key:?}"))?;
+        let stored = disk.load::<Findings>(RESULTS, &format!("{key:?}"))?;
         let mut state = entry.state();
         match &state.good {
             Some(mem) if mem.fetched_at >= stored.data.fetched_at => Some(mem.clone()),
@@ -549,7 +564,7 @@ impl Discovery {
         }
     }
 
-    async fn entry(&self, key: &ResolveKey) -> Arc<Entry> {
+    async fn entry(&self, key: &ResolveKey) -> Arc<KeyCache> {
         self.inner
             .resolved
             .lock()
@@ -591,12 +606,13 @@ impl Discovery {
         key: &ResolveKey,
         ttl: Duration,
         force: bool,
-    ) -> Result<Discovered, DiscoveryError> {
+    ) -> Result<Findings, DiscoveryError> {
         let fetcher =
             DocumentFetcher::new(key.policy.clone(), self.inner.settings.ipfs_gateway.clone())
                 .map_err(|e| DiscoveryError::Config(format!("building the HTTP client: {e}")))?;
         let mode = mode_of(key.mode);
-        let mut out = Discovered::empty();
+        let mut out = Findings::empty();
+        // Text: each source's failure is shown to the user, as a warning or in the error.
         let mut failures = Vec::new();
         let index_tried = !key.scan_api_url.is_empty();
         let index_failed = !index_tried
@@ -635,7 +651,7 @@ impl Discovery {
         ttl: Duration,
         force: bool,
         fetcher: &DocumentFetcher,
-        out: &mut Discovered,
+        out: &mut Findings,
         failures: &mut Vec<String>,
     ) -> bool {
         let index = self.index(&key.scan_api_url, &key.skill, ttl, force).await;
@@ -663,7 +679,7 @@ impl Discovery {
         read: bool,
         confirm: bool,
         fetcher: &DocumentFetcher,
-        out: &mut Discovered,
+        out: &mut Findings,
         failures: &mut Vec<String>,
     ) {
         let chain = match &key.chain {
@@ -696,7 +712,7 @@ impl Discovery {
         skill: &SkillFilter,
         ttl: Duration,
         force: bool,
-    ) -> Result<Arc<ScanResult>, String> {
+    ) -> IndexOutcome {
         let slot = slot(&self.inner.index, (base.to_string(), skill.clone())).await;
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref().filter(|_| !force)
@@ -713,9 +729,9 @@ impl Discovery {
             Ok(client) => {
                 let scanned = client.scan(skill, self.inner.settings.index_limit).await;
                 self.save_index_state(base, &client).await;
-                scanned.map(Arc::new).map_err(|e| e.to_string())
+                scanned.map(Arc::new).map_err(Arc::new)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Arc::new(e)),
         };
         *cached = Some(Timed {
             at: Instant::now(),
@@ -771,7 +787,7 @@ impl Discovery {
         self.inner.scan_clients.lock().await.get(base)?.quota()
     }
 
-    async fn chain(&self, cfg: &ChainConfig) -> Result<Arc<ChainIndex>, ChainError> {
+    async fn chain(&self, cfg: &ChainConfig) -> Result<Arc<ChainIndex>, RegistryError> {
         let mut chains = self.inner.chains.lock().await;
         if let Some(c) = chains.get(cfg) {
             return Ok(c.clone());
@@ -786,11 +802,11 @@ impl Discovery {
         scan: &ScanResult,
         skill: &SkillFilter,
         fetcher: &DocumentFetcher,
-        out: &mut Discovered,
+        out: &mut Findings,
     ) -> Vec<Worker> {
         // Owned entries: a stream of borrowed ones makes the future fail `tokio::spawn`'s
         // lifetime requirements.
-        let outcomes: Vec<Outcome> = futures::stream::iter(scan.entries.clone())
+        let outcomes: Vec<Vetted> = futures::stream::iter(scan.entries.clone())
             .map(|entry| async move { index_entry_worker(&entry, skill, fetcher).await })
             .buffered(CONCURRENCY)
             .collect()
@@ -803,11 +819,11 @@ impl Discovery {
         chain: &ChainIndex,
         skill: &SkillFilter,
         fetcher: &DocumentFetcher,
-        out: &mut Discovered,
-    ) -> Result<Vec<Worker>, ChainError> {
+        out: &mut Findings,
+    ) -> Result<Vec<Worker>, RegistryError> {
         let chain_id = chain.config().chain_id;
         let agents = chain.agents().await?;
-        let outcomes: Vec<Outcome> = futures::stream::iter(agents)
+        let outcomes: Vec<Vetted> = futures::stream::iter(agents)
             .map(|agent| async move {
                 let label = format!("{chain_id}:{}", agent.agent_id);
                 let doc = match fetcher.fetch(&agent.uri).await {
@@ -837,11 +853,11 @@ impl Discovery {
         chain: &ChainIndex,
         skill: &SkillFilter,
         fetcher: &DocumentFetcher,
-        out: &mut Discovered,
+        out: &mut Findings,
     ) {
         let chain_id = chain.config().chain_id;
         let candidates = std::mem::take(&mut out.workers);
-        let checks: Vec<(Worker, Result<(), String>)> = futures::stream::iter(candidates)
+        let checks: Vec<(Worker, Result<(), NotConfirmed>)> = futures::stream::iter(candidates)
             .map(|w| async move {
                 let verdict = confirm_one(&w, chain, chain_id, skill, fetcher).await;
                 (w, verdict)
@@ -855,14 +871,33 @@ impl Discovery {
                     w.source = FoundIn::IndexConfirmed;
                     out.workers.push(w);
                 }
-                Err(reason) => out.skipped.push(Rejected {
+                Err(why) => out.skipped.push(Rejected {
                     agent: label_of(&w),
                     target: w.endpoint.clone(),
-                    reason,
+                    reason: format!("not confirmed: {why}"),
                 }),
             }
         }
     }
+}
+
+/// Why the chain does not confirm a worker the index found.
+#[derive(Debug, thiserror::Error)]
+enum NotConfirmed {
+    #[error("not an agent of chain {0}")]
+    OtherChain(u64),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the agent does not exist on chain")]
+    NoSuchAgent,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Document(#[from] NotADocument),
+    #[error("on chain, {0}")]
+    NotAWorker(#[from] NotAWorker),
+    #[error("the chain's registration names {0}")]
+    OtherEndpoint(String),
 }
 
 async fn confirm_one(
@@ -871,31 +906,23 @@ async fn confirm_one(
     chain_id: u64,
     skill: &SkillFilter,
     fetcher: &DocumentFetcher,
-) -> Result<(), String> {
+) -> Result<(), NotConfirmed> {
     let agent = match (w.chain_id, w.agent_id) {
         (Some(c), Some(a)) if c == chain_id => a,
-        _ => return Err(format!("not confirmed: not an agent of chain {chain_id}")),
+        _ => return Err(NotConfirmed::OtherChain(chain_id)),
     };
     let uri = chain
         .token_uri(agent)
-        .await
-        .map_err(|e| format!("not confirmed: {e}"))?
-        .ok_or_else(|| "not confirmed: the agent does not exist on chain".to_string())?;
-    let doc = fetcher
-        .fetch(&uri)
-        .await
-        .map_err(|e| format!("not confirmed: {e}"))?;
-    let reg = parse_registration(&doc).map_err(|e| format!("not confirmed: {e}"))?;
+        .await?
+        .ok_or(NotConfirmed::NoSuchAgent)?;
+    let doc = fetcher.fetch(&uri).await?;
+    let reg = parse_registration(&doc)?;
     let onchain =
-        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), FoundIn::Chain)
-            .map_err(|e| format!("not confirmed: on chain, {e}"))?;
+        Worker::from_registration(&reg, skill, Some(agent), Some(chain_id), FoundIn::Chain)?;
     if onchain.endpoint == w.endpoint {
         Ok(())
     } else {
-        Err(format!(
-            "not confirmed: the chain's registration names {}",
-            onchain.endpoint
-        ))
+        Err(NotConfirmed::OtherEndpoint(onchain.endpoint))
     }
 }
 
@@ -934,7 +961,7 @@ async fn slot<K: std::hash::Hash + Eq, V: Default>(
     map.lock().await.entry(key).or_default().clone()
 }
 
-fn finish(spec: &DiscoverySpec, found: &Discovered) -> WorkerSet {
+fn finish(spec: &DiscoverySpec, found: &Findings) -> WorkerSet {
     WorkerSet {
         workers: merge(spec, &found.workers),
         refused: found.refused.clone(),
@@ -946,13 +973,13 @@ fn finish(spec: &DiscoverySpec, found: &Discovered) -> WorkerSet {
 }
 
 /// What became of one agent.
-enum Outcome {
+enum Vetted {
     Worker(Worker),
     Refused(Rejected),
     Skipped(Rejected),
 }
 
-impl Discovered {
+impl Findings {
     fn empty() -> Self {
         Self {
             workers: Vec::new(),
@@ -964,13 +991,13 @@ impl Discovered {
         }
     }
 
-    fn absorb(&mut self, outcomes: Vec<Outcome>) -> Vec<Worker> {
+    fn absorb(&mut self, outcomes: Vec<Vetted>) -> Vec<Worker> {
         let mut workers = Vec::new();
         for o in outcomes {
             match o {
-                Outcome::Worker(w) => workers.push(w),
-                Outcome::Refused(r) => self.refused.push(r),
-                Outcome::Skipped(r) => self.skipped.push(r),
+                Vetted::Worker(w) => workers.push(w),
+                Vetted::Refused(r) => self.refused.push(r),
+                Vetted::Skipped(r) => self.skipped.push(r),
             }
         }
         workers
@@ -986,16 +1013,16 @@ fn label_of(w: &Worker) -> String {
     label(w.chain_id, w.agent_id)
 }
 
-fn fetch_failure(agent: String, uri: &str, e: FetchError) -> Outcome {
+fn fetch_failure(agent: String, uri: &str, e: FetchError) -> Vetted {
     let r = Rejected {
         agent,
         target: uri.chars().take(120).collect(),
         reason: e.to_string(),
     };
     if e.refusal().is_some() {
-        Outcome::Refused(r)
+        Vetted::Refused(r)
     } else {
-        Outcome::Skipped(r)
+        Vetted::Skipped(r)
     }
 }
 
@@ -1004,7 +1031,7 @@ async fn index_entry_worker(
     entry: &IndexEntry,
     skill: &SkillFilter,
     fetcher: &DocumentFetcher,
-) -> Outcome {
+) -> Vetted {
     let agent = label(entry.chain_id, entry.token_id);
     let doc: Value = match (&entry.document, &entry.document_uri) {
         (Some(doc), _) => doc.clone(),
@@ -1042,9 +1069,9 @@ async fn vet(
     source: FoundIn,
     fetcher: &DocumentFetcher,
     agent: String,
-) -> Outcome {
+) -> Vetted {
     let skipped = |target: String, reason: String| {
-        Outcome::Skipped(Rejected {
+        Vetted::Skipped(Rejected {
             agent: agent.clone(),
             target,
             reason,
@@ -1064,10 +1091,10 @@ async fn vet(
         return skipped(worker.endpoint, "unparsable endpoint".into());
     };
     match fetcher.policy().resolve_url(&url).await {
-        Ok(_) => Outcome::Worker(worker),
+        Ok(_) => Vetted::Worker(worker),
         // Not a policy decision: the endpoint cannot be reached at all.
         Err(why @ UrlRefusal::Unresolvable { .. }) => skipped(worker.endpoint, why.to_string()),
-        Err(refusal) => Outcome::Refused(Rejected {
+        Err(refusal) => Vetted::Refused(Rejected {
             agent,
             target: worker.endpoint,
             reason: refusal.to_string(),
@@ -1153,10 +1180,10 @@ mod tests {
         // A stale result on disk (from another process): at once, with a warning, while the
         // refresh (hanging here) runs in the background, one at a time.
         let key = discovery.key(&spec(&url), &[]).unwrap();
-        let stale = Discovered {
+        let stale = Findings {
             workers: vec![worker("cached")],
             fetched_at: SystemTime::now() - Duration::from_secs(60),
-            ..Discovered::empty()
+            ..Findings::empty()
         };
         DiskCache::new(dir.path())
             .save(RESULTS, &format!("{key:?}"), &stale)

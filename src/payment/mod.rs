@@ -25,8 +25,8 @@ pub mod x402;
 pub use signer::{RemoteSigner, SignerError};
 pub use voucher::{Voucher, VoucherTerms, new_nonce, sign_voucher, unix_now};
 pub use worker::{
-    DEFAULT_RUN_TIMEOUT, ExperimentRequest, ExperimentResult, Health, JobTicket, Quote, RunOutcome,
-    WorkerClient, WorkerError,
+    DEFAULT_RUN_TIMEOUT, ExperimentRequest, ExperimentResult, JobTicket, Quote, RunOutcome,
+    WorkerClient, WorkerError, WorkerHealth,
 };
 pub use x402::{NoAcceptableOffer, Offer, PaymentRequired, Policy, Rule, Settlement, X402Version};
 

@@ -133,7 +133,7 @@ pub struct JobTicket {
 /// `GET <endpoint>/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Health {
+pub struct WorkerHealth {
     /// Worker's status text.
     #[serde(default)]
     pub status: Option<String>,
@@ -357,7 +357,7 @@ impl WorkerClient {
     }
 
     /// `GET <endpoint>/health` (free).
-    pub async fn health(&self) -> Result<Health, WorkerError> {
+    pub async fn health(&self) -> Result<WorkerHealth, WorkerError> {
         let url = self.url("/health");
         let response = send(self.quick.get(&url), &url, 30).await?;
         let status = response.status();
@@ -457,37 +457,31 @@ impl WorkerClient {
     ) -> Result<ExperimentResult, WorkerError> {
         let status_url = self.same_origin(&ticket.status_url)?;
         let result_url = self.same_origin(&ticket.result_url)?;
+        self.wait_for_job(&status_url).await?;
+        let get = self
+            .quick
+            .get(result_url.as_str())
+            .bearer_auth(&ticket.job_token);
+        let body = job_body(get, &result_url, "result").await?;
+        // The broker may wrap the worker's answer as {"result": {...}}.
+        let unwrapped = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("result").filter(|r| r.is_object()).cloned())
+            .map(|r| r.to_string().into_bytes());
+        ExperimentResult::parse(unwrapped.as_deref().unwrap_or(&body), request)
+    }
+
+    /// Polls the job's status until it has a result, for at most the run timeout.
+    async fn wait_for_job(&self, status_url: &Url) -> Result<(), WorkerError> {
         let deadline = tokio::time::Instant::now() + self.run_timeout;
         loop {
-            let response =
-                send(self.quick.get(status_url.as_str()), status_url.as_str(), 30).await?;
-            let code = response.status();
-            let body = read(response).await?;
-            if !code.is_success() {
-                return Err(WorkerError::Job(format!(
-                    "status answered HTTP {code}: {}",
-                    http::excerpt(&body)
-                )));
-            }
-            let state = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("status")
-                        .and_then(Value::as_str)
-                        .map(str::to_lowercase)
-                })
-                .unwrap_or_default();
-            if matches!(
-                state.as_str(),
-                "expired" | "cancelled" | "canceled" | "error"
-            ) {
-                return Err(WorkerError::Job(format!("the job ended as {state:?}")));
-            }
-            if matches!(
-                state.as_str(),
-                "completed" | "complete" | "done" | "succeeded" | "failed" | "timeout" | "finished"
-            ) {
-                break;
+            let body = job_body(self.quick.get(status_url.as_str()), status_url, "status").await?;
+            match JobState::of(&body) {
+                JobState::Finished => return Ok(()),
+                JobState::Ended(state) => {
+                    return Err(WorkerError::Job(format!("the job ended as {state:?}")));
+                }
+                JobState::Running => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(WorkerError::Timeout {
@@ -497,25 +491,6 @@ impl WorkerClient {
             }
             tokio::time::sleep(self.poll_interval).await;
         }
-        let get = self
-            .quick
-            .get(result_url.as_str())
-            .bearer_auth(&ticket.job_token);
-        let response = send(get, result_url.as_str(), 30).await?;
-        let code = response.status();
-        let body = read(response).await?;
-        if !code.is_success() {
-            return Err(WorkerError::Job(format!(
-                "result answered HTTP {code}: {}",
-                http::excerpt(&body)
-            )));
-        }
-        // The broker may wrap the worker's answer as {"result": {...}}.
-        let unwrapped = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("result").filter(|r| r.is_object()).cloned())
-            .map(|r| r.to_string().into_bytes());
-        ExperimentResult::parse(unwrapped.as_deref().unwrap_or(&body), request)
     }
 
     fn same_origin(&self, link: &str) -> Result<Url, WorkerError> {
@@ -531,6 +506,57 @@ impl WorkerClient {
             )));
         }
         Ok(url)
+    }
+}
+
+/// The body of a GET on one of a job's URLs (`what`: "status" or "result"); any answer but a
+/// success is the job's failure.
+async fn job_body(
+    get: reqwest::RequestBuilder,
+    url: &Url,
+    what: &str,
+) -> Result<Vec<u8>, WorkerError> {
+    let response = send(get, url.as_str(), 30).await?;
+    let code = response.status();
+    let body = read(response).await?;
+    if !code.is_success() {
+        return Err(WorkerError::Job(format!(
+            "{what} answered HTTP {code}: {}",
+            http::excerpt(&body)
+        )));
+    }
+    Ok(body)
+}
+
+/// What an async job's status says. A run that failed or timed out on the worker still has a
+/// result to read (it was paid for); a job that expired or was cancelled has none.
+#[derive(Debug, PartialEq, Eq)]
+enum JobState {
+    /// Not finished, or a status this client does not know: polled again until the deadline.
+    Running,
+    /// A result can be read.
+    Finished,
+    /// The job ended without a result, in this state.
+    Ended(String),
+}
+
+impl JobState {
+    fn of(body: &[u8]) -> Self {
+        let state = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.get("status")
+                    .and_then(Value::as_str)
+                    .map(str::to_lowercase)
+            })
+            .unwrap_or_default();
+        match state.as_str() {
+            "expired" | "cancelled" | "canceled" | "error" => Self::Ended(state),
+            "completed" | "complete" | "done" | "succeeded" | "failed" | "timeout" | "finished" => {
+                Self::Finished
+            }
+            _ => Self::Running,
+        }
     }
 }
 
@@ -616,6 +642,19 @@ fn settlement(headers: &HeaderMap) -> Option<Settlement> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_status_is_running_finished_or_ended() {
+        assert_eq!(JobState::of(br#"{"status": "Queued"}"#), JobState::Running);
+        assert_eq!(JobState::of(b"not json"), JobState::Running);
+        // A failed run was paid for and has a result to read.
+        assert_eq!(JobState::of(br#"{"status": "FAILED"}"#), JobState::Finished);
+        assert_eq!(JobState::of(br#"{"status": "done"}"#), JobState::Finished);
+        assert_eq!(
+            JobState::of(br#"{"status": "Cancelled"}"#),
+            JobState::Ended("cancelled".into())
+        );
+    }
 
     fn request() -> ExperimentRequest {
         ExperimentRequest {

@@ -45,13 +45,18 @@ impl From<X402Version> for u8 {
     }
 }
 
+/// An `x402Version` this client does not speak.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported x402Version {0}")]
+pub struct UnsupportedVersion(pub u8);
+
 impl TryFrom<u8> for X402Version {
-    type Error = String;
-    fn try_from(v: u8) -> Result<Self, String> {
+    type Error = UnsupportedVersion;
+    fn try_from(v: u8) -> Result<Self, UnsupportedVersion> {
         match v {
             1 => Ok(X402Version::V1),
             2 => Ok(X402Version::V2),
-            other => Err(format!("unsupported x402Version {other}")),
+            other => Err(UnsupportedVersion(other)),
         }
     }
 }
@@ -337,10 +342,11 @@ pub fn choose(required: &PaymentRequired, policy: &Policy) -> Result<Offer, NoAc
         .ok_or(NoAcceptableOffer { rejections })
 }
 
-type Verdict<T> = Result<T, (Rule, String)>;
+/// A requirement judged: the value it offers, or the rule it breaks with a detail for the user.
+type Judged<T> = Result<T, (Rule, String)>;
 
 /// Applies the rules to one requirement, in the order a user would fix them.
-fn judge(required: &PaymentRequired, requirement: &Value, policy: &Policy) -> Verdict<Offer> {
+fn judge(required: &PaymentRequired, requirement: &Value, policy: &Policy) -> Judged<Offer> {
     let Value::Object(fields) = requirement else {
         return Err((Rule::Malformed, "not a JSON object".into()));
     };
@@ -375,7 +381,7 @@ fn judge(required: &PaymentRequired, requirement: &Value, policy: &Policy) -> Ve
     })
 }
 
-fn judge_network(name: &str, policy: &Policy) -> Verdict<Network> {
+fn judge_network(name: &str, policy: &Policy) -> Judged<Network> {
     let allowed = || {
         policy
             .networks
@@ -400,7 +406,7 @@ fn judge_network(name: &str, policy: &Policy) -> Verdict<Network> {
     }
 }
 
-fn judge_transfer_method(extra: Option<&Map<String, Value>>) -> Verdict<()> {
+fn judge_transfer_method(extra: Option<&Map<String, Value>>) -> Judged<()> {
     match extra.and_then(|e| e.get("assetTransferMethod")) {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(m)) if m.eq_ignore_ascii_case("eip3009") => Ok(()),
@@ -411,7 +417,7 @@ fn judge_transfer_method(extra: Option<&Map<String, Value>>) -> Verdict<()> {
     }
 }
 
-fn judge_asset(network: Network, asset: Address, policy: &Policy) -> Verdict<()> {
+fn judge_asset(network: Network, asset: Address, policy: &Policy) -> Judged<()> {
     if eip712::known_usdc(network.chain_id(), asset).is_some()
         || policy.extra_assets.contains(&asset)
     {
@@ -428,7 +434,7 @@ fn judge_asset(network: Network, asset: Address, policy: &Policy) -> Verdict<()>
     ))
 }
 
-fn judge_amount(fields: &Map<String, Value>, policy: &Policy) -> Verdict<Usdc> {
+fn judge_amount(fields: &Map<String, Value>, policy: &Policy) -> Judged<Usdc> {
     // v2 says `amount`, v1 `maxAmountRequired`; some gates mix them.
     let raw = fields
         .get("amount")
@@ -469,7 +475,7 @@ fn domain_for(
     network: Network,
     asset: Address,
     extra: Option<&Map<String, Value>>,
-) -> Verdict<TokenDomain> {
+) -> Judged<TokenDomain> {
     let chain_id = network.chain_id();
     let explicit = extra
         .and_then(|e| e.get("eip712Domain"))
@@ -500,7 +506,7 @@ fn domain_for(
     })
 }
 
-fn check_explicit_domain(d: &Map<String, Value>, chain_id: u64, asset: Address) -> Verdict<()> {
+fn check_explicit_domain(d: &Map<String, Value>, chain_id: u64, asset: Address) -> Judged<()> {
     if let Some(c) = d.get("chainId") {
         let c_num = c
             .as_u64()
@@ -524,14 +530,14 @@ fn check_explicit_domain(d: &Map<String, Value>, chain_id: u64, asset: Address) 
     Ok(())
 }
 
-fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Verdict<&'a str> {
+fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Judged<&'a str> {
     fields
         .get(key)
         .and_then(Value::as_str)
         .ok_or_else(|| (Rule::Malformed, format!("no {key}")))
 }
 
-fn address(fields: &Map<String, Value>, key: &str) -> Verdict<Address> {
+fn address(fields: &Map<String, Value>, key: &str) -> Judged<Address> {
     let s = text(fields, key)?;
     s.parse()
         .map_err(|_| (Rule::Malformed, format!("{key} {s:?} is not an address")))

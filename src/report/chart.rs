@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use serde::Serialize;
 
-use super::history::{Decision, History, Role};
+use super::history::{Decision, ResultHistory, RunKind};
 
 /// Pixel size of the chart.
 pub const SIZE: (u32, u32) = (1200, 640);
@@ -85,12 +85,12 @@ pub struct ChartData {
 
 impl ChartData {
     /// The chart of a history.
-    pub fn new(history: &History) -> Self {
+    pub fn new(history: &ResultHistory) -> Self {
         let position = |id: &str| {
             history
                 .entries
                 .iter()
-                .find(|e| e.row.experiment_id == id && e.role != Role::Replication)
+                .find(|e| e.row.experiment_id == id && e.role != RunKind::Replication)
                 .map(|e| e.index)
         };
         let points = history
@@ -101,8 +101,8 @@ impl ChartData {
                 y: e.value(),
                 mark: match (e.decision, e.role) {
                     (Decision::Crash, _) => Mark::Failed,
-                    (_, Role::Replication) => Mark::Replication,
-                    (_, Role::Baseline) => Mark::Baseline,
+                    (_, RunKind::Replication) => Mark::Replication,
+                    (_, RunKind::Baseline) => Mark::Baseline,
                     (Decision::Keep, _) => Mark::Kept,
                     (Decision::Discard, _) => Mark::Discarded,
                 },
@@ -155,7 +155,7 @@ fn shorten(text: &str) -> String {
 
 /// The staircase: flat from each kept experiment to the next, then down; it runs on to the last
 /// experiment so the current best reads at the right edge.
-fn steps(history: &History) -> Vec<(f64, f64)> {
+fn steps(history: &ResultHistory) -> Vec<(f64, f64)> {
     let mut out: Vec<(f64, f64)> = Vec::new();
     for e in history.kept() {
         let (x, y) = (e.index as f64, e.value().unwrap_or_default());
@@ -176,7 +176,7 @@ fn steps(history: &History) -> Vec<(f64, f64)> {
 /// The y axis covers every result, the band and some room for labels. A result far above the
 /// rest (a broken change) would flatten the staircase, so the top is capped at the 80th
 /// percentile plus its distance to the best, and such points are drawn on the top edge.
-fn y_range(history: &History) -> (f64, f64) {
+fn y_range(history: &ResultHistory) -> (f64, f64) {
     let mut values: Vec<f64> = history.entries.iter().filter_map(|e| e.value()).collect();
     values.sort_by(f64::total_cmp);
     let (Some(&low), Some(&high)) = (values.first(), values.last()) else {

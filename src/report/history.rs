@@ -27,7 +27,9 @@ pub enum HistoryError {
     },
 }
 
-/// One line of results.jsonl, every field optional except the experiment id.
+/// One line of results.jsonl, every field optional except the experiment id. Not
+/// `results::ResultRecord`: a report also reads lines that older versions wrote, or that were
+/// written by hand, so every field has a default and the id is the only one required.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(default)]
 pub struct Row {
@@ -79,10 +81,10 @@ pub struct Row {
 /// What a result meant for the campaign: one rule, the strategy's, for the engine and reports.
 pub use crate::strategy::{Decision, decide};
 
-/// Why an experiment ran.
+/// Why an experiment ran: the `role` column of results.jsonl.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub enum RunKind {
     /// A proposal.
     Experiment,
     /// The unchanged train.py, run to measure the start.
@@ -99,7 +101,7 @@ pub struct Entry {
     /// The row as read.
     pub row: Row,
     /// Its role.
-    pub role: Role,
+    pub role: RunKind,
     /// Keep, discard or crash.
     pub decision: Decision,
     /// What changed, for labels: the description, else the parameters.
@@ -117,9 +119,9 @@ impl Entry {
     }
 }
 
-/// A campaign's experiments, oldest first.
+/// A campaign's recorded results, oldest first, each with its decision: what a report draws.
 #[derive(Clone, Debug, PartialEq)]
-pub struct History {
+pub struct ResultHistory {
     /// The campaign, `namespace/name` or a name, if known.
     pub campaign: Option<String>,
     /// An improvement smaller than this is noise.
@@ -174,11 +176,11 @@ pub fn read_rows(path: &Path, filter: &Filter) -> Result<Vec<Row>, HistoryError>
     Ok(rows)
 }
 
-fn role(row: &Row) -> Role {
+fn role(row: &Row) -> RunKind {
     match row.role.as_deref() {
-        Some("baseline") => Role::Baseline,
-        Some("replication") => Role::Replication,
-        _ => Role::Experiment,
+        Some("baseline") => RunKind::Baseline,
+        Some("replication") => RunKind::Replication,
+        _ => RunKind::Experiment,
     }
 }
 
@@ -231,7 +233,7 @@ pub fn label(row: &Row) -> String {
         .unwrap_or_else(|| row.experiment_id.clone())
 }
 
-impl History {
+impl ResultHistory {
     /// Decides every row: a recorded keep/discard/crash is taken as it is; an older row is
     /// replayed against the running best. Replications never move the best.
     pub fn new(campaign: Option<String>, rows: Vec<Row>, noise_floor: f64) -> Self {
@@ -244,8 +246,8 @@ impl History {
                 Decision::Crash
             } else {
                 match (recorded_decision(&row), role) {
-                    (Some("keep"), Role::Experiment | Role::Baseline) => Decision::Keep,
-                    (Some("discard"), _) | (_, Role::Replication) => Decision::Discard,
+                    (Some("keep"), RunKind::Experiment | RunKind::Baseline) => Decision::Keep,
+                    (Some("discard"), _) | (_, RunKind::Replication) => Decision::Discard,
                     _ => decide(best, value, noise_floor),
                 }
             };
@@ -253,7 +255,7 @@ impl History {
                 best = value;
             }
             let label = match (role, row.description.as_deref()) {
-                (Role::Baseline, None) => "baseline".to_string(),
+                (RunKind::Baseline, None) => "baseline".to_string(),
                 _ => label(&row),
             };
             entries.push(Entry {
@@ -264,7 +266,7 @@ impl History {
                 decision,
             });
         }
-        let mut history = History {
+        let mut history = ResultHistory {
             campaign,
             noise_floor,
             entries,
@@ -280,7 +282,7 @@ impl History {
         let disputed: Vec<usize> = self
             .entries
             .iter()
-            .filter(|e| e.role == Role::Experiment && e.decision == Decision::Keep)
+            .filter(|e| e.role == RunKind::Experiment && e.decision == Decision::Keep)
             .filter(|e| {
                 self.replications_of(&e.row.experiment_id).next().is_some() && !self.verified(e)
             })
@@ -298,9 +300,9 @@ impl History {
     pub fn baseline(&self) -> Option<&Entry> {
         let usable = || self.entries.iter().filter(|e| e.value().is_some());
         usable()
-            .find(|e| e.role == Role::Baseline)
+            .find(|e| e.role == RunKind::Baseline)
             .or_else(|| self.kept().next())
-            .or_else(|| usable().find(|e| e.role != Role::Replication))
+            .or_else(|| usable().find(|e| e.role != RunKind::Replication))
     }
 
     /// The kept experiments, oldest first (the baseline included if it was kept).
@@ -324,7 +326,7 @@ impl History {
     /// Replications of the experiment `id` that produced a value.
     pub fn replications_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries.iter().filter(move |e| {
-            e.role == Role::Replication
+            e.role == RunKind::Replication
                 && e.row.replicates.as_deref() == Some(id)
                 && e.value().is_some()
         })

@@ -9,7 +9,7 @@ pub mod summary;
 pub mod tsv;
 
 pub use chart::ChartData;
-pub use history::{Decision, Filter, History, Row};
+pub use history::{Decision, Filter, ResultHistory, Row};
 pub use summary::Summary;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub struct Files {
 }
 
 /// Writes `progress.svg`, `progress.png` and `results.tsv` into `dir` (created if missing).
-pub fn write_files(history: &History, dir: &Path) -> Result<Files, WriteError> {
+pub fn write_files(history: &ResultHistory, dir: &Path) -> Result<Files, WriteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError::Io { path, source }
@@ -62,7 +62,7 @@ pub fn write_files(history: &History, dir: &Path) -> Result<Files, WriteError> {
 
 /// The diff of the best train.py against the baseline's, when they differ and both sources are
 /// in the script store at `scripts`.
-pub fn best_diff(history: &History, scripts: &Path) -> Option<String> {
+pub fn best_diff(history: &ResultHistory, scripts: &Path) -> Option<String> {
     let (best, baseline) = (history.best()?, history.baseline()?);
     if best.row.train_hash == baseline.row.train_hash {
         return None;

@@ -8,10 +8,10 @@
 
 use std::fmt::Write;
 
-use crate::crd::ExperimentCampaign;
+use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus};
 
 use super::chart::{self, ChartData};
-use super::history::{History, short_hash};
+use super::history::{ResultHistory, short_hash};
 use super::summary::Summary;
 
 /// Seconds between automatic refreshes.
@@ -129,7 +129,7 @@ pub fn index(campaigns: &[ExperimentCampaign]) -> String {
 }
 
 /// `/campaigns/<ns>/<name>`: one campaign.
-pub fn campaign(c: &ExperimentCampaign, history: &History, events: &[EventLine]) -> String {
+pub fn campaign(c: &ExperimentCampaign, history: &ResultHistory, events: &[EventLine]) -> String {
     let ns = c.metadata.namespace.clone().unwrap_or_default();
     let name = c.metadata.name.clone().unwrap_or_default();
     let s = c.status.clone().unwrap_or_default();
@@ -168,8 +168,31 @@ pub fn campaign(c: &ExperimentCampaign, history: &History, events: &[EventLine])
     out
 }
 
-fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events: &[EventLine]) {
+fn sections(
+    out: &mut String,
+    c: &ExperimentCampaign,
+    history: &ResultHistory,
+    events: &[EventLine],
+) {
     let s = c.status.clone().unwrap_or_default();
+    leaderboard(out, &s, history);
+    workers(out, &s, history);
+    let conditions = s.conditions.iter().map(|c| {
+        let c = c.clone();
+        [c.type_, c.status, c.reason, c.message]
+    });
+    let events = events.iter().map(|e| {
+        let e = e.clone();
+        [e.time, e.kind, e.reason, e.note]
+    });
+    let columns = ["type", "status", "reason", "message"];
+    section(out, "Conditions", "conditions", columns, conditions);
+    let columns = ["time", "type", "reason", "message"];
+    section(out, "Recent events", "events", columns, events);
+}
+
+/// Status's leaderboard, each run labelled with what changed as the history says.
+fn leaderboard(out: &mut String, s: &ExperimentCampaignStatus, history: &ResultHistory) {
     let labels: std::collections::HashMap<&str, &str> = history
         .entries
         .iter()
@@ -203,7 +226,10 @@ fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events:
         ],
         rows,
     );
+}
 
+/// Status's worker counts, then each worker's record in the history.
+fn workers(out: &mut String, s: &ExperimentCampaignStatus, history: &ResultHistory) {
     out.push_str("<h2>Workers</h2>\n");
     if let Some(w) = &s.workers {
         let _ = writeln!(
@@ -227,28 +253,5 @@ fn sections(out: &mut String, c: &ExperimentCampaign, history: &History, events:
         "workers",
         ["endpoint", "runs", "failures", "price USDC", "agreements"],
         rows.collect(),
-    );
-
-    let rows = s.conditions.iter().map(|c| {
-        let c = c.clone();
-        [c.type_, c.status, c.reason, c.message]
-    });
-    section(
-        out,
-        "Conditions",
-        "conditions",
-        ["type", "status", "reason", "message"],
-        rows,
-    );
-    let rows = events.iter().map(|e| {
-        let e = e.clone();
-        [e.time, e.kind, e.reason, e.note]
-    });
-    section(
-        out,
-        "Recent events",
-        "events",
-        ["time", "type", "reason", "message"],
-        rows,
     );
 }

@@ -6,12 +6,12 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::history::{Decision, Entry, History, Role, short_hash};
+use super::history::{Decision, Entry, ResultHistory, RunKind, short_hash};
 use crate::usdc::Usdc;
 
 /// One experiment, as the summary names it.
 #[derive(Serialize, Clone, Debug, PartialEq)]
-pub struct Run {
+pub struct ReportedRun {
     /// val_bpb.
     pub val_bpb: f64,
     /// `sha256:<hex>` of its train.py.
@@ -24,7 +24,7 @@ pub struct Run {
 
 /// A worker's record in this history.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
-pub struct WorkerRecord {
+pub struct WorkerTally {
     /// Service URL.
     pub endpoint: String,
     /// ERC-8004 agent id, if known.
@@ -55,11 +55,11 @@ pub struct Summary {
     /// Kept improvements over the baseline.
     pub kept_improvements: usize,
     /// The best kept result.
-    pub best: Option<Run>,
+    pub best: Option<ReportedRun>,
     /// Whether an independent re-run agreed with the best within the noise floor.
     pub best_verified: bool,
     /// The baseline run.
-    pub baseline: Option<Run>,
+    pub baseline: Option<ReportedRun>,
     /// Baseline minus best (positive is better).
     pub improvement: Option<f64>,
     /// The noise floor used for keep/discard.
@@ -69,13 +69,13 @@ pub struct Summary {
     /// USDC spent per kept improvement.
     pub spent_per_improvement_usdc: Option<String>,
     /// Per worker, by endpoint.
-    pub workers: Vec<WorkerRecord>,
+    pub workers: Vec<WorkerTally>,
     /// The unified diff of the best train.py against the baseline, when the code changed.
     pub diff: Option<String>,
 }
 
-fn run(e: &Entry) -> Run {
-    Run {
+fn run(e: &Entry) -> ReportedRun {
+    ReportedRun {
         val_bpb: e.value().unwrap_or_default(),
         train_hash: e.row.train_hash.clone(),
         experiment_id: e.row.experiment_id.clone(),
@@ -85,7 +85,7 @@ fn run(e: &Entry) -> Run {
 
 impl Summary {
     /// Summarises `history`; `diff` is the code change of the best, if the caller found one.
-    pub fn new(history: &History, diff: Option<String>) -> Self {
+    pub fn new(history: &ResultHistory, diff: Option<String>) -> Self {
         let best = history.best();
         let baseline = history.baseline();
         let kept = history.improvements().count();
@@ -96,7 +96,7 @@ impl Summary {
             campaign: history.campaign.clone(),
             experiments: history.entries.len(),
             failures: count(history, |e| e.decision == Decision::Crash),
-            replications: count(history, |e| e.role == Role::Replication),
+            replications: count(history, |e| e.role == RunKind::Replication),
             kept_improvements: kept,
             best_verified: best.is_some_and(|b| history.verified(b)),
             improvement: best
@@ -191,16 +191,16 @@ impl Summary {
     }
 }
 
-fn count(history: &History, f: impl Fn(&Entry) -> bool) -> usize {
+fn count(history: &ResultHistory, f: impl Fn(&Entry) -> bool) -> usize {
     history.entries.iter().filter(|e| f(e)).count()
 }
 
-fn workers(history: &History) -> Vec<WorkerRecord> {
-    let mut by_endpoint: BTreeMap<&str, WorkerRecord> = BTreeMap::new();
+fn workers(history: &ResultHistory) -> Vec<WorkerTally> {
+    let mut by_endpoint: BTreeMap<&str, WorkerTally> = BTreeMap::new();
     for e in &history.entries {
         let w = by_endpoint
             .entry(&e.row.worker_endpoint)
-            .or_insert_with(|| WorkerRecord {
+            .or_insert_with(|| WorkerTally {
                 endpoint: e.row.worker_endpoint.clone(),
                 ..Default::default()
             });
@@ -222,10 +222,11 @@ fn workers(history: &History) -> Vec<WorkerRecord> {
     for r in history
         .entries
         .iter()
-        .filter(|e| e.role == Role::Replication)
+        .filter(|e| e.role == RunKind::Replication)
     {
         let original = history.entries.iter().find(|e| {
-            e.role != Role::Replication && Some(&e.row.experiment_id) == r.row.replicates.as_ref()
+            e.role != RunKind::Replication
+                && Some(&e.row.experiment_id) == r.row.replicates.as_ref()
         });
         let (Some(o), Some(rv)) = (original, r.value()) else {
             continue;

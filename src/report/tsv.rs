@@ -4,13 +4,13 @@
 
 use std::fmt::Write;
 
-use super::history::{Decision, History, Role, short_hash};
+use super::history::{Decision, ResultHistory, RunKind, short_hash};
 
 /// The header line.
 pub const HEADER: &str = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n";
 
 /// The whole file.
-pub fn render(history: &History) -> String {
+pub fn render(history: &ResultHistory) -> String {
     let mut out = String::from(HEADER);
     for e in &history.entries {
         let crashed = e.decision == Decision::Crash;
@@ -25,7 +25,7 @@ pub fn render(history: &History) -> String {
             e.row.memory_gb.filter(|m| m.is_finite()).unwrap_or(0.0)
         };
         let description = match e.role {
-            Role::Replication => format!(
+            RunKind::Replication => format!(
                 "replication of {}: {}",
                 e.row.replicates.as_deref().unwrap_or("?"),
                 e.label

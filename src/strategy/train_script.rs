@@ -28,7 +28,7 @@ pub struct SyntaxError {
 
 /// Why a constant cannot be rewritten.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum ScriptError {
+pub enum TemplateError {
     /// The source does not parse.
     #[error("train.py does not parse as Python: {0}")]
     Syntax(#[from] SyntaxError),
@@ -108,11 +108,11 @@ impl Template {
     }
 
     /// Checks that `name` is assigned exactly once at top level.
-    pub fn check(&self, name: &str) -> Result<(), ScriptError> {
+    pub fn check(&self, name: &str) -> Result<(), TemplateError> {
         match self.values.get(name).map(Vec::len) {
             Some(1) => Ok(()),
-            None | Some(0) => Err(ScriptError::NotAssigned(name.to_string())),
-            Some(count) => Err(ScriptError::AssignedTwice {
+            None | Some(0) => Err(TemplateError::NotAssigned(name.to_string())),
+            Some(count) => Err(TemplateError::AssignedTwice {
                 name: name.to_string(),
                 count,
             }),
@@ -131,7 +131,7 @@ impl Template {
     pub fn render<'v>(
         &self,
         values: impl IntoIterator<Item = (&'v str, &'v Value)>,
-    ) -> Result<String, ScriptError> {
+    ) -> Result<String, TemplateError> {
         let mut edits = Vec::new();
         for (name, value) in values {
             self.check(name)?;
@@ -378,13 +378,13 @@ if __name__ == \"__main__\":
             Template::new("A = 1\nA = 2\nfor i in range(3):\n    B = i\nC, D = 1, 2\n").unwrap();
         assert_eq!(
             t.check("B"),
-            Err(ScriptError::NotAssigned("B".into())),
+            Err(TemplateError::NotAssigned("B".into())),
             "an assignment inside a block is not a constant"
         );
-        assert_eq!(t.check("C"), Err(ScriptError::NotAssigned("C".into())));
+        assert_eq!(t.check("C"), Err(TemplateError::NotAssigned("C".into())));
         assert!(matches!(
             t.check("A"),
-            Err(ScriptError::AssignedTwice { count: 2, .. })
+            Err(TemplateError::AssignedTwice { count: 2, .. })
         ));
         let message = t.render([("MISSING", &json!(1))]).unwrap_err().to_string();
         assert!(

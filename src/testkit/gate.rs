@@ -71,7 +71,7 @@ pub fn encode(value: &Value) -> String {
 
 /// Why a payment was refused; nothing is forwarded and nothing settles.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum GateRefusal {
     /// Not standard base64 of a JSON object: HTTP 400.
     #[error("Invalid payment header")]
     BadHeader,
@@ -95,11 +95,13 @@ pub struct Verified {
 }
 
 /// Decodes a payment header value into its JSON object.
-pub fn decode(header: &str) -> Result<Value, Refusal> {
-    let bytes = B64.decode(header.trim()).map_err(|_| Refusal::BadHeader)?;
+pub fn decode(header: &str) -> Result<Value, GateRefusal> {
+    let bytes = B64
+        .decode(header.trim())
+        .map_err(|_| GateRefusal::BadHeader)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(value) if value.is_object() => Ok(value),
-        _ => Err(Refusal::BadHeader),
+        _ => Err(GateRefusal::BadHeader),
     }
 }
 
@@ -110,12 +112,12 @@ pub fn verify(
     requirement: &Value,
     now: u64,
     used: impl Fn(&B256) -> bool,
-) -> Result<Verified, Refusal> {
+) -> Result<Verified, GateRefusal> {
     check_accepted(payment, requirement)?;
-    let invalid = |why: &str| Refusal::Invalid(why.to_string());
+    let invalid = |why: &str| GateRefusal::Invalid(why.to_string());
     let parsed: v2::PaymentPayload<Value, ExactEvmPayload> =
         serde_json::from_value(payment.clone())
-            .map_err(|e| Refusal::Invalid(format!("invalid_payload: {e}")))?;
+            .map_err(|e| GateRefusal::Invalid(format!("invalid_payload: {e}")))?;
     let auth = parsed.payload.authorization;
     let price = requirement["amount"].as_str().unwrap_or_default();
     let pay_to: Address = requirement["payTo"]
@@ -162,23 +164,23 @@ pub fn verify(
 
 /// The token contract's ecrecover takes only v = 27/28; [`check_signature`] also refuses a high
 /// s and a signature that recovers to another address than `from`.
-fn check_signature_as_the_chain_does(raw: &[u8], auth: &Authorization) -> Result<(), Refusal> {
+fn check_signature_as_the_chain_does(raw: &[u8], auth: &Authorization) -> Result<(), GateRefusal> {
     if raw.len() == 65 && !matches!(raw[64], 27 | 28) {
-        return Err(Refusal::Invalid(
+        return Err(GateRefusal::Invalid(
             "invalid_exact_evm_transaction_simulation_failed: v must be 27 or 28".into(),
         ));
     }
     check_signature(raw, auth.signing_hash(&usdc_domain()), auth.from)
         .map(|_| ())
-        .map_err(|e| Refusal::Invalid(format!("invalid_exact_evm_signature: {e}")))
+        .map_err(|e| GateRefusal::Invalid(format!("invalid_exact_evm_signature: {e}")))
 }
 
-fn u256_to_u128(value: U256) -> Result<u128, Refusal> {
-    u128::try_from(value).map_err(|_| Refusal::Invalid("value out of range".into()))
+fn u256_to_u128(value: U256) -> Result<u128, GateRefusal> {
+    u128::try_from(value).map_err(|_| GateRefusal::Invalid("value out of range".into()))
 }
 
 /// obol-stack's comparison of `accepted` with the offer.
-fn check_accepted(payment: &Value, requirement: &Value) -> Result<(), Refusal> {
+fn check_accepted(payment: &Value, requirement: &Value) -> Result<(), GateRefusal> {
     let text = |v: Option<&Value>| match v {
         Some(Value::String(s)) => s.to_lowercase(),
         Some(Value::Null) | None => String::new(),
@@ -192,6 +194,6 @@ fn check_accepted(payment: &Value, requirement: &Value) -> Result<(), Refusal> {
     if mismatched.is_empty() {
         Ok(())
     } else {
-        Err(Refusal::Mismatch(mismatched))
+        Err(GateRefusal::Mismatch(mismatched))
     }
 }

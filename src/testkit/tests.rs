@@ -257,48 +257,42 @@ async fn a_voucher_from_the_real_client_pays_once_and_the_result_is_recovered() 
     );
 }
 
-#[tokio::test]
-async fn payments_a_real_gate_refuses_are_refused_and_settle_nothing() {
-    let worker = FakeWorker::start().await;
-    let client = client(&worker);
-    let request = request("exp-r");
-    let cases: Vec<(&str, Voucher)> = vec![
+/// Vouchers for `exp-r` that a real gate refuses: signed by another key, or with a field of the
+/// authorization changed from what the offer asks.
+async fn tampered(client: &WorkerClient) -> Vec<(&'static str, Voucher)> {
+    vec![
         (
             "wrong key",
-            hand_made(&client, "exp-r", OTHER_KEY, |_| {}).await,
+            hand_made(client, "exp-r", OTHER_KEY, |_| {}).await,
         ),
         (
             "value",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| a.value += U256::from(1)).await,
+            hand_made(client, "exp-r", PAYER_KEY, |a| a.value += U256::from(1)).await,
         ),
         (
             "recipient",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| a.to = PAYER).await,
+            hand_made(client, "exp-r", PAYER_KEY, |a| a.to = PAYER).await,
         ),
         (
             "expired",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| {
+            hand_made(client, "exp-r", PAYER_KEY, |a| {
                 a.valid_before = unix_now() + 2
             })
             .await,
         ),
         (
             "not yet valid",
-            hand_made(&client, "exp-r", PAYER_KEY, |a| {
+            hand_made(client, "exp-r", PAYER_KEY, |a| {
                 a.valid_after = unix_now() + 60
             })
             .await,
         ),
-    ];
-    for (case, voucher) in &cases {
-        let reason = refused(client.run(Some(voucher), &request).await);
-        assert!(
-            reason.starts_with("Payment verification failed"),
-            "{case}: {reason}"
-        );
-    }
-    // v = 0/1 recovers off-chain but the token contract refuses it.
-    let good = hand_made(&client, "exp-r", PAYER_KEY, |_| {}).await;
+    ]
+}
+
+/// `good` with the signature's `v` as 0/1: it recovers off-chain, but the token contract wants
+/// 27 or 28.
+fn with_low_v(good: &Voucher) -> Voucher {
     let mut payload = good.payload().unwrap();
     let sig = payload["payload"]["signature"]
         .as_str()
@@ -306,11 +300,27 @@ async fn payments_a_real_gate_refuses_are_refused_and_settle_nothing() {
         .to_string();
     let v = u8::from_str_radix(&sig[130..], 16).unwrap() - 27;
     payload["payload"]["signature"] = json!(format!("{}{v:02x}", &sig[..130]));
-    let v01 = Voucher {
+    Voucher {
         header: gate::encode(&payload),
         ..good.clone()
-    };
-    assert!(refused(client.run(Some(&v01), &request).await).contains("27 or 28"));
+    }
+}
+
+#[tokio::test]
+async fn payments_a_real_gate_refuses_are_refused_and_settle_nothing() {
+    let worker = FakeWorker::start().await;
+    let client = client(&worker);
+    let request = request("exp-r");
+    for (case, voucher) in &tampered(&client).await {
+        let reason = refused(client.run(Some(voucher), &request).await);
+        assert!(
+            reason.starts_with("Payment verification failed"),
+            "{case}: {reason}"
+        );
+    }
+    let good = hand_made(&client, "exp-r", PAYER_KEY, |_| {}).await;
+    let low_v = with_low_v(&good);
+    assert!(refused(client.run(Some(&low_v), &request).await).contains("27 or 28"));
     // A price change: the echoed requirement no longer matches the offer.
     worker.set(|k| k.price = Usdc::from_atomic(10_001));
     let reason = refused(client.run(Some(&good), &request).await);

@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::gate::{self, Refusal, Verified};
+use super::gate::{self, GateRefusal, Verified};
 use super::server::{Connection, Server};
 use crate::experiment;
 use crate::payment::unix_now;
@@ -235,13 +235,13 @@ impl WorkerConfig {
 
 /// One settled payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Settled {
+struct SettledPayment {
     nonce: B256,
     amount: Usdc,
     experiment_id: String,
 }
 
-struct WorkerState {
+struct FakeState {
     pay_to: Address,
     max_timeout_seconds: u64,
     header: PaymentHeader,
@@ -250,14 +250,14 @@ struct WorkerState {
     knobs: Mutex<Knobs>,
     running: AtomicBool,
     results: Mutex<HashMap<String, Bytes>>,
-    settled: Mutex<Vec<Settled>>,
+    settled: Mutex<Vec<SettledPayment>>,
     runs: Mutex<Vec<String>>,
 }
 
 /// A gated worker on `127.0.0.1:<random port>`, stopped when dropped.
 pub struct FakeWorker {
     server: Server,
-    state: Arc<WorkerState>,
+    state: Arc<FakeState>,
 }
 
 impl FakeWorker {
@@ -272,7 +272,7 @@ impl FakeWorker {
     }
 
     async fn start_with(config: WorkerConfig) -> Self {
-        let state = Arc::new(WorkerState {
+        let state = Arc::new(FakeState {
             pay_to: config.pay_to,
             max_timeout_seconds: config.max_timeout_seconds,
             header: config.header,
@@ -369,7 +369,7 @@ pub fn transaction_for(nonce: B256) -> B256 {
     keccak256(nonce)
 }
 
-impl WorkerState {
+impl FakeState {
     fn requirement(&self) -> Value {
         let price = self.knobs.lock().expect("knobs lock").price;
         gate::requirement(price, self.pay_to, self.max_timeout_seconds)
@@ -407,7 +407,7 @@ impl WorkerState {
         if settled.iter().any(|s| s.nonce == verified.nonce) {
             return false;
         }
-        settled.push(Settled {
+        settled.push(SettledPayment {
             nonce: verified.nonce,
             amount: verified.amount,
             experiment_id: experiment_id.to_string(),
@@ -421,7 +421,7 @@ impl WorkerState {
 }
 
 async fn experiment(
-    State(state): State<Arc<WorkerState>>,
+    State(state): State<Arc<FakeState>>,
     ConnectInfo(connection): ConnectInfo<Connection>,
     headers: HeaderMap,
     body: Bytes,
@@ -435,8 +435,8 @@ async fn experiment(
     });
     let verified = match verified {
         Ok(v) => v,
-        Err(Refusal::BadHeader) => {
-            let error = Refusal::BadHeader.to_string();
+        Err(GateRefusal::BadHeader) => {
+            let error = GateRefusal::BadHeader.to_string();
             return (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response();
         }
         Err(refusal) => return state.required(&refusal.to_string(), &requirement),
@@ -453,7 +453,7 @@ async fn experiment(
 }
 
 async fn forward_and_settle(
-    state: Arc<WorkerState>,
+    state: Arc<FakeState>,
     verified: Verified,
     body: Bytes,
     connection: Connection,
@@ -494,7 +494,7 @@ async fn forward_and_settle(
 }
 
 /// The worker behind the gate: `(status, body, experiment id)`.
-async fn work(state: &WorkerState, body: &[u8]) -> (StatusCode, Bytes, String) {
+async fn work(state: &FakeState, body: &[u8]) -> (StatusCode, Bytes, String) {
     let error = |status: StatusCode, text: &str, extra: Value| {
         let mut answer = json!({"error": text});
         if let (Some(a), Some(e)) = (answer.as_object_mut(), extra.as_object()) {
@@ -519,7 +519,7 @@ async fn work(state: &WorkerState, body: &[u8]) -> (StatusCode, Bytes, String) {
                 String::new(),
             );
         }
-        Err(why) => return error(StatusCode::BAD_REQUEST, &why, json!({})),
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why.to_string(), json!({})),
     };
     if state
         .running
@@ -545,7 +545,7 @@ async fn work(state: &WorkerState, body: &[u8]) -> (StatusCode, Bytes, String) {
 }
 
 /// Runs one experiment and stores its answer; `None` for an injected failure before payment.
-async fn run(state: &WorkerState, submission: &Submission) -> Option<Bytes> {
+async fn run(state: &FakeState, submission: &Submission) -> Option<Bytes> {
     if state.take(|k| &mut k.fail_before_payment) {
         return None;
     }
@@ -592,27 +592,42 @@ fn tell(mut result: Value, id: &str, lie: Option<Lie>) -> String {
     }
 }
 
+/// Why the worker refuses a POST body with 400; the text is the real worker's `detail`.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum BadSubmission {
+    #[error("invalid JSON body")]
+    NotJson,
+    #[error("body must be a JSON object")]
+    NotAnObject,
+    #[error("train_py is required")]
+    NoTrainPy,
+    #[error("experiment_id must match [a-zA-Z0-9_-]+")]
+    BadId,
+    #[error("config must be a JSON object")]
+    BadConfig,
+}
+
 /// The worker's validation of a POST body; `None` for a probe.
-fn parse_submission(body: &[u8]) -> Result<Option<Submission>, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| "invalid JSON body".to_string())?;
-    let object = value.as_object().ok_or("body must be a JSON object")?;
+fn parse_submission(body: &[u8]) -> Result<Option<Submission>, BadSubmission> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| BadSubmission::NotJson)?;
+    let object = value.as_object().ok_or(BadSubmission::NotAnObject)?;
     if object.get("probe").and_then(Value::as_bool) == Some(true) {
         return Ok(None);
     }
     let field = |a: &str, b: &str| object.get(a).or_else(|| object.get(b));
     let train_py = field("train_py", "trainPy")
         .and_then(Value::as_str)
-        .ok_or("train_py is required")?
+        .ok_or(BadSubmission::NoTrainPy)?
         .to_string();
     let experiment_id = match field("experiment_id", "experimentId") {
         None | Some(Value::Null) => generated_id(),
         Some(Value::String(id)) if experiment::is_valid_id(id) => id.clone(),
-        Some(_) => return Err("experiment_id must match [a-zA-Z0-9_-]+".into()),
+        Some(_) => return Err(BadSubmission::BadId),
     };
     let config = match object.get("config") {
         None | Some(Value::Null) => json!({}),
         Some(c @ Value::Object(_)) => c.clone(),
-        Some(_) => return Err("config must be a JSON object".into()),
+        Some(_) => return Err(BadSubmission::BadConfig),
     };
     Ok(Some(Submission {
         experiment_id,
@@ -627,12 +642,12 @@ fn generated_id() -> String {
     format!("exp-{day}-{:08x}", rand::random::<u32>())
 }
 
-async fn health(State(state): State<Arc<WorkerState>>) -> Json<Value> {
+async fn health(State(state): State<Arc<FakeState>>) -> Json<Value> {
     let busy = state.running.load(Ordering::SeqCst) || state.knobs.lock().expect("knobs lock").busy;
     Json(json!({"status": "ok", "busy": busy, "repo": "autoresearch", "timeoutSeconds": 300}))
 }
 
-async fn stored(State(state): State<Arc<WorkerState>>, Path(id): Path<String>) -> Response {
+async fn stored(State(state): State<Arc<FakeState>>, Path(id): Path<String>) -> Response {
     let found = state
         .results
         .lock()
@@ -651,5 +666,37 @@ async fn stored(State(state): State<Arc<WorkerState>>, Path(id): Path<String>) -
             Json(json!({"error": format!("unknown experiment {id}")})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod submission_tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_validated_as_the_real_worker_does() {
+        let read = |body: &str| parse_submission(body.as_bytes());
+        assert_eq!(read("{"), Err(BadSubmission::NotJson));
+        assert_eq!(read("[1]"), Err(BadSubmission::NotAnObject));
+        assert!(matches!(read(r#"{"probe": true}"#), Ok(None)));
+        assert_eq!(read(r#"{"config": {}}"#), Err(BadSubmission::NoTrainPy));
+        let bad_id = r#"{"train_py": "x", "experiment_id": "a/b"}"#;
+        assert_eq!(read(bad_id), Err(BadSubmission::BadId));
+        let bad_config = r#"{"trainPy": "x", "config": [1]}"#;
+        assert_eq!(read(bad_config), Err(BadSubmission::BadConfig));
+        let ok = read(r#"{"trainPy": "x", "experimentId": "e-1", "config": {"a": 1}}"#);
+        let got = ok.unwrap().unwrap();
+        assert_eq!(
+            (got.experiment_id.as_str(), got.train_py.as_str()),
+            ("e-1", "x")
+        );
+        assert_eq!(got.config, json!({"a": 1}));
+        let unnamed = read(r#"{"train_py": "x"}"#).unwrap().unwrap();
+        assert!(
+            experiment::is_valid_id(&unnamed.experiment_id),
+            "{}",
+            unnamed.experiment_id
+        );
+        assert!(unnamed.experiment_id.starts_with("exp-"));
     }
 }

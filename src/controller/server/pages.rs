@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use crate::crd::ExperimentCampaign;
-use crate::report::history::{Filter, History, read_rows};
+use crate::report::history::{Filter, ResultHistory, read_rows};
 use crate::report::page::{self, EventLine};
 use crate::report::tsv;
 use crate::telemetry::Metrics;
@@ -96,7 +96,7 @@ impl CampaignPages {
             .ok_or(PageError::NotFound(key))
     }
 
-    async fn history(&self, campaign: &ExperimentCampaign) -> Result<History, PageError> {
+    async fn history(&self, campaign: &ExperimentCampaign) -> Result<ResultHistory, PageError> {
         let namespace = campaign.namespace().unwrap_or_default();
         let name = campaign.name_any();
         let filter = Filter {
@@ -108,7 +108,7 @@ impl CampaignPages {
         let rows = tokio::task::spawn_blocking(move || read_rows(&path, &filter))
             .await
             .map_err(|e| PageError::Api(e.to_string()))??;
-        Ok(History::new(
+        Ok(ResultHistory::new(
             Some(format!("{namespace}/{name}")),
             rows,
             crate::crd::effective_floor(campaign),

@@ -63,7 +63,7 @@ struct ErrorDetail {
 
 /// The model's answer.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Reply {
+pub struct ModelAnswer {
     /// `choices[0].message.content`.
     pub content: String,
     /// `finish_reason == "length"`: the reply was cut at `max_tokens`.
@@ -140,7 +140,7 @@ impl ChatClient {
     }
 
     /// One call. Never retries: the caller counts calls and decides.
-    pub async fn complete(&self, messages: &[Message]) -> Result<Reply, LlmError> {
+    pub async fn complete(&self, messages: &[Message]) -> Result<ModelAnswer, LlmError> {
         let body = Request {
             model: &self.model,
             messages,
@@ -189,7 +189,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn parse_completion(body: &[u8]) -> Result<Reply, LlmError> {
+fn parse_completion(body: &[u8]) -> Result<ModelAnswer, LlmError> {
     let completion: Completion = serde_json::from_slice(body).map_err(|e| {
         LlmError::Garbage(format!(
             "not a chat completion ({e}): {}",
@@ -200,7 +200,7 @@ fn parse_completion(body: &[u8]) -> Result<Reply, LlmError> {
         return Err(LlmError::Garbage("the completion has no choices".into()));
     };
     match choice.message.content {
-        Some(content) if !content.trim().is_empty() => Ok(Reply {
+        Some(content) if !content.trim().is_empty() => Ok(ModelAnswer {
             content,
             truncated: choice.finish_reason.as_deref() == Some("length"),
         }),
@@ -297,7 +297,7 @@ mod tests {
         let ok = br#"{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "length"}]}"#;
         assert_eq!(
             parse_completion(ok).unwrap(),
-            Reply {
+            ModelAnswer {
                 content: "hi".into(),
                 truncated: true
             }

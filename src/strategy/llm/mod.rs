@@ -349,7 +349,7 @@ impl LlmProposer {
     fn check(
         &self,
         ctx: &ProposalContext<'_>,
-        reply: &client::Reply,
+        reply: &client::ModelAnswer,
     ) -> Result<LlmProposal, Refused> {
         let parsed = reply::parse(&reply.content).map_err(|mut r| {
             if reply.truncated {

@@ -23,7 +23,7 @@ fn context<'a>(tried: &'a (dyn Fn(&str) -> bool + Sync)) -> ProposalContext<'a> 
 
 fn check(content: &str, tried: &(dyn Fn(&str) -> bool + Sync)) -> Result<LlmProposal, Refused> {
     let ctx = context(tried);
-    let reply = client::Reply {
+    let reply = client::ModelAnswer {
         content: content.into(),
         truncated: false,
     };
@@ -76,7 +76,7 @@ fn a_train_py_over_the_size_limit_is_refused() {
     };
     let never = |_: &str| false;
     let ctx = context(&never);
-    let big = client::Reply {
+    let big = client::ModelAnswer {
         content: edit("LR = 0.04", &format!("LR = 0.04  # {}", "x".repeat(100))),
         truncated: false,
     };
@@ -101,7 +101,7 @@ fn a_whole_file_reply_is_checked_like_an_edit() {
 fn a_cut_off_reply_says_so() {
     let never = |_: &str| false;
     let ctx = context(&never);
-    let reply = client::Reply {
+    let reply = client::ModelAnswer {
         content: "{\"description\": \"x\", \"changes\": [{\"old\": \"LR".into(),
         truncated: true,
     };
