@@ -59,7 +59,7 @@ pub fn snippet(body: &[u8], n: usize) -> String {
 }
 
 /// A JSON-RPC answer, read whatever the HTTP status: its `result`, or the provider's error.
-pub enum RpcAnswer {
+enum RpcAnswer {
     Result(serde_json::Value),
     /// The `error` object's code and message (at most 300 characters: it is the peer's text).
     Error {
@@ -71,7 +71,7 @@ pub enum RpcAnswer {
 }
 
 /// Reads a JSON-RPC answer; both chain clients (the USDC reads, the registry scan) share it.
-pub fn rpc_answer(answer: &serde_json::Value) -> RpcAnswer {
+fn rpc_answer(answer: &serde_json::Value) -> RpcAnswer {
     use serde_json::Value;
     if let Some(err) = answer.get("error") {
         return RpcAnswer::Error {

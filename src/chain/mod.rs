@@ -11,7 +11,7 @@ pub mod audit;
 pub mod verdict;
 pub mod wallet;
 
-use crate::http::RpcAnswer;
+use crate::http::RpcFailure;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::crd::Network;
-use crate::http::read_capped;
 use crate::usdc::Usdc;
 
 alloy::sol! {
@@ -316,35 +315,21 @@ impl UsdcChain {
     /// One JSON-RPC call; error objects are read whatever the HTTP status.
     async fn rpc(&self, method: &str, params: Value) -> Result<Value, ChainError> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let transport = |why: String| ChainError::Transport {
-            method: method.to_string(),
-            url: self.url.to_string(),
-            why,
-        };
-        let resp = self
-            .http
-            .post(self.url.clone())
-            .json(&body)
-            .send()
+        crate::http::rpc_call(&self.http, &self.url, id, method, params, MAX_RPC_BYTES)
             .await
-            .map_err(|e| transport(e.to_string()))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, MAX_RPC_BYTES)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        let answer: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| transport(format!("HTTP {status}: not JSON-RPC")))?;
-        match crate::http::rpc_answer(&answer) {
-            RpcAnswer::Result(result) => Ok(result),
-            RpcAnswer::Error { code, message } => Err(ChainError::Provider {
-                method: method.to_string(),
-                url: self.url.to_string(),
-                code,
-                message,
-            }),
-            RpcAnswer::Empty => Err(transport(format!("HTTP {status}: no result"))),
-        }
+            .map_err(|failure| match failure {
+                RpcFailure::Transport { why, .. } => ChainError::Transport {
+                    method: method.to_string(),
+                    url: self.url.to_string(),
+                    why,
+                },
+                RpcFailure::Provider { code, message } => ChainError::Provider {
+                    method: method.to_string(),
+                    url: self.url.to_string(),
+                    code,
+                    message,
+                },
+            })
     }
 }
 
