@@ -187,6 +187,54 @@ impl ResultsLog {
     pub fn read_each(&self, each: impl FnMut(ResultRecord)) -> std::io::Result<()> {
         for_each_record(&self.path, each)
     }
+
+    /// [`read_from`] on this log's file.
+    pub fn read_from(&self, offset: u64, each: impl FnMut(ResultRecord)) -> std::io::Result<u64> {
+        read_from(&self.path, offset, each)
+    }
+}
+
+/// Streams the complete lines after byte `offset` (0: the whole file) to `each`, and returns
+/// the offset after the last complete line, from which the next call goes on: a controller
+/// picks up what another process (a second leader) appended since it last read. A last line
+/// without its newline is not read yet; a file shorter than `offset` (replaced) is read from
+/// the start. Lines that do not parse are skipped with a warning.
+pub fn read_from(
+    path: &Path,
+    offset: u64,
+    mut each: impl FnMut(ResultRecord),
+) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut offset = if file.metadata()?.len() < offset {
+        0
+    } else {
+        offset
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            return Ok(offset);
+        }
+        offset += n as u64;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(record) => each(record),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), offset, error = %e, "skipping unreadable result line")
+            }
+        }
+    }
 }
 
 fn append_line(

@@ -1,14 +1,17 @@
 //! What this process remembers of each campaign between reconciles, bounded by the work in flight
 //! rather than by history:
 //! - the running tasks (finished ones are dropped on the next reconcile);
-//! - the finished experiments as compact strategy trials (id, config, outcome), which THINK
-//!   replays, and which make a replayed append a no-op;
+//! - the finished experiments as a compact strategy [`History`] (an id fingerprint, the outcome
+//!   and the params as JSON text: a few dozen bytes each), which THINK replays, and which makes
+//!   a replayed append a no-op; baseline runs and replications are reserved ids in it;
 //! - full result records only while their status write is unconfirmed (the crash window between
 //!   the append to results.jsonl and the status write that removes the ledger entry).
 //!
-//! Everything here can be rebuilt from results.jsonl and status: a restart loses nothing.
+//! Everything here can be rebuilt from results.jsonl and status: a restart loses nothing. The
+//! file is read once, then only the lines appended since (by this process or another leader).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -20,7 +23,7 @@ use crate::crd::ExperimentCampaignStatus;
 use crate::ledger;
 use crate::results::{ResultRecord, ResultsLog};
 use crate::strategy::llm::RecentResult;
-use crate::strategy::{Decision, History, Outcome, Trial};
+use crate::strategy::{Decision, Fingerprint, History, Outcome, Trial};
 
 /// Results a model is shown, newest last.
 const RECENT: usize = 20;
@@ -29,15 +32,14 @@ const RECENT: usize = 20;
 #[derive(Default)]
 struct Campaign {
     tasks: HashMap<String, JoinHandle<()>>,
-    /// THINK's experiments, for the strategy (baseline runs and replications are not trials).
+    /// THINK's experiments, for the strategy; baseline runs and replications are reserved ids
+    /// (not trials).
     finished: History,
-    /// Baseline runs and replications recorded.
-    checks: HashSet<String>,
     unconfirmed: HashMap<String, ResultRecord>,
     lineage: Lineage,
     proposing: bool,
-    /// results.jsonl has been read.
-    loaded: bool,
+    /// results.jsonl has been read up to this byte (none: not read yet).
+    read: Option<u64>,
 }
 
 /// Keep/discard as autoresearch does it: the best kept result is the base of what comes next.
@@ -49,14 +51,14 @@ struct Lineage {
     /// The last results, for a model's prompt.
     recent: std::collections::VecDeque<RecentResult>,
     /// Every train.py hash started or proposed (so a model is not paid to repeat one).
-    tried: HashSet<String>,
+    tried: HashSet<Fingerprint>,
 }
 
 impl Lineage {
     /// The decision for a result (the one recorded, for rows that have it) and its role.
     fn add(&mut self, record: &ResultRecord) -> (Decision, Role) {
         let (decision, role) = self.trust.add_record(record);
-        self.tried.insert(record.train_hash.clone());
+        self.tried.insert(Fingerprint::of(&record.train_hash));
         let val = record
             .val_bpb
             .filter(|v| ledger::is_valid_val_bpb(*v) && record.succeeded());
@@ -81,7 +83,35 @@ impl Campaign {
         if role == Role::Experiment {
             self.finished.record(trial_of(record));
         } else {
-            self.checks.insert(record.experiment_id.clone());
+            self.finished.reserve(&record.experiment_id);
+        }
+    }
+
+    /// Adds the lines of results.jsonl after `read` that belong to the campaign and are not
+    /// known yet (this process's own appends are). Records still in the ledger are kept whole:
+    /// their status write may not have happened.
+    fn catch_up(
+        &mut self,
+        path: &Path,
+        belongs: &dyn Fn(&ResultRecord) -> bool,
+        status: &ExperimentCampaignStatus,
+    ) {
+        let offset = self.read.unwrap_or(0);
+        let read = crate::results::read_from(path, offset, |record| {
+            if !belongs(&record) || self.finished.contains(&record.experiment_id) {
+                return;
+            }
+            self.add(&record);
+            if ledger::knows(status, &record.experiment_id) {
+                self.unconfirmed
+                    .insert(record.experiment_id.clone(), record);
+            }
+        });
+        match read {
+            Ok(end) => self.read = Some(end),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot read results history")
+            }
         }
     }
 }
@@ -119,8 +149,8 @@ impl Memory {
         f(map.entry(key.to_string()).or_default())
     }
 
-    /// Reads a campaign's past results once per process, streaming results.jsonl. Records still
-    /// in the ledger are kept whole: their status write may not have happened.
+    /// Reads a campaign's past results: the whole of results.jsonl the first time (streamed),
+    /// then the lines appended since, so results another leader recorded are known before THINK.
     pub fn load(
         &self,
         key: &str,
@@ -129,71 +159,50 @@ impl Memory {
         status: &ExperimentCampaignStatus,
         noise_floor: f64,
     ) {
-        let Some(settings) = self.with(key, |c| {
-            (!c.loaded).then(|| c.lineage.trust.settings().clone())
-        }) else {
-            return;
-        };
-        let mut campaign = Campaign::default();
-        campaign.lineage.trust.set_settings(Settings {
-            noise_floor,
-            ..settings
-        });
-        campaign.lineage.trust.quiet = true;
-        let read = results.read_each(|record| {
-            if !belongs(&record) {
-                return;
-            }
-            campaign.add(&record);
-            if status
-                .ledger
-                .iter()
-                .any(|e| e.experiment_id == record.experiment_id)
-            {
-                campaign
-                    .unconfirmed
-                    .insert(record.experiment_id.clone(), record);
-            }
-        });
-        if let Err(e) = read {
-            tracing::warn!(error = %e, path = %results.path().display(), "cannot read results history");
-        }
-        campaign.lineage.trust.quiet = false;
         self.with(key, |c| {
-            if !c.loaded {
-                c.finished = campaign.finished;
-                c.checks = campaign.checks;
-                c.unconfirmed = campaign.unconfirmed;
-                c.lineage = campaign.lineage;
-                c.loaded = true;
+            let first = c.read.is_none();
+            if first {
+                let settings = c.lineage.trust.settings().clone();
+                c.lineage.trust.set_settings(Settings {
+                    noise_floor,
+                    ..settings
+                });
+                c.lineage.trust.quiet = true;
             }
-        });
+            c.catch_up(results.path(), &belongs, status);
+            c.lineage.trust.quiet = false;
+        })
     }
 
-    /// The finished trials, in arrival order (a copy: THINK adds what is in flight).
-    /// A claim being replicated is in flight for the strategy; a decided one has its agreed value.
-    pub fn history(&self, key: &str) -> History {
+    /// Runs `think` on the finished trials with the experiments in flight added (`in_flight`:
+    /// ids from the ledger and pending). A claim being replicated is in flight for the strategy;
+    /// a decided one has its agreed value. Nothing is copied: the additions are removed after.
+    pub fn with_history<'i, T>(
+        &self,
+        key: &str,
+        in_flight: impl Iterator<Item = &'i str>,
+        think: impl FnOnce(&History) -> T,
+    ) -> T {
         self.with(key, |c| {
-            let mut history = c.finished.clone();
+            let history = &mut c.finished;
+            history.clear_overlay();
             for (id, outcome) in c.lineage.trust.outcomes() {
                 history.set_outcome(&id, outcome);
             }
-            // Not trials, but never to be proposed again: the campaign's own train.py is the
-            // first baseline run.
-            for id in &c.checks {
-                history.reserve(id);
+            for id in in_flight {
+                history.start(id);
             }
-            history
+            let thought = think(history);
+            history.clear_overlay();
+            thought
         })
     }
 
     /// Whether results.jsonl has this experiment.
     pub fn is_recorded(&self, key: &str, experiment_id: &str) -> bool {
-        // Only finished experiments are in `finished`: THINK adds in-flight ones to a copy.
+        // Only finished experiments are in `finished` outside THINK, which removes what it adds.
         self.with(key, |c| {
-            c.unconfirmed.contains_key(experiment_id)
-                || c.finished.contains(experiment_id)
-                || c.checks.contains(experiment_id)
+            c.unconfirmed.contains_key(experiment_id) || c.finished.contains(experiment_id)
         })
     }
 
@@ -205,7 +214,10 @@ impl Memory {
     /// Notes a record appended to results.jsonl; it stays whole until [`Memory::confirm`].
     pub fn recorded(&self, key: &str, record: ResultRecord) {
         self.with(key, |c| {
-            c.add(&record);
+            // A reconcile may have read the line back from results.jsonl already.
+            if !c.finished.contains(&record.experiment_id) {
+                c.add(&record);
+            }
             c.unconfirmed.insert(record.experiment_id.clone(), record);
         })
     }
@@ -233,7 +245,7 @@ impl Memory {
 
     /// Whether the campaign has any result.
     pub fn has_results(&self, key: &str) -> bool {
-        self.with(key, |c| !c.finished.is_empty() || !c.checks.is_empty())
+        self.with(key, |c| c.finished.knows_any())
     }
 
     /// The noise floor keep/discard decisions use (the spec may change it).
@@ -322,13 +334,15 @@ impl Memory {
 
     /// Whether this train hash was already started or proposed in the campaign.
     pub fn tried(&self, key: &str, train_hash: &str) -> bool {
-        self.with(key, |c| c.lineage.tried.contains(train_hash))
+        self.with(key, |c| {
+            c.lineage.tried.contains(&Fingerprint::of(train_hash))
+        })
     }
 
     /// Notes a proposed train hash.
     pub fn note_tried(&self, key: &str, train_hash: &str) {
         self.with(key, |c| {
-            c.lineage.tried.insert(train_hash.to_string());
+            c.lineage.tried.insert(Fingerprint::of(train_hash));
         })
     }
 

@@ -16,7 +16,7 @@
 //! runs have derived ids (`<claim>-r<n>`, `<base>-b<n>`), so a decision replayed after a crash
 //! proposes the same run again instead of paying for a second one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -292,12 +292,18 @@ pub struct Planned {
     pub role: Role,
 }
 
-/// One campaign's trust state.
+/// One campaign's trust state. Only undecided claims are kept whole (by arrival, with an index
+/// by id); a decided one leaves its agreed value, and an unresolved one nothing: neither is
+/// read again but for the strategy's outcome.
 #[derive(Clone, Debug, Default)]
 pub struct Trust {
     settings: Settings,
     baseline: Vec<Run>,
-    claims: Vec<Claim>,
+    claims: BTreeMap<u64, Claim>,
+    claim_ids: HashMap<String, u64>,
+    next_claim: u64,
+    /// The value two runs agreed on, for each claim decided that way.
+    settled: HashMap<String, f64>,
     /// Baseline ids recorded, with or without a value (an id is never run twice).
     baseline_ids: Vec<String>,
     verified: Option<Best>,
@@ -379,7 +385,7 @@ impl Trust {
     pub fn kept(&self) -> Option<Best> {
         let mut best = self.verified.clone();
         if !self.replicating() {
-            for c in self.claims.iter().filter(|c| self.wants_replication(c)) {
+            for c in self.claims.values().filter(|c| self.wants_replication(c)) {
                 let Some(v) = c.run.value else { continue };
                 if best.as_ref().is_none_or(|b| v < b.summary.val_bpb) {
                     best = Some(Best {
@@ -415,22 +421,16 @@ impl Trust {
             Role::Baseline => self.add_baseline(run),
             Role::Experiment if decision == Decision::Keep && run.value.is_some() => {
                 // An excluded worker's last runs still finish; its claims are not checked.
-                let verdict = if self.is_excluded(&run.worker) {
-                    Verdict::Unresolved
-                } else {
-                    Verdict::Open
-                };
-                self.claims.push(Claim {
-                    run,
-                    replications: Vec::new(),
-                    verdict,
-                });
+                if !self.is_excluded(&run.worker) {
+                    self.open_claim(run);
+                }
             }
             Role::Experiment => {}
             Role::Replication(of) => {
-                if let Some(i) = self.claims.iter().position(|c| c.run.id == of) {
-                    self.claims[i].replications.push(run);
+                if let Some(&i) = self.claim_ids.get(&of) {
+                    self.claim(i).replications.push(run);
                     self.resolve(i);
+                    self.retire(i);
                 }
             }
         }
@@ -442,6 +442,38 @@ impl Trust {
         let role = Role::of_record(record, &self.settings.base_id);
         let recorded = record.decision.as_deref().and_then(Decision::from_status);
         (self.add(Run::of(record), role.clone(), recorded), role)
+    }
+
+    fn open_claim(&mut self, run: Run) {
+        let i = self.next_claim;
+        self.next_claim += 1;
+        // A second line for an id (a re-created campaign) leaves the first claim in charge.
+        self.claim_ids.entry(run.id.clone()).or_insert(i);
+        self.claims.insert(
+            i,
+            Claim {
+                run,
+                replications: Vec::new(),
+                verdict: Verdict::Open,
+            },
+        );
+    }
+
+    /// An open claim.
+    fn claim(&mut self, i: u64) -> &mut Claim {
+        self.claims.get_mut(&i).expect("an open claim")
+    }
+
+    /// Forgets a decided claim but for its agreed value.
+    fn retire(&mut self, i: u64) {
+        if self.claims[&i].verdict == Verdict::Open {
+            return;
+        }
+        let claim = self.claims.remove(&i).expect("an open claim");
+        self.claim_ids.remove(&claim.run.id);
+        if let Verdict::Agreed(v) | Verdict::Disputed(v) = claim.verdict {
+            self.settled.insert(claim.run.id, v);
+        }
     }
 
     fn count(&mut self, run: &Run) {
@@ -490,23 +522,23 @@ impl Trust {
     }
 
     /// Decides a claim once its replications allow it.
-    fn resolve(&mut self, i: usize) {
-        if self.claims[i].verdict != Verdict::Open {
+    fn resolve(&mut self, i: u64) {
+        if self.claims[&i].verdict != Verdict::Open {
             return;
         }
         let tol = self.tolerance();
-        let claim = self.claims[i].clone();
+        let claim = self.claims[&i].clone();
         let c = claim.run.value.unwrap_or(f64::NAN);
         let reps = claim.independent();
         match reps.as_slice() {
             [] if claim.replications.len() >= MAX_REPLICATIONS => {
-                self.claims[i].verdict = Verdict::Unresolved;
+                self.claim(i).verdict = Verdict::Unresolved;
             }
             [] => {}
             [r] if (val(r) - c).abs() <= tol => self.agree(i, &[&claim.run, r], None),
             [r] => {
                 if claim.replications.len() >= MAX_REPLICATIONS {
-                    self.claims[i].verdict = Verdict::Unresolved;
+                    self.claim(i).verdict = Verdict::Unresolved;
                 }
                 self.tell(
                     Severity::Warning,
@@ -523,7 +555,7 @@ impl Trust {
                 } else if (val(r2) - val(r1)).abs() <= tol {
                     self.dispute(i, &[r1, r2]);
                 } else {
-                    self.claims[i].verdict = Verdict::Unresolved;
+                    self.claim(i).verdict = Verdict::Unresolved;
                     self.tell(
                         Severity::Warning,
                         "ReplicationUnresolved",
@@ -541,12 +573,12 @@ impl Trust {
 
     /// Runs that agree: their mean is the claim's value, and is promoted if it is the best.
     /// `outlier` (a replication that disagreed) gets the disagreement.
-    fn agree(&mut self, i: usize, runs: &[&Run], outlier: Option<&Run>) {
+    fn agree(&mut self, i: u64, runs: &[&Run], outlier: Option<&Run>) {
         let values: Vec<f64> = runs.iter().map(|r| val(r)).collect();
         let m = mean(&values);
         self.group(runs, m);
-        let claim = self.claims[i].run.clone();
-        self.claims[i].verdict = Verdict::Agreed(m);
+        let claim = self.claims[&i].run.clone();
+        self.claim(i).verdict = Verdict::Agreed(m);
         if let Some(o) = outlier {
             self.disagree(o, m);
         }
@@ -576,12 +608,12 @@ impl Trust {
     }
 
     /// The claim is out of line with two runs that agree: disputed, the honest mean stands.
-    fn dispute(&mut self, i: usize, honest: &[&Run]) {
+    fn dispute(&mut self, i: u64, honest: &[&Run]) {
         let values: Vec<f64> = honest.iter().map(|r| val(r)).collect();
         let m = mean(&values);
         self.group(honest, m);
-        let claim = self.claims[i].run.clone();
-        self.claims[i].verdict = Verdict::Disputed(m);
+        let claim = self.claims[&i].run.clone();
+        self.claim(i).verdict = Verdict::Disputed(m);
         self.tell(
             Severity::Warning,
             "ClaimDisputed",
@@ -693,18 +725,16 @@ impl Trust {
     /// not known yet (it is being replicated), a decided one has the agreed value.
     pub fn outcomes(&self) -> Vec<(String, Outcome)> {
         let replicating = self.replicating();
-        self.claims
+        let open = self
+            .claims
+            .values()
+            .filter(|c| replicating && self.can_replicate(c))
+            .map(|c| (c.run.id.clone(), Outcome::InFlight));
+        let settled = self
+            .settled
             .iter()
-            .filter_map(|c| match c.verdict {
-                Verdict::Open if replicating && self.can_replicate(c) => {
-                    Some((c.run.id.clone(), Outcome::InFlight))
-                }
-                Verdict::Agreed(v) | Verdict::Disputed(v) => {
-                    Some((c.run.id.clone(), Outcome::Succeeded(v)))
-                }
-                _ => None,
-            })
-            .collect()
+            .map(|(id, v)| (id.clone(), Outcome::Succeeded(*v)));
+        open.chain(settled).collect()
     }
 
     /// Baseline runs recorded with a value, and their workers.
@@ -767,7 +797,7 @@ impl Trust {
     fn plan_replication(&self, known: &dyn Fn(&str) -> bool) -> Option<Planned> {
         let claim = self
             .claims
-            .iter()
+            .values()
             .filter(|c| self.can_replicate(c))
             .min_by(|a, b| val(&a.run).total_cmp(&val(&b.run)))?;
         let n = claim.replications.len() + 1;
@@ -801,9 +831,9 @@ impl Trust {
             return true;
         };
         self.replicating()
-            && self.claims.iter().any(|c| {
-                c.run.id == of
-                    && replication_id(&c.run.id, c.replications.len() + 1) == experiment_id
+            && self.claim_ids.get(&of).is_some_and(|i| {
+                let c = &self.claims[i];
+                replication_id(&c.run.id, c.replications.len() + 1) == experiment_id
                     && self.can_replicate(c)
             })
     }
@@ -844,7 +874,7 @@ impl Trust {
     /// goes to one of them; a baseline run does only when nothing else is left.
     pub fn avoid_map(&self) -> BTreeMap<String, Vec<String>> {
         let mut map = BTreeMap::new();
-        for c in self.claims.iter().filter(|c| c.verdict == Verdict::Open) {
+        for c in self.claims.values().filter(|c| c.verdict == Verdict::Open) {
             map.insert(
                 replication_id(&c.run.id, c.replications.len() + 1),
                 self.avoid_for(c),
