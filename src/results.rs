@@ -142,7 +142,19 @@ pub struct ResultsLog {
 #[derive(Debug, Default)]
 struct Seen {
     offset: u64,
-    nonces: HashSet<String>,
+    /// As 32 bytes each ([`nonce_key`]), not text: one per result ever written.
+    nonces: HashSet<[u8; 32]>,
+}
+
+/// A voucher nonce (`0x` + 32 bytes) as its bytes; anything else by its SHA-256.
+fn nonce_key(nonce: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let hex = nonce.strip_prefix("0x").unwrap_or(nonce);
+    if hex::decode_to_slice(hex, &mut key).is_err() {
+        use sha2::Digest;
+        key = sha2::Sha256::digest(nonce.as_bytes()).into();
+    }
+    key
 }
 
 impl ResultsLog {
@@ -269,7 +281,7 @@ fn append_locked(
     file.lock()?;
     read_new_lines(&mut file, seen)?;
     if let Some(nonce) = nonce
-        && seen.nonces.contains(nonce)
+        && seen.nonces.contains(&nonce_key(nonce))
     {
         tracing::info!(path = %path.display(), %nonce, "this voucher's result is already in results.jsonl; not written again");
         return Ok(());
@@ -283,7 +295,7 @@ fn append_locked(
     file.write_all(line.as_bytes())?;
     file.sync_data()?;
     seen.offset = file.metadata()?.len();
-    seen.nonces.extend(nonce.map(str::to_string));
+    seen.nonces.extend(nonce.map(nonce_key));
     Ok(())
 }
 
@@ -307,7 +319,7 @@ fn read_new_lines(file: &mut File, seen: &mut Seen) -> std::io::Result<()> {
         }
         seen.offset += n as u64;
         if let Ok(record) = serde_json::from_str::<ResultRecord>(&line) {
-            seen.nonces.extend(record.nonce);
+            seen.nonces.extend(record.nonce.as_deref().map(nonce_key));
         }
     }
     Ok(())

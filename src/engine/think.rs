@@ -124,8 +124,11 @@ fn thought_of(
 }
 
 /// The campaign's trust settings; its base id is that of its own (train.py, baseConfig).
-pub fn trust_settings(handle: &CampaignHandle, campaign: &ExperimentCampaign) -> trust::Settings {
-    trust::Settings::of(
+pub fn trust_settings(
+    handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
+) -> trust::TrustSettings {
+    trust::TrustSettings::of(
         &campaign.spec.objective,
         crate::experiment::experiment_id(&handle.train_py, &base_config(campaign)),
     )
@@ -147,9 +150,9 @@ pub fn checks(
     campaign: &ExperimentCampaign,
     status: &ExperimentCampaignStatus,
 ) -> (Vec<PendingExperiment>, bool) {
-    let base = trust::Run {
+    let base = trust::TrustRun {
         config: Some(base_config(campaign)),
-        ..trust::Run::default()
+        ..trust::TrustRun::default()
     };
     let known = |id: &str| crate::ledger::knows(status, id);
     let (planned, holds) = memory.plan(&handle.key, &base, &known);

@@ -914,3 +914,41 @@ proptest! {
         prop_assert_eq!(unique.len(), sim.started.len());
     }
 }
+
+#[test]
+fn history_keeps_arrival_order_and_drops_what_think_added() {
+    let trial = |id: &str, outcome| Trial {
+        experiment_id: id.into(),
+        config: Value::Null,
+        params: json!({"lr": id}),
+        outcome,
+    };
+    let mut h: History = [
+        trial("a", Outcome::Succeeded(1.0)),
+        trial("b", Outcome::InFlight),
+        trial("c", Outcome::Failed),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!((h.len(), h.has_in_flight()), (3, true));
+    // b's result arrives, then a second line for a: both move to the end.
+    h.record(trial("b", Outcome::Succeeded(0.5)));
+    h.record(trial("a", Outcome::Succeeded(0.7)));
+    let order: Vec<Value> = h.finished().map(|t| t.params()["lr"].clone()).collect();
+    assert_eq!(order, [json!("c"), json!("b"), json!("a")]);
+    assert_eq!(
+        (h.len(), h.has_in_flight(), h.best()),
+        (3, false, Some(0.5))
+    );
+    // THINK's overlay: an experiment in flight and a claim being checked.
+    h.start("d");
+    h.set_outcome("b", Outcome::InFlight);
+    assert!(h.contains("d") && h.has_in_flight());
+    assert_eq!(h.best(), Some(0.7));
+    h.clear_overlay();
+    assert!(!h.contains("d") && !h.has_in_flight());
+    assert_eq!((h.len(), h.best()), (3, Some(0.5)));
+    h.reserve("a-r1");
+    assert!(h.contains("a-r1"));
+    assert_eq!(h.len(), 3, "a reserved id is not a trial");
+}
