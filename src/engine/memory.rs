@@ -102,7 +102,11 @@ impl Campaign {
                 return;
             }
             self.add(&record);
-            if ledger::knows(status, &record.experiment_id) {
+            if status
+                .ledger
+                .iter()
+                .any(|e| e.experiment_id == record.experiment_id)
+            {
                 self.unconfirmed
                     .insert(record.experiment_id.clone(), record);
             }
