@@ -142,7 +142,19 @@ pub struct ResultsLog {
 #[derive(Debug, Default)]
 struct Seen {
     offset: u64,
-    nonces: HashSet<String>,
+    /// As 32 bytes each ([`nonce_key`]), not text: one per result ever written.
+    nonces: HashSet<[u8; 32]>,
+}
+
+/// A voucher nonce (`0x` + 32 bytes) as its bytes; anything else by its SHA-256.
+fn nonce_key(nonce: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let hex = nonce.strip_prefix("0x").unwrap_or(nonce);
+    if hex::decode_to_slice(hex, &mut key).is_err() {
+        use sha2::Digest;
+        key = sha2::Sha256::digest(nonce.as_bytes()).into();
+    }
+    key
 }
 
 impl ResultsLog {
@@ -187,6 +199,54 @@ impl ResultsLog {
     pub fn read_each(&self, each: impl FnMut(ResultRecord)) -> std::io::Result<()> {
         for_each_record(&self.path, each)
     }
+
+    /// [`read_from`] on this log's file.
+    pub fn read_from(&self, offset: u64, each: impl FnMut(ResultRecord)) -> std::io::Result<u64> {
+        read_from(&self.path, offset, each)
+    }
+}
+
+/// Streams the complete lines after byte `offset` (0: the whole file) to `each`, and returns
+/// the offset after the last complete line, from which the next call goes on: a controller
+/// picks up what another process (a second leader) appended since it last read. A last line
+/// without its newline is not read yet; a file shorter than `offset` (replaced) is read from
+/// the start. Lines that do not parse are skipped with a warning.
+pub fn read_from(
+    path: &Path,
+    offset: u64,
+    mut each: impl FnMut(ResultRecord),
+) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut offset = if file.metadata()?.len() < offset {
+        0
+    } else {
+        offset
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            return Ok(offset);
+        }
+        offset += n as u64;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(record) => each(record),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), offset, error = %e, "skipping unreadable result line")
+            }
+        }
+    }
 }
 
 fn append_line(
@@ -221,7 +281,7 @@ fn append_locked(
     file.lock()?;
     read_new_lines(&mut file, seen)?;
     if let Some(nonce) = nonce
-        && seen.nonces.contains(nonce)
+        && seen.nonces.contains(&nonce_key(nonce))
     {
         tracing::info!(path = %path.display(), %nonce, "this voucher's result is already in results.jsonl; not written again");
         return Ok(());
@@ -235,7 +295,7 @@ fn append_locked(
     file.write_all(line.as_bytes())?;
     file.sync_data()?;
     seen.offset = file.metadata()?.len();
-    seen.nonces.extend(nonce.map(str::to_string));
+    seen.nonces.extend(nonce.map(nonce_key));
     Ok(())
 }
 
@@ -259,7 +319,7 @@ fn read_new_lines(file: &mut File, seen: &mut Seen) -> std::io::Result<()> {
         }
         seen.offset += n as u64;
         if let Ok(record) = serde_json::from_str::<ResultRecord>(&line) {
-            seen.nonces.extend(record.nonce);
+            seen.nonces.extend(record.nonce.as_deref().map(nonce_key));
         }
     }
     Ok(())

@@ -372,12 +372,11 @@ fn external_note(n: u32) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Cond
 
 /// Two leaders at once (two leases: a split brain). Status writes conflict and are applied
 /// again, a result both finish is written once per nonce, and a decision built on a strategy
-/// state the other moved on is dropped. What still breaks: each leader's THINK knows only the
-/// results it loaded or made itself, so it proposes again an experiment the other leader has
-/// finished, and it is paid for again (measured: 6 counted, 5 distinct experiments, 0.06 USDC
-/// for 5 results; about half the runs). One leader per campaign (the Lease) is what prevents it.
+/// state the other moved on is dropped. Before THINK each leader reads the results.jsonl lines
+/// appended since it last read, so it does not propose again what the other has finished; a
+/// reservation needs the experiment still pending on the latest status, so only one of two
+/// claims of one experiment is paid. One leader per campaign (the Lease) is still the design.
 #[tokio::test]
-#[ignore = "two simultaneous leaders can pay twice: each re-proposes what the other finished"]
 async fn two_leaders_at_once_pay_each_experiment_once() {
     let s = setup("twoctl", three_workers(300)).await;
     let before = baseline(&s).await;

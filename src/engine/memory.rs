@@ -1,26 +1,29 @@
 //! What this process remembers of each campaign between reconciles, bounded by the work in flight
 //! rather than by history:
 //! - the running tasks (finished ones are dropped on the next reconcile);
-//! - the finished experiments as compact strategy trials (id, config, outcome), which THINK
-//!   replays, and which make a replayed append a no-op;
+//! - the finished experiments as a compact strategy [`History`] (an id fingerprint, the outcome
+//!   and the params as JSON text: a few dozen bytes each), which THINK replays, and which makes
+//!   a replayed append a no-op; baseline runs and replications are reserved ids in it;
 //! - full result records only while their status write is unconfirmed (the crash window between
 //!   the append to results.jsonl and the status write that removes the ledger entry).
 //!
-//! Everything here can be rebuilt from results.jsonl and status: a restart loses nothing.
+//! Everything here can be rebuilt from results.jsonl and status: a restart loses nothing. The
+//! file is read once, then only the lines appended since (by this process or another leader).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::claim::Candidate;
-use super::trust::{Planned, Role, Run, Settings, Told, Trust};
+use super::trust::{Planned, RunRole, Told, Trust, TrustRun, TrustSettings};
 use crate::crd::ExperimentCampaignStatus;
 use crate::ledger;
 use crate::results::{ResultRecord, ResultsLog};
 use crate::strategy::llm::RecentResult;
-use crate::strategy::{Decision, History, Outcome, Trial};
+use crate::strategy::{Decision, Fingerprint, History, Outcome, Trial};
 
 /// Results a model is shown, newest last.
 const RECENT: usize = 20;
@@ -29,15 +32,14 @@ const RECENT: usize = 20;
 #[derive(Default)]
 struct Campaign {
     tasks: HashMap<String, JoinHandle<()>>,
-    /// THINK's experiments, for the strategy (baseline runs and replications are not trials).
+    /// THINK's experiments, for the strategy; baseline runs and replications are reserved ids
+    /// (not trials).
     finished: History,
-    /// Baseline runs and replications recorded.
-    checks: HashSet<String>,
     unconfirmed: HashMap<String, ResultRecord>,
     lineage: Lineage,
     proposing: bool,
-    /// results.jsonl has been read.
-    loaded: bool,
+    /// results.jsonl has been read up to this byte (none: not read yet).
+    read: Option<u64>,
 }
 
 /// Keep/discard as autoresearch does it: the best kept result is the base of what comes next.
@@ -49,14 +51,14 @@ struct Lineage {
     /// The last results, for a model's prompt.
     recent: std::collections::VecDeque<RecentResult>,
     /// Every train.py hash started or proposed (so a model is not paid to repeat one).
-    tried: HashSet<String>,
+    tried: HashSet<Fingerprint>,
 }
 
 impl Lineage {
     /// The decision for a result (the one recorded, for rows that have it) and its role.
-    fn add(&mut self, record: &ResultRecord) -> (Decision, Role) {
+    fn add(&mut self, record: &ResultRecord) -> (Decision, RunRole) {
         let (decision, role) = self.trust.add_record(record);
-        self.tried.insert(record.train_hash.clone());
+        self.tried.insert(Fingerprint::of(&record.train_hash));
         let val = record
             .val_bpb
             .filter(|v| ledger::is_valid_val_bpb(*v) && record.succeeded());
@@ -78,10 +80,42 @@ impl Lineage {
 impl Campaign {
     fn add(&mut self, record: &ResultRecord) {
         let (_, role) = self.lineage.add(record);
-        if role == Role::Experiment {
+        if role == RunRole::Experiment {
             self.finished.record(trial_of(record));
         } else {
-            self.checks.insert(record.experiment_id.clone());
+            self.finished.reserve(&record.experiment_id);
+        }
+    }
+
+    /// Adds the lines of results.jsonl after `read` that belong to the campaign and are not
+    /// known yet (this process's own appends are). Records still in the ledger are kept whole:
+    /// their status write may not have happened.
+    fn catch_up(
+        &mut self,
+        path: &Path,
+        belongs: &dyn Fn(&ResultRecord) -> bool,
+        status: &ExperimentCampaignStatus,
+    ) {
+        let offset = self.read.unwrap_or(0);
+        let read = crate::results::read_from(path, offset, |record| {
+            if !belongs(&record) || self.finished.contains(&record.experiment_id) {
+                return;
+            }
+            self.add(&record);
+            if status
+                .ledger
+                .iter()
+                .any(|e| e.experiment_id == record.experiment_id)
+            {
+                self.unconfirmed
+                    .insert(record.experiment_id.clone(), record);
+            }
+        });
+        match read {
+            Ok(end) => self.read = Some(end),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot read results history")
+            }
         }
     }
 }
@@ -119,8 +153,8 @@ impl Memory {
         f(map.entry(key.to_string()).or_default())
     }
 
-    /// Reads a campaign's past results once per process, streaming results.jsonl. Records still
-    /// in the ledger are kept whole: their status write may not have happened.
+    /// Reads a campaign's past results: the whole of results.jsonl the first time (streamed),
+    /// then the lines appended since, so results another leader recorded are known before THINK.
     pub fn load(
         &self,
         key: &str,
@@ -129,71 +163,50 @@ impl Memory {
         status: &ExperimentCampaignStatus,
         noise_floor: f64,
     ) {
-        let Some(settings) = self.with(key, |c| {
-            (!c.loaded).then(|| c.lineage.trust.settings().clone())
-        }) else {
-            return;
-        };
-        let mut campaign = Campaign::default();
-        campaign.lineage.trust.set_settings(Settings {
-            noise_floor,
-            ..settings
-        });
-        campaign.lineage.trust.quiet = true;
-        let read = results.read_each(|record| {
-            if !belongs(&record) {
-                return;
-            }
-            campaign.add(&record);
-            if status
-                .ledger
-                .iter()
-                .any(|e| e.experiment_id == record.experiment_id)
-            {
-                campaign
-                    .unconfirmed
-                    .insert(record.experiment_id.clone(), record);
-            }
-        });
-        if let Err(e) = read {
-            tracing::warn!(error = %e, path = %results.path().display(), "cannot read results history");
-        }
-        campaign.lineage.trust.quiet = false;
         self.with(key, |c| {
-            if !c.loaded {
-                c.finished = campaign.finished;
-                c.checks = campaign.checks;
-                c.unconfirmed = campaign.unconfirmed;
-                c.lineage = campaign.lineage;
-                c.loaded = true;
+            let first = c.read.is_none();
+            if first {
+                let settings = c.lineage.trust.settings().clone();
+                c.lineage.trust.set_settings(TrustSettings {
+                    noise_floor,
+                    ..settings
+                });
+                c.lineage.trust.quiet = true;
             }
-        });
+            c.catch_up(results.path(), &belongs, status);
+            c.lineage.trust.quiet = false;
+        })
     }
 
-    /// The finished trials, in arrival order (a copy: THINK adds what is in flight).
-    /// A claim being replicated is in flight for the strategy; a decided one has its agreed value.
-    pub fn history(&self, key: &str) -> History {
+    /// Runs `think` on the finished trials with the experiments in flight added (`in_flight`:
+    /// ids from the ledger and pending). A claim being replicated is in flight for the strategy;
+    /// a decided one has its agreed value. Nothing is copied: the additions are removed after.
+    pub fn with_history<'i, T>(
+        &self,
+        key: &str,
+        in_flight: impl Iterator<Item = &'i str>,
+        think: impl FnOnce(&History) -> T,
+    ) -> T {
         self.with(key, |c| {
-            let mut history = c.finished.clone();
+            let history = &mut c.finished;
+            history.clear_overlay();
             for (id, outcome) in c.lineage.trust.outcomes() {
                 history.set_outcome(&id, outcome);
             }
-            // Not trials, but never to be proposed again: the campaign's own train.py is the
-            // first baseline run.
-            for id in &c.checks {
-                history.reserve(id);
+            for id in in_flight {
+                history.start(id);
             }
-            history
+            let thought = think(history);
+            history.clear_overlay();
+            thought
         })
     }
 
     /// Whether results.jsonl has this experiment.
     pub fn is_recorded(&self, key: &str, experiment_id: &str) -> bool {
-        // Only finished experiments are in `finished`: THINK adds in-flight ones to a copy.
+        // Only finished experiments are in `finished` outside THINK, which removes what it adds.
         self.with(key, |c| {
-            c.unconfirmed.contains_key(experiment_id)
-                || c.finished.contains(experiment_id)
-                || c.checks.contains(experiment_id)
+            c.unconfirmed.contains_key(experiment_id) || c.finished.contains(experiment_id)
         })
     }
 
@@ -205,7 +218,10 @@ impl Memory {
     /// Notes a record appended to results.jsonl; it stays whole until [`Memory::confirm`].
     pub fn recorded(&self, key: &str, record: ResultRecord) {
         self.with(key, |c| {
-            c.add(&record);
+            // A reconcile may have read the line back from results.jsonl already.
+            if !c.finished.contains(&record.experiment_id) {
+                c.add(&record);
+            }
             c.unconfirmed.insert(record.experiment_id.clone(), record);
         })
     }
@@ -213,8 +229,8 @@ impl Memory {
     /// The keep/discard decision a new result would get now.
     pub fn decide(&self, key: &str, record: &ResultRecord) -> Decision {
         self.with(key, |c| {
-            let role = Role::of_record(record, &c.lineage.trust.settings().base_id);
-            c.lineage.trust.decide(&Run::of(record), &role)
+            let role = RunRole::of_record(record, &c.lineage.trust.settings().base_id);
+            c.lineage.trust.decide(&TrustRun::of(record), &role)
         })
     }
 
@@ -233,14 +249,14 @@ impl Memory {
 
     /// Whether the campaign has any result.
     pub fn has_results(&self, key: &str) -> bool {
-        self.with(key, |c| !c.finished.is_empty() || !c.checks.is_empty())
+        self.with(key, |c| c.finished.knows_any())
     }
 
     /// The noise floor keep/discard decisions use (the spec may change it).
     pub fn set_noise_floor(&self, key: &str, noise_floor: f64) {
         self.with(key, |c| {
             let settings = c.lineage.trust.settings().clone();
-            c.lineage.trust.set_settings(Settings {
+            c.lineage.trust.set_settings(TrustSettings {
                 noise_floor,
                 ..settings
             });
@@ -248,7 +264,7 @@ impl Memory {
     }
 
     /// The campaign's trust settings (from its spec); call before [`Memory::load`].
-    pub fn configure(&self, key: &str, settings: Settings) {
+    pub fn configure(&self, key: &str, settings: TrustSettings) {
         self.with(key, |c| c.lineage.trust.set_settings(settings))
     }
 
@@ -258,9 +274,9 @@ impl Memory {
     }
 
     /// The role of an experiment id in the campaign.
-    pub fn role(&self, key: &str, experiment_id: &str) -> Role {
+    pub fn role(&self, key: &str, experiment_id: &str) -> RunRole {
         self.with(key, |c| {
-            Role::of(experiment_id, &c.lineage.trust.settings().base_id)
+            RunRole::of(experiment_id, &c.lineage.trust.settings().base_id)
         })
     }
 
@@ -286,7 +302,7 @@ impl Memory {
     pub fn plan(
         &self,
         key: &str,
-        base: &Run,
+        base: &TrustRun,
         known: &dyn Fn(&str) -> bool,
     ) -> (Vec<Planned>, bool) {
         self.with(key, |c| {
@@ -322,13 +338,15 @@ impl Memory {
 
     /// Whether this train hash was already started or proposed in the campaign.
     pub fn tried(&self, key: &str, train_hash: &str) -> bool {
-        self.with(key, |c| c.lineage.tried.contains(train_hash))
+        self.with(key, |c| {
+            c.lineage.tried.contains(&Fingerprint::of(train_hash))
+        })
     }
 
     /// Notes a proposed train hash.
     pub fn note_tried(&self, key: &str, train_hash: &str) {
         self.with(key, |c| {
-            c.lineage.tried.insert(train_hash.to_string());
+            c.lineage.tried.insert(Fingerprint::of(train_hash));
         })
     }
 
@@ -412,5 +430,209 @@ impl Memory {
     /// Whether no campaign is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::{ObjectiveSpec, SearchSpec};
+    use crate::strategy::{self, STATE_CENTER, State};
+
+    /// Counts the bytes this thread holds on the heap, so a test can weigh what a structure
+    /// keeps (other tests run on other threads). A thread-local `Cell` with a const initialiser
+    /// never allocates, so the allocator can use it.
+    struct Counting;
+
+    thread_local! {
+        static HELD: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn note(delta: isize) {
+        let _ = HELD.try_with(|h| h.set(h.get() + delta));
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            note(layout.size() as isize);
+            // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            note(-(layout.size() as isize));
+            // SAFETY: `ptr` came from `alloc` with this layout.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn held() -> isize {
+        HELD.with(Cell::get)
+    }
+
+    const KEY: &str = "ns/c";
+
+    fn record(i: usize, value: Option<f64>) -> ResultRecord {
+        ResultRecord {
+            experiment_id: format!("exp-{i:016x}"),
+            train_hash: "sha256:00".into(),
+            val_bpb: value,
+            status: Some(
+                if value.is_some() {
+                    "completed"
+                } else {
+                    "failed"
+                }
+                .into(),
+            ),
+            worker_endpoint: format!("http://127.0.0.1:9/w{}", i % 8),
+            timestamp: "2026-12-01T00:00:00Z".into(),
+            config: Some(json!({"steps": 300, "depth": 8, "optimizer": {"name": "muon"}})),
+            params: Some(json!({"lr": 0.0001 * (i % 977) as f64, "depth": i % 64})),
+            nonce: Some(format!("0x{i:064x}")),
+            campaign_namespace: Some("ns".into()),
+            campaign_name: Some("c".into()),
+            ..ResultRecord::default()
+        }
+    }
+
+    /// Mostly worse results, one in 500 a new best, one in 10 failed.
+    fn value(i: usize) -> Option<f64> {
+        let v = if i.is_multiple_of(500) {
+            1.0 - i as f64 * 1e-6
+        } else {
+            1.1 + (i % 13) as f64 * 1e-3
+        };
+        (i % 10 != 3).then_some(v)
+    }
+
+    #[test]
+    fn twenty_thousand_results_keep_about_a_hundred_bytes_each() {
+        let before = held();
+        let memory = Memory::default();
+        let n = 20_000;
+        for i in 0..n {
+            let r = record(i, value(i));
+            let id = r.experiment_id.clone();
+            memory.recorded(KEY, r);
+            memory.confirm(KEY, &id);
+        }
+        let kept = held() - before;
+        // A full record is about 600 bytes of JSON; the strategy's history used to keep the
+        // id twice and the params as a JSON map (about 1 KB a result).
+        let per_result = kept / n as isize;
+        assert!(per_result < 160, "{per_result} bytes kept per result");
+        assert!(memory.is_recorded(KEY, "exp-0000000000000000"));
+        assert!(memory.unconfirmed(KEY, "exp-0000000000000001").is_none());
+        drop(memory);
+        assert!(held() - before < 4096, "forgetting frees it all");
+    }
+
+    fn hill_climb() -> SearchSpec {
+        serde_json::from_value(json!({"strategy": "hillClimb", "seed": 5, "parameters": [
+            {"name": "lr", "type": "float", "min": 0.001, "max": 0.1, "logScale": true},
+            {"name": "depth", "type": "int", "min": 2, "max": 16}]}))
+        .unwrap()
+    }
+
+    /// THINK as the engine does it: `n` proposals from the memory's history plus `in_flight`.
+    fn think(memory: &Memory, state: &mut State, in_flight: &[&str], n: usize) -> strategy::Batch {
+        memory.with_history(KEY, in_flight.iter().copied(), |h| {
+            let objective = ObjectiveSpec::default();
+            strategy::propose(&hill_climb(), &objective, None, "x = 1\n", h, state, n).unwrap()
+        })
+    }
+
+    fn result_of(p: &strategy::Proposal, value: f64) -> ResultRecord {
+        ResultRecord {
+            experiment_id: p.experiment_id.clone(),
+            val_bpb: Some(value),
+            status: Some("completed".into()),
+            params: Some(p.params.clone()),
+            campaign_namespace: Some("ns".into()),
+            campaign_name: Some("c".into()),
+            ..ResultRecord::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_rebuilds_dedup_and_the_hill_climb_incumbent_from_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ResultsLog::new(dir.path().join("results.jsonl"));
+        let memory = Memory::default();
+        let mut state = State::new();
+        let mut started = HashSet::new();
+        // 40 results; the 10th is the last improvement by more than the noise floor.
+        for i in 0..40 {
+            let p = think(&memory, &mut state, &[], 1).proposals.remove(0);
+            assert!(
+                started.insert(p.experiment_id.clone()),
+                "{p:?} proposed twice"
+            );
+            let v = if i < 10 { 1.0 - i as f64 * 0.01 } else { 1.0 };
+            let r = result_of(&p, v);
+            log.append(&r).await.unwrap();
+            memory.recorded(KEY, r);
+        }
+        let before = think(&memory, &mut state, &["exp-in-flight"], 4);
+        assert_eq!(
+            memory.with_history(KEY, std::iter::empty(), |h| h.len()),
+            40,
+            "THINK's in-flight additions are gone after it"
+        );
+        let restarted = Memory::default();
+        let status = ExperimentCampaignStatus::default();
+        let belongs = |_: &ResultRecord| true;
+        restarted.load(KEY, belongs, &log, &status, 0.002);
+        let mut lost = State::new();
+        let after = think(&restarted, &mut lost, &["exp-in-flight"], 4);
+        assert_eq!(
+            after, before,
+            "the same proposals after a restart, state lost"
+        );
+        assert_eq!(lost[STATE_CENTER], state[STATE_CENTER]);
+        for p in &after.proposals {
+            assert!(!started.contains(&p.experiment_id));
+        }
+        for id in &started {
+            assert!(restarted.is_recorded(KEY, id));
+        }
+    }
+
+    #[tokio::test]
+    async fn results_another_leader_appended_are_known_before_the_next_think() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.jsonl");
+        let (log_a, log_b) = (ResultsLog::new(&path), ResultsLog::new(&path));
+        let (a, b) = (Memory::default(), Memory::default());
+        let status = ExperimentCampaignStatus::default();
+        let belongs = |r: &ResultRecord| r.campaign_name.as_deref() == Some("c");
+        b.load(KEY, belongs, &log_b, &status, 0.002);
+        let first = think(&b, &mut State::new(), &[], 1).proposals.remove(0);
+        // Leader a runs what b would propose, and records it.
+        let r = result_of(&first, 0.9);
+        log_a.append(&r).await.unwrap();
+        a.recorded(KEY, r);
+        // So does b, for one of its own: read back from the file, it is not added twice.
+        let own = result_of(
+            &think(&b, &mut State::new(), &[&first.experiment_id], 1).proposals[0],
+            1.2,
+        );
+        log_b.append(&own).await.unwrap();
+        b.recorded(KEY, own.clone());
+        b.load(KEY, belongs, &log_b, &status, 0.002);
+        assert!(b.is_recorded(KEY, &first.experiment_id));
+        let next = think(&b, &mut State::new(), &[], 8);
+        assert!(next.proposals.iter().all(
+            |p| p.experiment_id != first.experiment_id && p.experiment_id != own.experiment_id
+        ));
+        assert_eq!(b.with_history(KEY, std::iter::empty(), |h| h.len()), 2);
     }
 }

@@ -117,6 +117,7 @@ async fn add_pending(
     }
 }
 
+/// One model call: a proposal from the best kept train.py, stored and added to `pending`.
 async fn propose_once(
     engine: &Engine,
     handle: &CampaignHandle,
@@ -144,30 +145,45 @@ async fn propose_once(
     let outcome = proposer.propose(&ctx, calls_left).await;
     report(engine, handle, &outcome).await;
     let pending = match &outcome.proposal {
-        Some(p) => match engine.scripts.put(&p.train_py).await {
-            Ok(hash) => Some(PendingExperiment {
-                experiment_id: experiment::experiment_id(&p.train_py, &base_config),
-                config: Some(base_config),
-                train_hash: Some(hash),
-                description: Some(p.description.clone()),
-                ..PendingExperiment::default()
-            }),
-            Err(e) => {
-                tracing::error!(campaign = %handle.key, error = %e, "cannot store the proposed train.py");
-                None
-            }
-        },
+        Some(p) => pending_of(engine, handle, p, base_config).await,
         None => None,
     };
-    let mut parked: Vec<PendingExperiment> = pending.into_iter().collect();
+    store_proposal(handle, pending, outcome.calls).await;
+}
+
+/// The proposal as a `pending` entry: its train.py stored, a large config parked, its hash
+/// noted as tried. None when the source cannot be stored.
+async fn pending_of(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    proposal: &crate::strategy::llm::LlmProposal,
+    base_config: serde_json::Value,
+) -> Option<PendingExperiment> {
+    let hash = match engine.scripts.put(&proposal.train_py).await {
+        Ok(hash) => hash,
+        Err(e) => {
+            tracing::error!(campaign = %handle.key, error = %e, "cannot store the proposed train.py");
+            return None;
+        }
+    };
+    let mut parked = vec![PendingExperiment {
+        experiment_id: experiment::experiment_id(&proposal.train_py, &base_config),
+        config: Some(base_config),
+        train_hash: Some(hash),
+        description: Some(proposal.description.clone()),
+        ..PendingExperiment::default()
+    }];
     super::configs::park_all(&engine.scripts, &handle.key, &mut parked).await;
-    let pending = parked.pop();
-    if let Some(p) = &pending {
-        engine
-            .memory
-            .note_tried(&handle.key, p.train_hash.as_deref().unwrap_or_default());
-    }
-    let calls = outcome.calls;
+    let pending = parked.pop()?;
+    engine.memory.note_tried(
+        &handle.key,
+        pending.train_hash.as_deref().unwrap_or_default(),
+    );
+    Some(pending)
+}
+
+/// Counts the model calls and adds the proposal, if any, in one status write.
+async fn store_proposal(handle: &CampaignHandle, pending: Option<PendingExperiment>, calls: u32) {
     let stored = handle
         .store
         .update(&mut |_, s| {

@@ -1,8 +1,8 @@
 //! THINK: the next experiments of a campaign, from its spec and everything it has started.
 //!
 //! The strategy (`crate::strategy`) is pure; this module gives it the campaign's history
-//! (finished experiments from [`super::memory`], in arrival order, then those in flight or
-//! pending in status) and turns its proposals into `pending` entries.
+//! (finished experiments from [`super::memory`], in arrival order, with those in flight or
+//! pending in status added) and turns its proposals into `pending` entries.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use super::CampaignHandle;
 use super::memory::Memory;
 use super::trust;
 use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, PendingExperiment};
-use crate::strategy::{self, History, Outcome, State, Trial};
+use crate::strategy::{self, State};
 
 /// What THINK decided.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -60,7 +60,6 @@ pub fn think(
             ..Thought::none(status)
         };
     }
-    let history = history(memory, handle, status);
     let mut state = status.strategy_state.clone();
     let spec = &campaign.spec;
     // Every keep/discard decision uses the measured floor, the strategy's too.
@@ -68,38 +67,19 @@ pub fn think(
         noise_floor: memory.noise_floor(&handle.key),
         ..spec.objective.clone()
     };
-    match strategy::propose(
-        &spec.search,
-        &objective,
-        spec.base_config.as_ref(),
-        &handle.train_py,
-        &history,
-        &mut state,
-        n,
-    ) {
-        Ok(batch) => {
-            let mut thought = Thought {
-                exhausted: batch.exhausted,
-                state,
-                proposals: checks,
-                ..Thought::default()
-            };
-            for p in batch.proposals {
-                let changed = *p.train_py != *handle.train_py;
-                thought.proposals.push(PendingExperiment {
-                    experiment_id: p.experiment_id,
-                    config: Some(p.config),
-                    params: Some(p.params),
-                    train_hash: changed.then(|| crate::experiment::train_hash(&p.train_py)),
-                    description: Some(p.description),
-                    ..PendingExperiment::default()
-                });
-                if changed {
-                    thought.scripts.push(p.train_py);
-                }
-            }
-            thought
-        }
+    let proposed = memory.with_history(&handle.key, in_flight(status), |history| {
+        strategy::propose(
+            &spec.search,
+            &objective,
+            spec.base_config.as_ref(),
+            &handle.train_py,
+            history,
+            &mut state,
+            n,
+        )
+    });
+    match proposed {
+        Ok(batch) => thought_of(handle, batch, state, checks),
         Err(e) => {
             tracing::warn!(campaign = %handle.key, error = %e, "strategy refused");
             Thought::none(status)
@@ -107,9 +87,48 @@ pub fn think(
     }
 }
 
+/// The experiments in flight or pending: the strategy must not propose them again.
+fn in_flight(status: &ExperimentCampaignStatus) -> impl Iterator<Item = &str> {
+    let ledger = status.ledger.iter().map(|e| e.experiment_id.as_str());
+    ledger.chain(status.pending.iter().map(|p| p.experiment_id.as_str()))
+}
+
+/// The strategy's batch as `pending` entries after the checks; changed code goes to `scripts`.
+fn thought_of(
+    handle: &CampaignHandle,
+    batch: strategy::Batch,
+    state: State,
+    checks: Vec<PendingExperiment>,
+) -> Thought {
+    let mut thought = Thought {
+        exhausted: batch.exhausted,
+        state,
+        proposals: checks,
+        ..Thought::default()
+    };
+    for p in batch.proposals {
+        let changed = *p.train_py != *handle.train_py;
+        thought.proposals.push(PendingExperiment {
+            experiment_id: p.experiment_id,
+            config: Some(p.config),
+            params: Some(p.params),
+            train_hash: changed.then(|| crate::experiment::train_hash(&p.train_py)),
+            description: Some(p.description),
+            ..PendingExperiment::default()
+        });
+        if changed {
+            thought.scripts.push(p.train_py);
+        }
+    }
+    thought
+}
+
 /// The campaign's trust settings; its base id is that of its own (train.py, baseConfig).
-pub fn trust_settings(handle: &CampaignHandle, campaign: &ExperimentCampaign) -> trust::Settings {
-    trust::Settings::of(
+pub fn trust_settings(
+    handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
+) -> trust::TrustSettings {
+    trust::TrustSettings::of(
         &campaign.spec.objective,
         crate::experiment::experiment_id(&handle.train_py, &base_config(campaign)),
     )
@@ -131,9 +150,9 @@ pub fn checks(
     campaign: &ExperimentCampaign,
     status: &ExperimentCampaignStatus,
 ) -> (Vec<PendingExperiment>, bool) {
-    let base = trust::Run {
+    let base = trust::TrustRun {
         config: Some(base_config(campaign)),
-        ..trust::Run::default()
+        ..trust::TrustRun::default()
     };
     let known = |id: &str| crate::ledger::knows(status, id);
     let (planned, holds) = memory.plan(&handle.key, &base, &known);
@@ -150,34 +169,4 @@ pub fn checks(
         })
         .collect();
     (pending, holds)
-}
-
-/// The strategy's view: finished experiments, then everything in flight or pending.
-fn history(memory: &Memory, handle: &CampaignHandle, status: &ExperimentCampaignStatus) -> History {
-    let mut history = memory.history(&handle.key);
-    let in_flight = status
-        .ledger
-        .iter()
-        .map(|e| (&e.experiment_id, &e.config, &e.params))
-        .chain(
-            status
-                .pending
-                .iter()
-                .map(|p| (&p.experiment_id, &p.config, &p.params)),
-        );
-    for (id, config, params) in in_flight {
-        // An entry whose result is already recorded (the crash window) stays finished.
-        if !history.contains(id) {
-            history.record(Trial {
-                experiment_id: id.clone(),
-                config: config.clone().unwrap_or(Value::Null),
-                params: params
-                    .clone()
-                    .or_else(|| config.clone())
-                    .unwrap_or(Value::Null),
-                outcome: Outcome::InFlight,
-            });
-        }
-    }
-    history
 }

@@ -16,7 +16,7 @@
 //! runs have derived ids (`<claim>-r<n>`, `<base>-b<n>`), so a decision replayed after a crash
 //! proposes the same run again instead of paying for a second one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -35,7 +35,7 @@ pub const TABLE_SIZE: usize = 32;
 
 /// What a run is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum RunRole {
     /// A proposal of THINK.
     Experiment,
     /// The unmodified train.py, run to measure the noise.
@@ -44,44 +44,50 @@ pub enum Role {
     Replication(String),
 }
 
-impl Role {
+impl RunRole {
     /// The role of an experiment id: replications are `<id>-r<n>`, baseline runs the campaign's
     /// own (train.py, baseConfig) id or `<that>-b<n>`.
-    pub fn of(experiment_id: &str, base_id: &str) -> Role {
+    pub fn of(experiment_id: &str, base_id: &str) -> RunRole {
         if experiment_id == base_id
             || experiment_id
                 .strip_prefix(base_id)
                 .and_then(|rest| rest.strip_prefix("-b"))
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         {
-            return Role::Baseline;
+            return RunRole::Baseline;
         }
         match experiment_id.rsplit_once("-r") {
             Some((of, n)) if !of.is_empty() && n.parse::<u32>().is_ok() => {
-                Role::Replication(of.to_string())
+                RunRole::Replication(of.to_string())
             }
-            _ => Role::Experiment,
+            _ => RunRole::Experiment,
         }
     }
 
     /// The role as a result line records it (`role`), and the experiment it replicates.
     pub fn fields(&self) -> (Option<String>, Option<String>) {
         match self {
-            Role::Experiment => (None, None),
-            Role::Baseline => (Some("baseline".into()), None),
-            Role::Replication(of) => (Some("replication".into()), Some(of.clone())),
+            RunRole::Experiment => (None, None),
+            RunRole::Baseline => (Some("baseline".into()), None),
+            RunRole::Replication(of) => (Some("replication".into()), Some(of.clone())),
         }
     }
 
     /// The role a result line records, falling back to its id.
-    pub fn of_record(record: &ResultRecord, base_id: &str) -> Role {
+    pub fn of_record(record: &ResultRecord, base_id: &str) -> RunRole {
         match (record.role.as_deref(), &record.replicates) {
-            (Some("replication"), Some(of)) => Role::Replication(of.clone()),
-            (Some("baseline"), _) => Role::Baseline,
-            _ => Role::of(&record.experiment_id, base_id),
+            (Some("replication"), Some(of)) => RunRole::Replication(of.clone()),
+            (Some("baseline"), _) => RunRole::Baseline,
+            _ => RunRole::of(&record.experiment_id, base_id),
         }
     }
 }
+
+/// The former names, for code outside this module that still uses them (`engine::claim`,
+/// `engine::tests`, `tests/trust.rs`).
+pub type Role = RunRole;
+/// See [`Role`].
+pub type Settings = TrustSettings;
 
 /// The id of baseline run `i` (0 is the campaign's own id, which an llm campaign runs first).
 pub fn baseline_id(base_id: &str, i: u32) -> String {
@@ -99,7 +105,7 @@ pub fn replication_id(of: &str, n: usize) -> String {
 
 /// The objective's trust settings.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub struct TrustSettings {
     /// `objective.noiseFloor`.
     pub noise_floor: f64,
     /// `objective.noiseMultiplier`.
@@ -116,13 +122,13 @@ pub struct Settings {
     pub base_id: String,
 }
 
-impl Default for Settings {
+impl Default for TrustSettings {
     fn default() -> Self {
         Self::of(&ObjectiveSpec::default(), String::new())
     }
 }
 
-impl Settings {
+impl TrustSettings {
     /// From the spec's objective and the campaign's base id.
     pub fn of(objective: &ObjectiveSpec, base_id: String) -> Self {
         Self {
@@ -139,7 +145,7 @@ impl Settings {
 
 /// A finished run, as trust needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Run {
+pub struct TrustRun {
     /// Experiment id.
     pub id: String,
     /// Worker endpoint.
@@ -164,7 +170,7 @@ pub struct Run {
     pub amount: Option<String>,
 }
 
-impl Run {
+impl TrustRun {
     /// From a result line.
     pub fn of(record: &ResultRecord) -> Self {
         Self {
@@ -201,7 +207,7 @@ impl Run {
 
 /// Where a claim stands.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
+pub enum ClaimVerdict {
     /// Waiting for a replication (or a third run).
     Open,
     /// Another worker reproduced it; the value is the mean of the agreeing runs.
@@ -214,16 +220,16 @@ pub enum Verdict {
 
 #[derive(Clone, Debug)]
 struct Claim {
-    run: Run,
-    replications: Vec<Run>,
-    verdict: Verdict,
+    run: TrustRun,
+    replications: Vec<TrustRun>,
+    verdict: ClaimVerdict,
 }
 
 impl Claim {
     /// Replications that are independent of the claim and of each other: another endpoint and,
     /// when both are known, another payee.
-    fn independent(&self) -> Vec<&Run> {
-        let mut seen: Vec<&Run> = vec![&self.run];
+    fn independent(&self) -> Vec<&TrustRun> {
+        let mut seen: Vec<&TrustRun> = vec![&self.run];
         let mut out = Vec::new();
         for r in &self.replications {
             if r.value.is_some() && seen.iter().all(|s| unrelated(s, r)) {
@@ -236,7 +242,7 @@ impl Claim {
 }
 
 /// Two runs on different workers that are not (as far as is known) paid to the same address.
-fn unrelated(a: &Run, b: &Run) -> bool {
+fn unrelated(a: &TrustRun, b: &TrustRun) -> bool {
     a.worker != b.worker
         && !matches!((&a.pay_to, &b.pay_to), (Some(x), Some(y)) if x == y)
         && !matches!((a.agent_id, b.agent_id), (Some(x), Some(y)) if x == y)
@@ -285,19 +291,25 @@ pub struct Planned {
     /// Its id.
     pub experiment_id: String,
     /// Config, params, code and description of the run it repeats.
-    pub run: Run,
+    pub run: TrustRun,
     /// Workers it must not run on.
     pub avoid: Vec<String>,
     /// What it is.
-    pub role: Role,
+    pub role: RunRole,
 }
 
-/// One campaign's trust state.
+/// One campaign's trust state. Only undecided claims are kept whole (by arrival, with an index
+/// by id); a decided one leaves its agreed value, and an unresolved one nothing: neither is
+/// read again but for the strategy's outcome.
 #[derive(Clone, Debug, Default)]
 pub struct Trust {
-    settings: Settings,
-    baseline: Vec<Run>,
-    claims: Vec<Claim>,
+    settings: TrustSettings,
+    baseline: Vec<TrustRun>,
+    claims: BTreeMap<u64, Claim>,
+    claim_ids: HashMap<String, u64>,
+    next_claim: u64,
+    /// The value two runs agreed on, for each claim decided that way.
+    settled: HashMap<String, f64>,
     /// Baseline ids recorded, with or without a value (an id is never run twice).
     baseline_ids: Vec<String>,
     verified: Option<Best>,
@@ -323,13 +335,13 @@ fn squares(values: &[f64]) -> f64 {
 }
 
 impl Trust {
-    /// Settings change with the spec.
-    pub fn set_settings(&mut self, settings: Settings) {
+    /// The settings change with the spec.
+    pub fn set_settings(&mut self, settings: TrustSettings) {
         self.settings = settings;
     }
 
     /// The settings.
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &TrustSettings {
         &self.settings
     }
 
@@ -379,7 +391,7 @@ impl Trust {
     pub fn kept(&self) -> Option<Best> {
         let mut best = self.verified.clone();
         if !self.replicating() {
-            for c in self.claims.iter().filter(|c| self.wants_replication(c)) {
+            for c in self.claims.values().filter(|c| self.wants_replication(c)) {
                 let Some(v) = c.run.value else { continue };
                 if best.as_ref().is_none_or(|b| v < b.summary.val_bpb) {
                     best = Some(Best {
@@ -395,42 +407,36 @@ impl Trust {
     }
 
     /// The keep/discard decision a new run would get now.
-    pub fn decide(&self, run: &Run, role: &Role) -> Decision {
+    pub fn decide(&self, run: &TrustRun, role: &RunRole) -> Decision {
         match (role, run.value) {
             (_, None) => Decision::Crash,
-            (Role::Experiment, v) => {
+            (RunRole::Experiment, v) => {
                 decide(self.kept().map(|b| b.summary.val_bpb), v, self.floor())
             }
             // A baseline run is the base; a replication is judged through its claim.
-            (Role::Baseline, _) => Decision::Keep,
-            (Role::Replication(_), _) => Decision::Discard,
+            (RunRole::Baseline, _) => Decision::Keep,
+            (RunRole::Replication(_), _) => Decision::Discard,
         }
     }
 
     /// Adds a finished run (in arrival order). `recorded` is the decision its line carries.
-    pub fn add(&mut self, run: Run, role: Role, recorded: Option<Decision>) -> Decision {
+    pub fn add(&mut self, run: TrustRun, role: RunRole, recorded: Option<Decision>) -> Decision {
         let decision = recorded.unwrap_or_else(|| self.decide(&run, &role));
         self.count(&run);
         match role {
-            Role::Baseline => self.add_baseline(run),
-            Role::Experiment if decision == Decision::Keep && run.value.is_some() => {
+            RunRole::Baseline => self.add_baseline(run),
+            RunRole::Experiment if decision == Decision::Keep && run.value.is_some() => {
                 // An excluded worker's last runs still finish; its claims are not checked.
-                let verdict = if self.is_excluded(&run.worker) {
-                    Verdict::Unresolved
-                } else {
-                    Verdict::Open
-                };
-                self.claims.push(Claim {
-                    run,
-                    replications: Vec::new(),
-                    verdict,
-                });
+                if !self.is_excluded(&run.worker) {
+                    self.open_claim(run);
+                }
             }
-            Role::Experiment => {}
-            Role::Replication(of) => {
-                if let Some(i) = self.claims.iter().position(|c| c.run.id == of) {
-                    self.claims[i].replications.push(run);
+            RunRole::Experiment => {}
+            RunRole::Replication(of) => {
+                if let Some(&i) = self.claim_ids.get(&of) {
+                    self.claim(i).replications.push(run);
                     self.resolve(i);
+                    self.retire(i);
                 }
             }
         }
@@ -438,13 +444,45 @@ impl Trust {
     }
 
     /// Adds a result line (its recorded role and decision, if any); returns its decision and role.
-    pub fn add_record(&mut self, record: &ResultRecord) -> (Decision, Role) {
-        let role = Role::of_record(record, &self.settings.base_id);
+    pub fn add_record(&mut self, record: &ResultRecord) -> (Decision, RunRole) {
+        let role = RunRole::of_record(record, &self.settings.base_id);
         let recorded = record.decision.as_deref().and_then(Decision::from_status);
-        (self.add(Run::of(record), role.clone(), recorded), role)
+        (self.add(TrustRun::of(record), role.clone(), recorded), role)
     }
 
-    fn count(&mut self, run: &Run) {
+    fn open_claim(&mut self, run: TrustRun) {
+        let i = self.next_claim;
+        self.next_claim += 1;
+        // A second line for an id (a re-created campaign) leaves the first claim in charge.
+        self.claim_ids.entry(run.id.clone()).or_insert(i);
+        self.claims.insert(
+            i,
+            Claim {
+                run,
+                replications: Vec::new(),
+                verdict: ClaimVerdict::Open,
+            },
+        );
+    }
+
+    /// An open claim.
+    fn claim(&mut self, i: u64) -> &mut Claim {
+        self.claims.get_mut(&i).expect("an open claim")
+    }
+
+    /// Forgets a decided claim but for its agreed value.
+    fn retire(&mut self, i: u64) {
+        if self.claims[&i].verdict == ClaimVerdict::Open {
+            return;
+        }
+        let claim = self.claims.remove(&i).expect("an open claim");
+        self.claim_ids.remove(&claim.run.id);
+        if let ClaimVerdict::Agreed(v) | ClaimVerdict::Disputed(v) = claim.verdict {
+            self.settled.insert(claim.run.id, v);
+        }
+    }
+
+    fn count(&mut self, run: &TrustRun) {
         let w = self.workers.entry(run.worker.clone()).or_default();
         w.runs += 1;
         w.failures += u32::from(run.value.is_none());
@@ -458,7 +496,7 @@ impl Trust {
             .or(w.price.take());
     }
 
-    fn add_baseline(&mut self, run: Run) {
+    fn add_baseline(&mut self, run: TrustRun) {
         self.baseline_ids.push(run.id.clone());
         if run.value.is_none() {
             return;
@@ -473,7 +511,7 @@ impl Trust {
         }
         let values: Vec<f64> = self.baseline.iter().filter_map(|r| r.value).collect();
         let first = &self.baseline[0];
-        let others: Vec<&Run> = self.baseline[1..]
+        let others: Vec<&TrustRun> = self.baseline[1..]
             .iter()
             .filter(|r| unrelated(first, r))
             .collect();
@@ -486,27 +524,27 @@ impl Trust {
     }
 
     fn is_baseline(&self, id: &str) -> bool {
-        Role::of(id, &self.settings.base_id) == Role::Baseline
+        RunRole::of(id, &self.settings.base_id) == RunRole::Baseline
     }
 
     /// Decides a claim once its replications allow it.
-    fn resolve(&mut self, i: usize) {
-        if self.claims[i].verdict != Verdict::Open {
+    fn resolve(&mut self, i: u64) {
+        if self.claims[&i].verdict != ClaimVerdict::Open {
             return;
         }
         let tol = self.tolerance();
-        let claim = self.claims[i].clone();
+        let claim = self.claims[&i].clone();
         let c = claim.run.value.unwrap_or(f64::NAN);
         let reps = claim.independent();
         match reps.as_slice() {
             [] if claim.replications.len() >= MAX_REPLICATIONS => {
-                self.claims[i].verdict = Verdict::Unresolved;
+                self.claim(i).verdict = ClaimVerdict::Unresolved;
             }
             [] => {}
             [r] if (val(r) - c).abs() <= tol => self.agree(i, &[&claim.run, r], None),
             [r] => {
                 if claim.replications.len() >= MAX_REPLICATIONS {
-                    self.claims[i].verdict = Verdict::Unresolved;
+                    self.claim(i).verdict = ClaimVerdict::Unresolved;
                 }
                 self.tell(
                     Severity::Warning,
@@ -523,7 +561,7 @@ impl Trust {
                 } else if (val(r2) - val(r1)).abs() <= tol {
                     self.dispute(i, &[r1, r2]);
                 } else {
-                    self.claims[i].verdict = Verdict::Unresolved;
+                    self.claim(i).verdict = ClaimVerdict::Unresolved;
                     self.tell(
                         Severity::Warning,
                         "ReplicationUnresolved",
@@ -541,12 +579,12 @@ impl Trust {
 
     /// Runs that agree: their mean is the claim's value, and is promoted if it is the best.
     /// `outlier` (a replication that disagreed) gets the disagreement.
-    fn agree(&mut self, i: usize, runs: &[&Run], outlier: Option<&Run>) {
+    fn agree(&mut self, i: u64, runs: &[&TrustRun], outlier: Option<&TrustRun>) {
         let values: Vec<f64> = runs.iter().map(|r| val(r)).collect();
         let m = mean(&values);
         self.group(runs, m);
-        let claim = self.claims[i].run.clone();
-        self.claims[i].verdict = Verdict::Agreed(m);
+        let claim = self.claims[&i].run.clone();
+        self.claim(i).verdict = ClaimVerdict::Agreed(m);
         if let Some(o) = outlier {
             self.disagree(o, m);
         }
@@ -576,12 +614,12 @@ impl Trust {
     }
 
     /// The claim is out of line with two runs that agree: disputed, the honest mean stands.
-    fn dispute(&mut self, i: usize, honest: &[&Run]) {
+    fn dispute(&mut self, i: u64, honest: &[&TrustRun]) {
         let values: Vec<f64> = honest.iter().map(|r| val(r)).collect();
         let m = mean(&values);
         self.group(honest, m);
-        let claim = self.claims[i].run.clone();
-        self.claims[i].verdict = Verdict::Disputed(m);
+        let claim = self.claims[&i].run.clone();
+        self.claim(i).verdict = ClaimVerdict::Disputed(m);
         self.tell(
             Severity::Warning,
             "ClaimDisputed",
@@ -612,7 +650,7 @@ impl Trust {
     }
 
     /// An agreeing group: its spread feeds σ, each worker gets an agreement and its deviation.
-    fn group(&mut self, runs: &[&Run], m: f64) {
+    fn group(&mut self, runs: &[&TrustRun], m: f64) {
         let values: Vec<f64> = runs.iter().map(|r| val(r)).collect();
         self.squares += squares(&values);
         self.freedom += values.len() as u32 - 1;
@@ -624,7 +662,7 @@ impl Trust {
         }
     }
 
-    fn disagree(&mut self, run: &Run, agreed: f64) {
+    fn disagree(&mut self, run: &TrustRun, agreed: f64) {
         let max = self.settings.max_disagreements;
         let w = self.workers.entry(run.worker.clone()).or_default();
         w.disagreements += 1;
@@ -640,7 +678,7 @@ impl Trust {
         }
     }
 
-    fn promote(&mut self, claim: &Run, value: f64, worker: &str, ids: Vec<String>) -> bool {
+    fn promote(&mut self, claim: &TrustRun, value: f64, worker: &str, ids: Vec<String>) -> bool {
         if self
             .verified
             .as_ref()
@@ -693,18 +731,16 @@ impl Trust {
     /// not known yet (it is being replicated), a decided one has the agreed value.
     pub fn outcomes(&self) -> Vec<(String, Outcome)> {
         let replicating = self.replicating();
-        self.claims
+        let open = self
+            .claims
+            .values()
+            .filter(|c| replicating && self.can_replicate(c))
+            .map(|c| (c.run.id.clone(), Outcome::InFlight));
+        let settled = self
+            .settled
             .iter()
-            .filter_map(|c| match c.verdict {
-                Verdict::Open if replicating && self.can_replicate(c) => {
-                    Some((c.run.id.clone(), Outcome::InFlight))
-                }
-                Verdict::Agreed(v) | Verdict::Disputed(v) => {
-                    Some((c.run.id.clone(), Outcome::Succeeded(v)))
-                }
-                _ => None,
-            })
-            .collect()
+            .map(|(id, v)| (id.clone(), Outcome::Succeeded(*v)));
+        open.chain(settled).collect()
     }
 
     /// Baseline runs recorded with a value, and their workers.
@@ -720,7 +756,7 @@ impl Trust {
     /// The runs THINK should propose now, before anything else: the missing baseline runs,
     /// then the next replication of the best open claim that would be the new best. `known`
     /// says whether an id is already pending or in flight.
-    pub fn plan(&self, base: &Run, known: &dyn Fn(&str) -> bool) -> Vec<Planned> {
+    pub fn plan(&self, base: &TrustRun, known: &dyn Fn(&str) -> bool) -> Vec<Planned> {
         if self.holds() {
             return self.plan_baseline(base, known);
         }
@@ -730,7 +766,7 @@ impl Trust {
         self.plan_replication(known).into_iter().collect()
     }
 
-    fn plan_baseline(&self, base: &Run, known: &dyn Fn(&str) -> bool) -> Vec<Planned> {
+    fn plan_baseline(&self, base: &TrustRun, known: &dyn Fn(&str) -> bool) -> Vec<Planned> {
         let have = self.baseline.len() as u32;
         let mut avoid = self.baseline_workers();
         // With one worker the runs go where they can ("distinct where there are several").
@@ -753,12 +789,12 @@ impl Trust {
             }
             out.push(Some(Planned {
                 experiment_id: id,
-                run: Run {
+                run: TrustRun {
                     description: Some("baseline".into()),
                     ..base.clone()
                 },
                 avoid: avoid.clone(),
-                role: Role::Baseline,
+                role: RunRole::Baseline,
             }));
         }
         out.into_iter().flatten().collect()
@@ -767,7 +803,7 @@ impl Trust {
     fn plan_replication(&self, known: &dyn Fn(&str) -> bool) -> Option<Planned> {
         let claim = self
             .claims
-            .iter()
+            .values()
             .filter(|c| self.can_replicate(c))
             .min_by(|a, b| val(&a.run).total_cmp(&val(&b.run)))?;
         let n = claim.replications.len() + 1;
@@ -775,12 +811,12 @@ impl Trust {
         let avoid = self.avoid_for(claim);
         (!known(&id)).then(|| Planned {
             experiment_id: id,
-            run: Run {
+            run: TrustRun {
                 description: Some(format!("replication of {}", claim.run.id)),
                 ..claim.run.clone()
             },
             avoid,
-            role: Role::Replication(claim.run.id.clone()),
+            role: RunRole::Replication(claim.run.id.clone()),
         })
     }
 
@@ -788,7 +824,7 @@ impl Trust {
     /// attempts left.
     fn wants_replication(&self, claim: &Claim) -> bool {
         let best = self.verified.as_ref().map(|b| b.summary.val_bpb);
-        claim.verdict == Verdict::Open
+        claim.verdict == ClaimVerdict::Open
             && claim.replications.len() < MAX_REPLICATIONS
             && best.is_none_or(|b| val(&claim.run) < b)
             && !self.is_excluded(&claim.run.worker)
@@ -797,13 +833,13 @@ impl Trust {
     /// Whether a pending id is still worth running: anything but a replication, or the next
     /// replication of a claim that wants one and has a worker left for it.
     fn still_wanted(&self, experiment_id: &str) -> bool {
-        let Role::Replication(of) = Role::of(experiment_id, &self.settings.base_id) else {
+        let RunRole::Replication(of) = RunRole::of(experiment_id, &self.settings.base_id) else {
             return true;
         };
         self.replicating()
-            && self.claims.iter().any(|c| {
-                c.run.id == of
-                    && replication_id(&c.run.id, c.replications.len() + 1) == experiment_id
+            && self.claim_ids.get(&of).is_some_and(|i| {
+                let c = &self.claims[i];
+                replication_id(&c.run.id, c.replications.len() + 1) == experiment_id
                     && self.can_replicate(c)
             })
     }
@@ -819,7 +855,7 @@ impl Trust {
     /// Workers a replication of `claim` must not run on: the claim's and its replications'
     /// workers, workers paid at the same address, and excluded ones.
     fn avoid_for(&self, claim: &Claim) -> Vec<String> {
-        let runs: Vec<&Run> = std::iter::once(&claim.run)
+        let runs: Vec<&TrustRun> = std::iter::once(&claim.run)
             .chain(claim.replications.iter())
             .collect();
         let mut avoid: Vec<String> = runs.iter().map(|r| r.worker.clone()).collect();
@@ -844,7 +880,11 @@ impl Trust {
     /// goes to one of them; a baseline run does only when nothing else is left.
     pub fn avoid_map(&self) -> BTreeMap<String, Vec<String>> {
         let mut map = BTreeMap::new();
-        for c in self.claims.iter().filter(|c| c.verdict == Verdict::Open) {
+        for c in self
+            .claims
+            .values()
+            .filter(|c| c.verdict == ClaimVerdict::Open)
+        {
             map.insert(
                 replication_id(&c.run.id, c.replications.len() + 1),
                 self.avoid_for(c),
@@ -936,7 +976,7 @@ impl Trust {
     }
 }
 
-fn val(run: &Run) -> f64 {
+fn val(run: &TrustRun) -> f64 {
     run.value.unwrap_or(f64::NAN)
 }
 
@@ -1006,26 +1046,26 @@ mod tests {
 
     fn trust(workers: &[&str]) -> Trust {
         let mut t = Trust::default();
-        t.set_settings(Settings {
+        t.set_settings(TrustSettings {
             base_id: BASE.into(),
-            ..Settings::default()
+            ..TrustSettings::default()
         });
         t.set_candidates(workers.iter().map(|w| w.to_string()).collect());
         t
     }
 
-    fn run(id: &str, worker: &str, value: f64) -> Run {
-        Run {
+    fn run(id: &str, worker: &str, value: f64) -> TrustRun {
+        TrustRun {
             id: id.into(),
             worker: worker.into(),
             pay_to: Some(format!("0x{worker}")),
             value: Some(value),
-            ..Run::default()
+            ..TrustRun::default()
         }
     }
 
-    fn add(t: &mut Trust, r: Run) -> Decision {
-        let role = Role::of(&r.id, BASE);
+    fn add(t: &mut Trust, r: TrustRun) -> Decision {
+        let role = RunRole::of(&r.id, BASE);
         t.add(r, role, None)
     }
 
@@ -1038,14 +1078,14 @@ mod tests {
 
     #[test]
     fn roles_are_read_from_ids() {
-        assert_eq!(Role::of(BASE, BASE), Role::Baseline);
-        assert_eq!(Role::of("exp-base-b3", BASE), Role::Baseline);
+        assert_eq!(RunRole::of(BASE, BASE), RunRole::Baseline);
+        assert_eq!(RunRole::of("exp-base-b3", BASE), RunRole::Baseline);
         assert_eq!(
-            Role::of("exp-1a-r2", BASE),
-            Role::Replication("exp-1a".into())
+            RunRole::of("exp-1a-r2", BASE),
+            RunRole::Replication("exp-1a".into())
         );
-        assert_eq!(Role::of("exp-1a", BASE), Role::Experiment);
-        assert_eq!(Role::of("exp-1a-rx", BASE), Role::Experiment);
+        assert_eq!(RunRole::of("exp-1a", BASE), RunRole::Experiment);
+        assert_eq!(RunRole::of("exp-1a-rx", BASE), RunRole::Experiment);
     }
 
     #[test]
@@ -1055,12 +1095,12 @@ mod tests {
         add(&mut t, run("exp-base-b1", "b", 1.0));
         assert_eq!(add(&mut t, run("exp-x", "a", 0.9)), Decision::Keep);
         let known = |_: &str| false;
-        let planned = t.plan(&Run::default(), &known);
+        let planned = t.plan(&TrustRun::default(), &known);
         assert_eq!(planned[0].experiment_id, "exp-x-r1");
         assert_eq!(planned[0].avoid, ["a"]);
         add(&mut t, run("exp-x-r1", "b", 0.8));
         assert!(t.verified.as_ref().unwrap().summary.experiment_id == BASE);
-        let planned = t.plan(&Run::default(), &known);
+        let planned = t.plan(&TrustRun::default(), &known);
         assert_eq!(planned[0].experiment_id, "exp-x-r2");
         assert_eq!(planned[0].avoid, ["a", "b"]);
         add(&mut t, run("exp-x-r2", "c", 0.901));
@@ -1100,14 +1140,14 @@ mod tests {
         let mut twin = run("exp-other", "b", 1.0);
         twin.pay_to = Some("0xa".into());
         add(&mut t, twin);
-        let planned = t.plan(&Run::default(), &|_| false);
+        let planned = t.plan(&TrustRun::default(), &|_| false);
         assert_eq!(planned[0].avoid, ["a", "b"], "b is paid at a's address");
         let mut same_payee = run("exp-x-r1", "b", 0.9);
         same_payee.pay_to = Some("0xa".into());
         add(&mut t, same_payee);
         assert!(t.verified.is_none(), "not independent: nothing is promoted");
         assert_eq!(
-            t.plan(&Run::default(), &|_| false)[0].experiment_id,
+            t.plan(&TrustRun::default(), &|_| false)[0].experiment_id,
             "exp-x-r2"
         );
     }
@@ -1121,7 +1161,7 @@ mod tests {
         add(&mut t, run("exp-x-r1", "b", 0.95));
         assert!(t.verified.is_none());
         assert!(
-            t.plan(&Run::default(), &|_| false).is_empty(),
+            t.plan(&TrustRun::default(), &|_| false).is_empty(),
             "no worker is left"
         );
         assert!(t.outcomes().is_empty(), "the strategy is not kept waiting");
@@ -1137,7 +1177,7 @@ mod tests {
         let mut t = trust(&["a"]);
         t.settings.baseline_runs = 0;
         add(&mut t, run("exp-x", "a", 0.9));
-        assert!(t.plan(&Run::default(), &|_| false).is_empty());
+        assert!(t.plan(&TrustRun::default(), &|_| false).is_empty());
         let kept = t.kept().unwrap();
         assert!(!kept.verified);
         assert_eq!(kept.summary.experiment_id, "exp-x");

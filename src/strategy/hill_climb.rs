@@ -23,7 +23,9 @@ use std::collections::HashSet;
 
 use super::rng::{self, SplitMix64};
 use super::space::{Coord, Space};
-use super::{Batch, Decision, History, Outcome, Proposal, Setup, Trial, decide};
+use serde_json::Value;
+
+use super::{Batch, Decision, FinishedTrial, History, Outcome, Proposal, Setup, decide};
 use crate::crd::{ObjectiveSpec, SpecError};
 
 /// First step: a quarter of each range.
@@ -54,17 +56,18 @@ fn step_at(round: u64) -> f64 {
 }
 
 /// The incumbent and shrink round after replaying every finished trial in arrival order.
-struct Replay<'h> {
-    incumbent: Option<(&'h Trial, f64)>,
+struct Replay {
+    /// The incumbent's params and value.
+    incumbent: Option<(Value, f64)>,
     /// How often the step has shrunk (or started over) since the campaign began.
     round: u64,
 }
 
-fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
-    let mut incumbent: Option<(&Trial, f64)> = None;
+fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay {
+    let mut incumbent: Option<(FinishedTrial<'_>, f64)> = None;
     let mut round = 0;
     let mut failures = 0;
-    for trial in history.trials() {
+    for trial in history.finished() {
         let val_bpb = match trial.outcome {
             Outcome::InFlight => continue,
             Outcome::Succeeded(v) => Some(v),
@@ -82,7 +85,11 @@ fn replay(history: &History, noise_floor: f64, patience: u32) -> Replay<'_> {
             }
         }
     }
-    Replay { incumbent, round }
+    Replay {
+        // Only the incumbent's params are parsed: once per call, not once per trial.
+        incumbent: incumbent.map(|(t, v)| (t.params(), v)),
+        round,
+    }
 }
 
 pub(super) fn propose(
@@ -96,7 +103,8 @@ pub(super) fn propose(
     let state = replay(history, objective.noise_floor, patience(space.dims.len()));
     let center_params = state
         .incumbent
-        .and_then(|(t, _)| t.params.as_object())
+        .as_ref()
+        .and_then(|(params, _)| params.as_object())
         .unwrap_or(&setup.origin);
     let center = space.read(center_params);
     let center_proposal = setup.proposal(space.params(&center))?;

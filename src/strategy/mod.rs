@@ -40,6 +40,7 @@
 
 mod decision;
 mod hill_climb;
+mod history;
 pub mod landscape;
 pub mod llm;
 pub(crate) mod rng;
@@ -56,6 +57,7 @@ use serde_json::{Map, Value};
 use crate::crd::{ApplyTo, ObjectiveSpec, SearchSpec, SpecError, Strategy};
 use crate::experiment::experiment_id;
 pub use decision::{Decision, decide};
+pub use history::{Fingerprint, FinishedTrial, History};
 use rng::SplitMix64;
 use space::{Coord, Space};
 use train_script::Template;
@@ -129,97 +131,6 @@ pub struct Trial {
     pub params: Value,
     /// How it ended, if it has.
     pub outcome: Outcome,
-}
-
-/// Every experiment the campaign has started: finished ones in the order their results arrived,
-/// and those in flight.
-#[derive(Clone, Debug, Default)]
-pub struct History {
-    trials: Vec<Trial>,
-    ids: HashSet<String>,
-}
-
-impl History {
-    /// An empty history.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a trial. A trial whose id is already present replaces it and moves to the end, so a
-    /// result recorded for an in-flight experiment takes its place in arrival order.
-    pub fn record(&mut self, trial: Trial) {
-        if !self.ids.insert(trial.experiment_id.clone()) {
-            self.trials
-                .retain(|t| t.experiment_id != trial.experiment_id);
-        }
-        self.trials.push(trial);
-    }
-
-    /// Marks an id as taken without a trial: a baseline run or a replication, which the
-    /// strategy must never propose again (it is the same code and config as another run).
-    pub fn reserve(&mut self, experiment_id: &str) {
-        self.ids.insert(experiment_id.to_string());
-    }
-
-    /// Replaces a trial's outcome in place (a replicated claim: its agreed value).
-    pub fn set_outcome(&mut self, experiment_id: &str, outcome: Outcome) {
-        if let Some(t) = self
-            .trials
-            .iter_mut()
-            .find(|t| t.experiment_id == experiment_id)
-        {
-            t.outcome = outcome;
-        }
-    }
-
-    /// Whether an experiment id has been started (in flight or finished).
-    pub fn contains(&self, experiment_id: &str) -> bool {
-        self.ids.contains(experiment_id)
-    }
-
-    /// The trials, finished ones in arrival order.
-    pub fn trials(&self) -> &[Trial] {
-        &self.trials
-    }
-
-    /// Number of trials.
-    pub fn len(&self) -> usize {
-        self.trials.len()
-    }
-
-    /// Whether no experiment has been started.
-    pub fn is_empty(&self) -> bool {
-        self.trials.is_empty()
-    }
-
-    /// Whether any experiment is in flight.
-    pub fn has_in_flight(&self) -> bool {
-        self.trials.iter().any(|t| t.outcome == Outcome::InFlight)
-    }
-
-    /// The lowest finite `val_bpb` so far, and its trial (the earliest on ties).
-    pub fn best(&self) -> Option<(&Trial, f64)> {
-        self.trials
-            .iter()
-            .filter_map(|t| match t.outcome {
-                Outcome::Succeeded(v) if v.is_finite() => Some((t, v)),
-                _ => None,
-            })
-            .fold(None, |best: Option<(&Trial, f64)>, (t, v)| match best {
-                Some((_, b)) if b <= v => best,
-                _ => Some((t, v)),
-            })
-    }
-}
-
-impl FromIterator<Trial> for History {
-    fn from_iter<I: IntoIterator<Item = Trial>>(iter: I) -> Self {
-        let mut history = History::new();
-        for trial in iter {
-            history.record(trial);
-        }
-        history
-    }
 }
 
 /// Checks that a search can run on this train.py; [`propose`] returns the same errors. The

@@ -72,6 +72,9 @@ struct Sim {
     search: SearchSpec,
     base: Value,
     history: History,
+    /// What was recorded in `history`, in its order (a finished id recorded again moves to the
+    /// end), so a restart can rebuild the history as results.jsonl and the ledger would.
+    log: Vec<Trial>,
     state: State,
     in_flight: Vec<Trial>,
     started: Vec<String>,
@@ -92,6 +95,7 @@ impl Sim {
             search,
             base,
             history: History::new(),
+            log: vec![],
             state: State::new(),
             in_flight: vec![],
             started: vec![],
@@ -107,7 +111,7 @@ impl Sim {
             let saved = serde_json::to_string(&self.state).unwrap();
             assert!(saved.len() < 300, "state stays small: {saved}");
             self.state = serde_json::from_str(&saved).unwrap();
-            self.history = self.history.trials().iter().cloned().collect();
+            self.history = self.log.iter().cloned().collect();
         }
         let batch = propose(
             &self.search,
@@ -144,7 +148,7 @@ impl Sim {
                 params: p.params.clone(),
                 outcome: Outcome::InFlight,
             };
-            self.history.record(trial.clone());
+            self.record(trial.clone());
             self.in_flight.push(trial);
             self.started.push(p.experiment_id.clone());
         }
@@ -159,8 +163,15 @@ impl Sim {
         let i = self.order.below(self.in_flight.len() as u64) as usize;
         let mut trial = self.in_flight.swap_remove(i);
         trial.outcome = Outcome::Succeeded(landscape::val_bpb(&scored(&trial)));
-        self.history.record(trial);
+        self.record(trial);
         true
+    }
+
+    /// Records a trial in the history and in the log.
+    fn record(&mut self, trial: Trial) {
+        self.log.retain(|t| t.experiment_id != trial.experiment_id);
+        self.log.push(trial.clone());
+        self.history.record(trial);
     }
 
     /// Runs `budget` experiments with `parallel` in flight; returns the best val_bpb.
@@ -176,7 +187,7 @@ impl Sim {
                 break;
             }
         }
-        self.history.best().map_or(f64::INFINITY, |(_, v)| v)
+        self.history.best().unwrap_or(f64::INFINITY)
     }
 }
 
@@ -266,7 +277,7 @@ fn proposals_are_valid_and_ints_are_ints() {
         let mut sim = Sim::new(search(strategy, 3), base());
         sim.run(30, 3);
         assert_eq!(sim.started.len(), 30, "{strategy:?}");
-        for t in sim.history.trials() {
+        for t in sim.log {
             assert!(t.config["depth"].is_i64(), "{}", t.config["depth"]);
             assert_eq!(t.config["optimizer"], json!({"name": "muon"}));
         }
@@ -317,7 +328,7 @@ fn history_ids_are_never_proposed() {
         let mut sim = Sim::new(search(strategy, 11), base());
         let taken = ids(&sim.propose(5));
         for p in sim.propose(5).proposals {
-            sim.history.record(Trial {
+            sim.record(Trial {
                 experiment_id: p.experiment_id,
                 params: p.params,
                 config: p.config,
@@ -384,19 +395,13 @@ fn grid_is_the_product_of_points_exactly() {
     }
     // lr 3 × depth 4 × warmup 2 × batch_size 5.
     assert_eq!(sim.started.len(), 3 * 4 * 2 * 5);
-    let lrs: HashSet<String> = sim
-        .history
-        .trials()
-        .iter()
-        .map(|t| t.config["lr"].to_string())
-        .collect();
+    let lrs: HashSet<String> = sim.log.iter().map(|t| t.config["lr"].to_string()).collect();
     assert_eq!(
         lrs,
         HashSet::from(["0.0001", "0.00316228", "0.1"].map(String::from))
     );
     let depths: HashSet<String> = sim
-        .history
-        .trials()
+        .log
         .iter()
         .map(|t| t.config["depth"].to_string())
         .collect();
@@ -502,7 +507,7 @@ fn hill_climb_keeps_only_improvements_beyond_the_noise_floor() {
     let mut sim = Sim::new(search(Strategy::HillClimb, 2), base());
     let start = sim.start(1).proposals[0].clone();
     let record = |sim: &mut Sim, p: &Proposal, v: f64| {
-        sim.history.record(Trial {
+        sim.record(Trial {
             experiment_id: p.experiment_id.clone(),
             config: p.config.clone(),
             params: p.params.clone(),
@@ -532,7 +537,7 @@ fn hill_climb_shrinks_its_step_after_failures() {
     // Every neighbour fails (worker errors): after patience(4) = 6 failures the step halves.
     for _ in 0..6 {
         let p = sim.propose(1).proposals[0].clone();
-        sim.history.record(Trial {
+        sim.record(Trial {
             experiment_id: p.experiment_id,
             params: p.params,
             config: p.config,
@@ -683,12 +688,7 @@ fn every_strategy_rewrites_train_py_with_apply_to_train_script() {
         let mut sim = script_sim(strategy, 3);
         // Sim::start checks each proposal: config unchanged, constants read back as params.
         sim.run(30, 3);
-        let scripts: HashSet<String> = sim
-            .history
-            .trials()
-            .iter()
-            .map(|t| t.experiment_id.clone())
-            .collect();
+        let scripts: HashSet<String> = sim.log.iter().map(|t| t.experiment_id.clone()).collect();
         assert_eq!(scripts.len(), 30, "{strategy:?}");
     }
     let p = &script_sim(Strategy::Grid, 0).start(1).proposals[0];
@@ -906,11 +906,49 @@ proptest! {
             if failing && sim.in_flight.len() > 1 {
                 let mut t = sim.in_flight.remove(0);
                 t.outcome = Outcome::Failed;
-                sim.history.record(t);
+                sim.record(t);
             }
             sim.finish_one();
         }
         let unique: HashSet<_> = sim.started.iter().collect();
         prop_assert_eq!(unique.len(), sim.started.len());
     }
+}
+
+#[test]
+fn history_keeps_arrival_order_and_drops_what_think_added() {
+    let trial = |id: &str, outcome| Trial {
+        experiment_id: id.into(),
+        config: Value::Null,
+        params: json!({"lr": id}),
+        outcome,
+    };
+    let mut h: History = [
+        trial("a", Outcome::Succeeded(1.0)),
+        trial("b", Outcome::InFlight),
+        trial("c", Outcome::Failed),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!((h.len(), h.has_in_flight()), (3, true));
+    // b's result arrives, then a second line for a: both move to the end.
+    h.record(trial("b", Outcome::Succeeded(0.5)));
+    h.record(trial("a", Outcome::Succeeded(0.7)));
+    let order: Vec<Value> = h.finished().map(|t| t.params()["lr"].clone()).collect();
+    assert_eq!(order, [json!("c"), json!("b"), json!("a")]);
+    assert_eq!(
+        (h.len(), h.has_in_flight(), h.best()),
+        (3, false, Some(0.5))
+    );
+    // THINK's overlay: an experiment in flight and a claim being checked.
+    h.start("d");
+    h.set_outcome("b", Outcome::InFlight);
+    assert!(h.contains("d") && h.has_in_flight());
+    assert_eq!(h.best(), Some(0.7));
+    h.clear_overlay();
+    assert!(!h.contains("d") && !h.has_in_flight());
+    assert_eq!((h.len(), h.best()), (3, Some(0.5)));
+    h.reserve("a-r1");
+    assert!(h.contains("a-r1"));
+    assert_eq!(h.len(), 3, "a reserved id is not a trial");
 }
