@@ -133,10 +133,10 @@ async fn a_liar_is_caught_by_replication_and_excluded_and_the_verified_best_is_h
 /// The results.jsonl line (1-based) after which the liar is excluded, replaying the lines as the
 /// engine does after a restart.
 fn excluded_at(lines: &[Value], liar: &str, train_py: &str) -> Option<usize> {
-    use autoresearch_coordinator::engine::trust::{Settings, Trust};
+    use autoresearch_coordinator::engine::trust::{Trust, TrustSettings};
     let mut trust = Trust::default();
     let base_id = autoresearch_coordinator::experiment::experiment_id(train_py, &json!({}));
-    trust.set_settings(Settings {
+    trust.set_settings(TrustSettings {
         base_id,
         ..Settings::default()
     });

@@ -689,9 +689,9 @@ fn measure(h: &Harness, liar: &str) -> LiarReport {
         .count();
     // The line (1-based) after which the liar is excluded, by replaying results.jsonl.
     let mut trust = super::trust::Trust::default();
-    trust.set_settings(super::trust::Settings {
+    trust.set_settings(super::trust::TrustSettings {
         base_id: crate::experiment::experiment_id(TRAIN_PY, &json!({})),
-        ..super::trust::Settings::default()
+        ..super::trust::TrustSettings::default()
     });
     let mut excluded_at = None;
     for (i, line) in lines.iter().enumerate() {
