@@ -138,7 +138,7 @@ fn excluded_at(lines: &[Value], liar: &str, train_py: &str) -> Option<usize> {
     let base_id = autoresearch_coordinator::experiment::experiment_id(train_py, &json!({}));
     trust.set_settings(TrustSettings {
         base_id,
-        ..Settings::default()
+        ..TrustSettings::default()
     });
     for (i, line) in lines.iter().enumerate() {
         let record: autoresearch_coordinator::results::ResultRecord =
