@@ -633,7 +633,7 @@ async fn a_stale_cached_price_costs_a_refusal_not_a_payment() {
 }
 
 /// Workers with their own payees (`pay_to` 0x…01, 0x…02, …) and runs.
-async fn trust_harness(runs: Vec<crate::testkit::Run>, extra: Value) -> Harness {
+async fn trust_harness(runs: Vec<crate::testkit::RunFn>, extra: Value) -> Harness {
     let signer = FakeSigner::start().await;
     let mut fakes = Vec::new();
     for (i, run) in runs.into_iter().enumerate() {
@@ -667,7 +667,7 @@ fn trust_spec(endpoints: &[String], extra: Value) -> ExperimentCampaignSpec {
     serde_json::from_value(v).unwrap()
 }
 
-fn honest() -> crate::testkit::Run {
+fn honest() -> crate::testkit::RunFn {
     Arc::new(crate::testkit::landscape_run)
 }
 

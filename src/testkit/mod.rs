@@ -31,8 +31,8 @@ pub use gate::{CHAIN_ID, NETWORK, usdc_domain};
 pub use server::Connection;
 pub use signer::FakeSigner;
 pub use worker::{
-    FakeWorker, Knobs, Lie, PaymentHeader, Run, Submission, WorkerConfig, completed, landscape_run,
-    lying_run, noisy_run, normal, transaction_for,
+    FakeWorker, Knobs, Lie, PaymentHeader, RunFn, Submission, WorkerConfig, completed,
+    landscape_run, lying_run, noisy_run, normal, transaction_for,
 };
 
 /// The golden vectors' signer key (anvil's well-known key #1; docs/protocols.md §4).

@@ -47,7 +47,7 @@ pub struct Submission {
 }
 
 /// A test's stand-in for running train.py: the result JSON the worker answers and stores.
-pub type Run = Arc<dyn Fn(&Submission) -> Value + Send + Sync>;
+pub type RunFn = Arc<dyn Fn(&Submission) -> Value + Send + Sync>;
 
 /// The result the real worker writes for a completed run with `val_bpb`.
 pub fn completed(submission: &Submission, val_bpb: f64) -> Value {
@@ -180,7 +180,7 @@ pub struct WorkerConfig {
     pay_to: Address,
     max_timeout_seconds: u64,
     header: PaymentHeader,
-    run: Run,
+    run: RunFn,
 }
 
 impl Default for WorkerConfig {
@@ -245,7 +245,7 @@ struct FakeState {
     pay_to: Address,
     max_timeout_seconds: u64,
     header: PaymentHeader,
-    run: Run,
+    run: RunFn,
     resource_url: OnceLock<String>,
     knobs: Mutex<Knobs>,
     running: AtomicBool,
