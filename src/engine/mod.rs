@@ -442,7 +442,7 @@ impl Engine {
         claim: &Claim,
         base: &strategy::State,
     ) -> Result<ExperimentCampaign, UpdateError> {
-        let decided = publish::Decision {
+        let decided = publish::ReconcileWrite {
             proposals: &thought.proposals,
             state: &thought.state,
             base,

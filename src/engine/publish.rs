@@ -57,7 +57,7 @@ impl ResultLabel {
 }
 
 /// What a reconcile decided, to be written in one status update.
-pub struct Decision<'a> {
+pub struct ReconcileWrite<'a> {
     /// New proposals for `pending`.
     pub proposals: &'a [PendingExperiment],
     /// The strategy's state after proposing.
@@ -77,7 +77,7 @@ pub struct Decision<'a> {
 /// Writes a reconcile's decision; returns the campaign as stored.
 pub async fn decision(
     handle: &CampaignHandle,
-    decided: &Decision<'_>,
+    decided: &ReconcileWrite<'_>,
 ) -> Result<ExperimentCampaign, UpdateError> {
     handle
         .store
