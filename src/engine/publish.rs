@@ -641,7 +641,7 @@ mod tests {
             ..PendingExperiment::default()
         };
         let after: State = [("next".to_string(), "1".to_string())].into();
-        let decided = Decision {
+        let decided = ReconcileWrite {
             proposals: &[proposal],
             state: &after,
             base,
