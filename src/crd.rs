@@ -929,6 +929,10 @@ pub enum PaymentState {
     /// The chain could not be read long enough to decide: counted in `spentUncertain`, never
     /// retried.
     Undecided,
+    /// Signed and reserved ahead, to be sent when its worker answers the experiment it runs;
+    /// not sent yet (its nonce is unused). Counts against the budget and `maxExperiments`, not
+    /// against `parallelism`; a restart drops it back to pending.
+    SignedAhead,
 }
 
 /// An experiment proposed (THINK) and not yet started on a worker (CLAIM). Persisted so that a
