@@ -929,9 +929,9 @@ pub enum PaymentState {
     /// The chain could not be read long enough to decide: counted in `spentUncertain`, never
     /// retried.
     Undecided,
-    /// Signed and reserved ahead, to be sent when its worker answers the experiment it runs;
-    /// not sent yet (its nonce is unused). Counts against the budget and `maxExperiments`, not
-    /// against `parallelism`; a restart drops it back to pending.
+    /// Signed and reserved ahead, to be sent when its worker answers the experiment it runs.
+    /// Counts against the budget and `maxExperiments`, not against `parallelism`; after a
+    /// restart it is finished like a sent entry, with the same voucher.
     SignedAhead,
 }
 

@@ -320,10 +320,9 @@ pub fn reserve_ahead(
     take_from_pending(status, limits, entry)
 }
 
-/// Marks a signed-ahead voucher as sent, written *before* it is sent (so an entry still
-/// `SignedAhead` after a crash provably never left the process). Its worker has answered its
-/// previous experiment, whose entry may not be counted yet: `parallelism` is checked against
-/// the other workers running one of the campaign's experiments.
+/// Shows a signed-ahead voucher as sent (running). Its worker has answered its previous
+/// experiment, whose entry may not be counted yet: `parallelism` is checked against the other
+/// workers running one of the campaign's experiments.
 pub fn promote(
     status: &mut ExperimentCampaignStatus,
     limits: &Limits,
@@ -357,9 +356,10 @@ pub fn promote(
     Ok(())
 }
 
-/// Drops a signed-ahead voucher that was never sent: its entry leaves the ledger (releasing its
-/// amount) and the experiment is pending again, with no attempt counted. Returns whether the
-/// entry was there. A sent entry is never dropped here: only its answer or the chain ends it.
+/// Drops a signed-ahead voucher its task knows it never sent: the entry leaves the ledger
+/// (releasing its amount) and the experiment is pending again, with no attempt counted. Returns
+/// whether the entry was there. An entry shown as sent is never dropped here: only its answer
+/// or the chain ends it.
 pub fn drop_ahead(
     status: &mut ExperimentCampaignStatus,
     limits: &Limits,

@@ -13,6 +13,8 @@ use crate::usdc::Usdc;
 
 /// One send (or, `resumed`, a re-send of the same voucher), judged on chain. Returns the
 /// outcome and the settlement transaction.
+// The send's inputs, plus the engine for its step timings and the worker board.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn exchange(
     chain: &UsdcChain,
     handle: &CampaignHandle,
