@@ -217,10 +217,19 @@ pub fn running(status: &ExperimentCampaignStatus) -> u32 {
 /// How many more experiments may be started now (parallelism and maxExperiments).
 pub fn free_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
     let by_parallelism = limits.parallelism.saturating_sub(running(status));
-    let by_max = limits
+    by_parallelism.min(unstarted(status, limits))
+}
+
+/// What `maxExperiments` still allows to be reserved: every ledger entry counts.
+fn unstarted(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
+    limits
         .max_experiments
-        .saturating_sub(finished(status) + status.ledger.len() as u32);
-    by_parallelism.min(by_max)
+        .saturating_sub(finished(status) + status.ledger.len() as u32)
+}
+
+/// Ledger entries signed ahead and not sent.
+fn waiting(status: &ExperimentCampaignStatus) -> u32 {
+    status.ledger.iter().filter(|e| is_ahead(e)).count() as u32
 }
 
 /// Reserves a signed voucher against the budget before it is sent (docs/design.md, invariants 1 and 2).
@@ -273,7 +282,7 @@ fn take_from_pending(
     limits: &Limits,
     entry: LedgerEntry,
 ) -> Result<(), Refusal> {
-    if finished(status) + status.ledger.len() as u32 >= limits.max_experiments {
+    if unstarted(status, limits) == 0 {
         return Err(Refusal::MaxExperiments(limits.max_experiments));
     }
     status
@@ -288,12 +297,8 @@ fn take_from_pending(
 /// Experiments that may still be signed ahead: one per busy worker at most, so at most
 /// `parallelism` in all, within `maxExperiments`.
 pub fn ahead_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
-    let ahead = status.ledger.len() as u32 - running(status);
-    let by_parallelism = limits.parallelism.saturating_sub(ahead);
-    let by_max = limits
-        .max_experiments
-        .saturating_sub(finished(status) + status.ledger.len() as u32);
-    by_parallelism.min(by_max)
+    let by_parallelism = limits.parallelism.saturating_sub(waiting(status));
+    by_parallelism.min(unstarted(status, limits))
 }
 
 /// Reserves a voucher signed ahead for `entry.worker`, to be sent when the experiment running
@@ -312,7 +317,7 @@ pub fn reserve_ahead(
     {
         return Err(Refusal::AheadTaken(entry.worker));
     }
-    let ahead = status.ledger.len() as u32 - running(status);
+    let ahead = waiting(status);
     if ahead >= limits.parallelism {
         return Err(Refusal::NoSlot(ahead));
     }

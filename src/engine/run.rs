@@ -628,30 +628,9 @@ async fn exchange(
             None,
         ),
         // Gates settle only after the worker answered below 400, and a worker that ran the
-        // experiment stores its result. So a stored result means it ran and was paid, even if
-        // the answer we got was an error; none means nothing was paid and the experiment may go
-        // to another worker. If the worker cannot say, the amount counts as spent.
+        // experiment stores its result.
         Err(e @ (WorkerError::Http { .. } | WorkerError::PaymentRejected { .. })) => {
-            match client.recover(request).await {
-                Ok(Some(result)) => (
-                    outcome_of(result, paid, client.endpoint(), &request.experiment_id),
-                    None,
-                ),
-                Ok(None) => (
-                    Ending::WorkerFailed {
-                        paid: Usdc::ZERO,
-                        reason: e.to_string(),
-                    },
-                    None,
-                ),
-                Err(_) => (
-                    Ending::WorkerFailed {
-                        paid,
-                        reason: e.to_string(),
-                    },
-                    None,
-                ),
-            }
+            (after_error(client, request, paid, e).await, None)
         }
         // The request may be running at the worker: its gate settles when it answers. Wait for
         // the stored result; never send the experiment elsewhere meanwhile.
@@ -673,6 +652,28 @@ async fn exchange(
                 },
                 None,
             ),
+        },
+    }
+}
+
+/// The ending of a send the gate or worker answered with an error. A stored result means it ran
+/// and was paid, even if the answer we got was an error; none means nothing was paid and the
+/// experiment may go to another worker. If the worker cannot say, the amount counts as spent.
+async fn after_error(
+    client: &WorkerClient,
+    request: &ExperimentRequest,
+    paid: Usdc,
+    e: WorkerError,
+) -> Ending {
+    match client.recover(request).await {
+        Ok(Some(result)) => outcome_of(result, paid, client.endpoint(), &request.experiment_id),
+        Ok(None) => Ending::WorkerFailed {
+            paid: Usdc::ZERO,
+            reason: e.to_string(),
+        },
+        Err(_) => Ending::WorkerFailed {
+            paid,
+            reason: e.to_string(),
         },
     }
 }
@@ -786,21 +787,21 @@ mod tests {
         spec
     }
 
-    fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, String> {
+    fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, StartError> {
         worker_client(
             spec,
             &Endpoint::new(endpoint),
             Duration::from_secs(5),
             Duration::from_secs(1),
         )
-        .map_err(|e| e.to_string())
     }
 
     #[test]
     fn discovered_endpoints_are_held_to_the_address_policy_and_named_ones_are_not() {
         let loopback = "http://127.0.0.1:9/services/w";
         let err = client(&spec(&[], &[]), loopback).unwrap_err();
-        assert!(err.contains("127.0.0.1"), "{err}");
+        assert!(matches!(err, StartError::Worker(_)), "{err}");
+        assert!(err.to_string().contains("127.0.0.1"), "{err}");
         assert!(client(&spec(&["127.0.0.1/32"], &[]), loopback).is_ok());
         assert!(
             client(&spec(&[], &[loopback]), loopback).is_ok(),
