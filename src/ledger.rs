@@ -98,6 +98,12 @@ pub enum Refusal {
     /// The campaign is being deleted: only paid experiments finish.
     #[error("the campaign is being deleted")]
     Deleting,
+    /// The campaign's signer (URL or token) changed since the voucher was signed ahead.
+    #[error("the campaign's signer changed since the voucher was signed")]
+    SignerChanged,
+    /// A condition blocks the campaign (a signer failure, say): nothing new is sent.
+    #[error("the campaign is blocked: {0}")]
+    Blocked(String),
     /// The worker already has a voucher signed ahead for it.
     #[error("worker {0} already has a voucher signed ahead")]
     AheadTaken(String),

@@ -15,7 +15,8 @@
 //!   nonce settles at most once), after waiting for its worker ([`wait_turn`]). It is never
 //!   signed again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::board::{self, WorkerBoard};
@@ -25,7 +26,7 @@ use super::{CampaignHandle, Engine};
 use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, LedgerEntry, PendingExperiment};
 use crate::endpoint::Endpoint;
 use crate::ledger::{self, Limits, Refusal};
-use crate::payment::unix_now;
+use crate::payment::{RemoteSigner, unix_now};
 
 /// How often a waiting voucher looks at its worker again when no release woke it.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -37,6 +38,25 @@ pub(super) fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("AUTORESEARCH_SIGN_AHEAD").map_or(true, |v| v != "off"))
 }
 
+/// Each campaign's signer client as its latest reconcile built it. The controller keeps one
+/// client per signer URL and token, so another client means the user changed either since a
+/// voucher was signed ahead: that voucher is not sent (a revoked token stops spending).
+#[derive(Default)]
+pub(super) struct Signers(Mutex<HashMap<String, Arc<RemoteSigner>>>);
+
+impl Signers {
+    fn note(&self, handle: &CampaignHandle) {
+        let mut map = self.0.lock().expect("signers lock");
+        map.insert(handle.key.clone(), handle.signer.clone());
+    }
+
+    fn is_current(&self, handle: &CampaignHandle) -> bool {
+        let map = self.0.lock().expect("signers lock");
+        map.get(&handle.key)
+            .is_none_or(|latest| Arc::ptr_eq(latest, &handle.signer))
+    }
+}
+
 /// Signs ahead for the busy workers of this campaign that have nothing waiting yet: one pending
 /// experiment each (not one a task already starts), within [`ledger::ahead_slots`].
 pub(super) fn spawn_all(
@@ -45,6 +65,7 @@ pub(super) fn spawn_all(
     stored: &Arc<ExperimentCampaign>,
     status: &ExperimentCampaignStatus,
 ) {
+    engine.signers.note(handle);
     let Ok(limits) = Limits::from_spec(&stored.spec) else {
         return;
     };
@@ -187,7 +208,7 @@ async fn start(
     if let Err(why) = wait_for_worker(&engine, &endpoint, &holder, voucher, timeout).await {
         return drop_unsent(&engine, &handle, &reserved.entry, why).await;
     }
-    if let Err(refusal) = still_wanted(&handle, &reserved.entry).await {
+    if let Err(refusal) = still_wanted(&engine, &handle, &reserved.entry).await {
         return drop_unsent(&engine, &handle, &reserved.entry, &refusal.to_string()).await;
     }
     // Shown as sent beside the send: a crash either side of this write resumes the entry the
@@ -255,10 +276,17 @@ async fn wait_for_worker(
     }
 }
 
-/// Whether the campaign, as stored now, still wants the voucher sent: not deleted, suspended or
-/// stopped meanwhile, and the entry is still this voucher's. (A read, not a write: the write
-/// before the send was the reservation.)
-async fn still_wanted(handle: &CampaignHandle, entry: &LedgerEntry) -> Result<(), Refusal> {
+/// Whether the campaign, as stored now, still wants the voucher sent: not deleted, suspended,
+/// stopped or blocked (a signer failure, say) meanwhile, its signer unchanged, and the entry
+/// still this voucher's. (A read, not a write: the write before the send was the reservation.)
+async fn still_wanted(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+) -> Result<(), Refusal> {
+    if !engine.signers.is_current(handle) {
+        return Err(Refusal::SignerChanged);
+    }
     let stored = handle.store.get().await;
     let Ok(Some(c)) = stored else {
         return Err(Refusal::Deleting);
@@ -269,7 +297,14 @@ async fn still_wanted(handle: &CampaignHandle, entry: &LedgerEntry) -> Result<()
     if c.spec.suspend {
         return Err(Refusal::Suspended);
     }
+    let url = |u: &str| u.trim_end_matches('/').to_string();
+    if url(&c.spec.payment.remote_signer_url) != url(handle.signer.url()) {
+        return Err(Refusal::SignerChanged);
+    }
     let status = c.status.unwrap_or_default();
+    if let Some((_, why)) = super::status::blocked(&status) {
+        return Err(Refusal::Blocked(why));
+    }
     let limits = Limits::from_spec(&c.spec)?;
     if let Some(stop) = ledger::stop_reason(&status, &limits) {
         return Err(Refusal::Stopped(stop));

@@ -152,6 +152,8 @@ pub struct Engine {
     chain: Option<Arc<crate::chain::UsdcChain>>,
     /// The payer balances read before signing.
     wallets: crate::chain::wallet::Wallets,
+    /// Each campaign's signer as its latest reconcile saw it, for vouchers signed ahead.
+    signers: ahead::Signers,
 }
 
 /// What a reconcile decided.
@@ -210,6 +212,7 @@ impl Engine {
             changed: tokio::sync::Notify::new(),
             chain: crate::chain::from_env_logged(),
             wallets: Default::default(),
+            signers: Default::default(),
         })
     }
 
