@@ -39,7 +39,8 @@ until kubectl get campaigns >/dev/null 2>&1; do sleep 0.2; done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 start_controller() { # start_controller NAMESPACE LOG
-  METRICS_ADDR=127.0.0.1:$(free_port) DATA_DIR=$work/data-$1 POD_NAMESPACE=$1 WATCH_NAMESPACE=$1 POD_NAME=bench \
+  metrics_addr=127.0.0.1:$(free_port)
+  METRICS_ADDR=$metrics_addr DATA_DIR=$work/data-$1 POD_NAMESPACE=$1 WATCH_NAMESPACE=$1 POD_NAME=bench \
     RUST_LOG=${BENCH_LOG:-warn} NO_COLOR=1 "$bin" controller >"$2" 2>&1 &
   pids+=($!)
   controller=$!
@@ -72,7 +73,9 @@ print(json.dumps({
 PY
   kubectl -n $ns create secret generic remote-signer-keystore \
     --from-literal=authToken="$(python3 -c "import json; print(json.load(open('$work/tb.json'))['signer']['token'])")" >/dev/null
-  start_controller $ns "$work/controller-throughput.log"
+  # The chain judges payments, as in a deployment (ERPC_URL).
+  ERPC_URL=$(python3 -c "import json; print(json.load(open('$work/tb.json'))['rpcUrl'])") \
+    start_controller $ns "$work/controller-throughput.log"
   kubectl -n $ns apply -f "$work/campaign.json" >/dev/null
   # The clock starts when the first experiment is in flight (after leader election and the
   # first discovery) and stops when the campaign is done.
@@ -95,6 +98,25 @@ PY
 secs, n = $t1 - $t0, $done
 ideal = 8 / 2.0
 print(f'throughput: {n} experiments on 8 workers at 2 s each in {secs:.1f} s: {n/secs:.2f}/s against an ideal {ideal:.2f}/s = {100*n/secs/ideal:.1f}% (target >= 95%)')"
+  curl -sf "http://$metrics_addr/metrics" >"$work/metrics.txt"
+  breakdown "$work/metrics.txt"
+}
+
+# Mean milliseconds per experiment of each step (autoresearch_step_seconds), and the idle gap
+# (autoresearch_worker_idle_seconds: from a worker's answer to the next voucher sent to it).
+breakdown() {
+  python3 - "$1" <<'PY'
+import re, sys
+sums, counts = {}, {}
+for line in open(sys.argv[1]):
+    m = re.match(r'(autoresearch_step_seconds|autoresearch_worker_idle_seconds)_(sum|count)(?:\{step="(\w+)"\})? (\S+)', line)
+    if m:
+        name = m.group(3) or 'idle gap'
+        (sums if m.group(2) == 'sum' else counts)[name] = float(m.group(4))
+order = ['price', 'sign', 'reserve', 'send', 'judge', 'record', 'status', 'decide', 'idle gap']
+cells = [f'{k} {1000 * sums[k] / counts[k]:.1f} ms (n={counts[k]:.0f})' for k in order if counts.get(k)]
+print('mean per experiment: ' + ', '.join(cells))
+PY
 }
 
 scale() {

@@ -932,6 +932,10 @@ pub enum PaymentState {
     /// The chain could not be read long enough to decide: counted in `spentUncertain`, never
     /// retried.
     Undecided,
+    /// Signed and reserved ahead, to be sent when its worker answers the experiment it runs.
+    /// Counts against the budget and `maxExperiments`, not against `parallelism`; after a
+    /// restart it is finished like a sent entry, with the same voucher.
+    SignedAhead,
 }
 
 /// An experiment proposed (THINK) and not yet started on a worker (CLAIM). Persisted so that a

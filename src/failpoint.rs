@@ -17,6 +17,8 @@ pub enum Window {
     AfterSign,
     /// The ledger entry (status) is written; nothing is sent yet.
     AfterReserve,
+    /// A voucher signed ahead for a busy worker is reserved (`SignedAhead`); it is not sent.
+    SignedAhead,
     /// The request is at the worker; its answer has not come back.
     AfterSend,
     /// The worker answered; results.jsonl has not been appended to yet.
@@ -30,9 +32,10 @@ pub enum Window {
 }
 
 impl Window {
-    pub const ALL: [Window; 7] = [
+    pub const ALL: [Window; 8] = [
         Window::AfterSign,
         Window::AfterReserve,
+        Window::SignedAhead,
         Window::AfterSend,
         Window::AfterAnswer,
         Window::AfterAppend,
@@ -45,6 +48,7 @@ impl Window {
         match self {
             Window::AfterSign => "run.after_sign",
             Window::AfterReserve => "run.after_reserve",
+            Window::SignedAhead => "run.signed_ahead",
             Window::AfterSend => "run.after_send",
             Window::AfterAnswer => "run.after_answer",
             Window::AfterAppend => "publish.after_append",

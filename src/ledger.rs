@@ -95,6 +95,18 @@ pub enum Refusal {
     /// The campaign reached a stop reason (goal, maxExperiments, failures, budget).
     #[error("the campaign has stopped: {0}")]
     Stopped(Stop),
+    /// The campaign is being deleted: only paid experiments finish.
+    #[error("the campaign is being deleted")]
+    Deleting,
+    /// The campaign's signer (URL or token) changed since the voucher was signed ahead.
+    #[error("the campaign's signer changed since the voucher was signed")]
+    SignerChanged,
+    /// A condition blocks the campaign (a signer failure, say): nothing new is sent.
+    #[error("the campaign is blocked: {0}")]
+    Blocked(String),
+    /// The worker already has a voucher signed ahead for it.
+    #[error("worker {0} already has a voucher signed ahead")]
+    AheadTaken(String),
     /// The status carries an amount this version cannot read; spending stops rather than guess.
     #[error("status amount {0:?} is unreadable; refusing to spend")]
     Unreadable(String),
@@ -198,14 +210,32 @@ pub fn propose(status: &mut ExperimentCampaignStatus, proposals: Vec<PendingExpe
     added
 }
 
+/// Whether a ledger entry's voucher is signed ahead and not sent yet.
+pub fn is_ahead(entry: &LedgerEntry) -> bool {
+    entry.payment_state == Some(PaymentState::SignedAhead)
+}
+
+/// Ledger entries whose voucher was sent: the experiments running on workers.
+pub fn running(status: &ExperimentCampaignStatus) -> u32 {
+    status.ledger.iter().filter(|e| !is_ahead(e)).count() as u32
+}
+
 /// How many more experiments may be started now (parallelism and maxExperiments).
 pub fn free_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
-    let running = status.ledger.len() as u32;
-    let by_parallelism = limits.parallelism.saturating_sub(running);
-    let by_max = limits
+    let by_parallelism = limits.parallelism.saturating_sub(running(status));
+    by_parallelism.min(unstarted(status, limits))
+}
+
+/// What `maxExperiments` still allows to be reserved: every ledger entry counts.
+fn unstarted(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
+    limits
         .max_experiments
-        .saturating_sub(finished(status) + running);
-    by_parallelism.min(by_max)
+        .saturating_sub(finished(status) + status.ledger.len() as u32)
+}
+
+/// Ledger entries signed ahead and not sent.
+fn waiting(status: &ExperimentCampaignStatus) -> u32 {
+    status.ledger.iter().filter(|e| is_ahead(e)).count() as u32
 }
 
 /// Reserves a signed voucher against the budget before it is sent (docs/design.md, invariants 1 and 2).
@@ -215,12 +245,27 @@ pub fn reserve(
     limits: &Limits,
     entry: LedgerEntry,
 ) -> Result<(), Refusal> {
+    admissible(status, limits, &entry)?;
+    let running = running(status);
+    if running >= limits.parallelism {
+        return Err(Refusal::NoSlot(running));
+    }
+    take_from_pending(status, limits, entry)
+}
+
+/// Checks shared by both reservations: not a duplicate, under the price cap, within the budget
+/// (every ledger entry counts, sent or signed ahead).
+fn admissible(
+    status: &ExperimentCampaignStatus,
+    limits: &Limits,
+    entry: &LedgerEntry,
+) -> Result<(), Refusal> {
     if status
         .ledger
         .iter()
         .any(|e| e.experiment_id == entry.experiment_id)
     {
-        return Err(Refusal::Duplicate(entry.experiment_id));
+        return Err(Refusal::Duplicate(entry.experiment_id.clone()));
     }
     let asked =
         Usdc::parse_atomic(&entry.amount).map_err(|_| Refusal::Unreadable(entry.amount.clone()))?;
@@ -234,11 +279,16 @@ pub fn reserve(
     if asked > left {
         return Err(Refusal::OverBudget { asked, left });
     }
-    let running = status.ledger.len() as u32;
-    if running >= limits.parallelism {
-        return Err(Refusal::NoSlot(running));
-    }
-    if finished(status) + running >= limits.max_experiments {
+    Ok(())
+}
+
+/// Moves the experiment from `pending` to the ledger. `maxExperiments` counts every entry.
+fn take_from_pending(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    entry: LedgerEntry,
+) -> Result<(), Refusal> {
+    if unstarted(status, limits) == 0 {
         return Err(Refusal::MaxExperiments(limits.max_experiments));
     }
     status
@@ -248,6 +298,100 @@ pub fn reserve(
     status.submitted += 1;
     refresh_derived(status, limits);
     Ok(())
+}
+
+/// Experiments that may still be signed ahead: one per busy worker at most, so at most
+/// `parallelism` in all, within `maxExperiments`.
+pub fn ahead_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
+    let by_parallelism = limits.parallelism.saturating_sub(waiting(status));
+    by_parallelism.min(unstarted(status, limits))
+}
+
+/// Reserves a voucher signed ahead for `entry.worker`, to be sent when the experiment running
+/// there answers (state `SignedAhead`). It counts against the budget and `maxExperiments` like
+/// any entry; at most one per worker and `parallelism` in all.
+pub fn reserve_ahead(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    mut entry: LedgerEntry,
+) -> Result<(), Refusal> {
+    admissible(status, limits, &entry)?;
+    if status
+        .ledger
+        .iter()
+        .any(|e| is_ahead(e) && e.worker == entry.worker)
+    {
+        return Err(Refusal::AheadTaken(entry.worker));
+    }
+    let ahead = waiting(status);
+    if ahead >= limits.parallelism {
+        return Err(Refusal::NoSlot(ahead));
+    }
+    entry.payment_state = Some(PaymentState::SignedAhead);
+    take_from_pending(status, limits, entry)
+}
+
+/// Shows a signed-ahead voucher as sent (running). Its worker has answered its previous
+/// experiment, whose entry may not be counted yet: `parallelism` is checked against the other
+/// workers running one of the campaign's experiments.
+pub fn promote(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    experiment_id: &str,
+    nonce: &str,
+) -> Result<(), Refusal> {
+    let Some(at) = status
+        .ledger
+        .iter()
+        .position(|e| e.experiment_id == experiment_id && e.nonce == nonce && is_ahead(e))
+    else {
+        return Err(Refusal::Duplicate(experiment_id.to_string()));
+    };
+    let worker = &status.ledger[at].worker;
+    // Workers, not entries: another worker's answered entry may wait for its count beside the
+    // one sent after it.
+    let mut elsewhere: Vec<&str> = status
+        .ledger
+        .iter()
+        .filter(|e| !is_ahead(e) && &e.worker != worker)
+        .map(|e| e.worker.as_str())
+        .collect();
+    elsewhere.sort_unstable();
+    elsewhere.dedup();
+    let elsewhere = elsewhere.len() as u32;
+    if elsewhere >= limits.parallelism {
+        return Err(Refusal::NoSlot(elsewhere));
+    }
+    status.ledger[at].payment_state = None;
+    refresh_derived(status, limits);
+    Ok(())
+}
+
+/// Drops a signed-ahead voucher its task knows it never sent: the entry leaves the ledger
+/// (releasing its amount) and the experiment is pending again, with no attempt counted. Returns
+/// whether the entry was there. An entry shown as sent is never dropped here: only its answer
+/// or the chain ends it.
+pub fn drop_ahead(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    experiment_id: &str,
+    nonce: &str,
+) -> bool {
+    let Some(at) = status
+        .ledger
+        .iter()
+        .position(|e| e.experiment_id == experiment_id && e.nonce == nonce && is_ahead(e))
+    else {
+        return false;
+    };
+    let entry = status.ledger.remove(at);
+    status.submitted = status.submitted.saturating_sub(1);
+    let mut back = retry_of(entry);
+    back.attempts = back.attempts.saturating_sub(1);
+    back.avoid.clear();
+    status.pending.insert(0, back);
+    refresh_derived(status, limits);
+    true
 }
 
 /// How an attempt ended.
@@ -425,7 +569,7 @@ fn add_to_leaderboard(status: &mut ExperimentCampaignStatus, result: ResultSumma
 
 /// Keeps the display fields (`running`, `progress`, `inFlight`) consistent with the books.
 pub fn refresh_derived(status: &mut ExperimentCampaignStatus, limits: &Limits) {
-    status.running = status.ledger.len() as u32;
+    status.running = running(status);
     status.progress = Some(format!("{}/{}", finished(status), limits.max_experiments));
     status.in_flight = in_flight(status).ok().map(|u| u.to_string());
     if status.spent.is_none() {
@@ -583,6 +727,120 @@ mod tests {
         }
     }
 
+    fn ahead(id: &str, amount: u128, worker: &str) -> LedgerEntry {
+        LedgerEntry {
+            worker: worker.into(),
+            ..entry(id, amount, 1)
+        }
+    }
+
+    #[test]
+    fn a_voucher_signed_ahead_counts_against_budget_and_max_experiments_not_parallelism() {
+        let l = limits(); // total 0.05, parallelism 2, maxExperiments 4
+        let mut s = ExperimentCampaignStatus::default();
+        reserve(&mut s, &l, ahead("a", 20_000, "w1")).unwrap();
+        reserve(&mut s, &l, ahead("b", 10_000, "w2")).unwrap();
+        assert_eq!(free_slots(&s, &l), 0);
+        assert_eq!(ahead_slots(&s, &l), 2);
+        reserve_ahead(&mut s, &l, ahead("c", 10_000, "w1")).unwrap();
+        assert_eq!(s.running, 2, "an unsent voucher is not running");
+        assert_eq!(
+            s.in_flight.as_deref(),
+            Some("0.04"),
+            "but its amount is reserved"
+        );
+        assert_eq!(
+            reserve_ahead(&mut s, &l, ahead("d", 10_000, "w1")),
+            Err(Refusal::AheadTaken("w1".into())),
+            "one per worker"
+        );
+        assert_eq!(
+            reserve_ahead(&mut s, &l, ahead("d", 10_001, "w2")),
+            Err(Refusal::OverBudget {
+                asked: Usdc::from_atomic(10_001),
+                left: Usdc::from_atomic(10_000)
+            })
+        );
+        assert_eq!(
+            reserve_ahead(&mut s, &l, ahead("c", 1, "w2")),
+            Err(Refusal::Duplicate("c".into()))
+        );
+        reserve_ahead(&mut s, &l, ahead("d", 1, "w2")).unwrap();
+        assert_eq!(ahead_slots(&s, &l), 0, "a, b, c, d reach maxExperiments 4");
+        assert_eq!(
+            reserve_ahead(&mut s, &l, ahead("e", 1, "w3")),
+            Err(Refusal::NoSlot(2)),
+            "at most parallelism signed ahead"
+        );
+        let l5 = Limits {
+            parallelism: 3,
+            ..l.clone()
+        };
+        assert_eq!(
+            reserve_ahead(&mut s, &l5, ahead("e", 1, "w3")),
+            Err(Refusal::MaxExperiments(4))
+        );
+    }
+
+    #[test]
+    fn promoting_needs_its_worker_free_of_others_and_happens_once() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        reserve(&mut s, &l, ahead("a", 1, "w1")).unwrap();
+        reserve(&mut s, &l, ahead("b", 1, "w2")).unwrap();
+        reserve_ahead(&mut s, &l, ahead("c", 1, "w1")).unwrap();
+        let nonce = s.ledger[2].nonce.clone();
+        assert_eq!(
+            promote(&mut s, &l, "c", "0xother"),
+            Err(Refusal::Duplicate("c".into())),
+            "another voucher's nonce does not promote it"
+        );
+        // w1 answered a (not counted yet): c may go, b runs elsewhere.
+        promote(&mut s, &l, "c", &nonce).unwrap();
+        assert!(!is_ahead(&s.ledger[2]));
+        assert_eq!(s.running, 3);
+        assert_eq!(
+            promote(&mut s, &l, "c", &nonce),
+            Err(Refusal::Duplicate("c".into())),
+            "a sent voucher is not promoted again"
+        );
+        assert!(
+            !drop_ahead(&mut s, &l, "c", &nonce),
+            "a sent voucher is never dropped"
+        );
+        // Two workers busy (w1's two entries count once): a third worker's voucher waits.
+        reserve_ahead(&mut s, &l, ahead("d", 1, "w3")).unwrap();
+        let nonce = s.ledger[3].nonce.clone();
+        assert_eq!(promote(&mut s, &l, "d", &nonce), Err(Refusal::NoSlot(2)));
+    }
+
+    #[test]
+    fn dropping_an_unsent_voucher_frees_its_amount_and_pends_the_experiment_as_it_was() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        s.pending.push(PendingExperiment {
+            experiment_id: "c".into(),
+            attempts: 1,
+            ..Default::default()
+        });
+        reserve(&mut s, &l, ahead("a", 20_000, "w1")).unwrap();
+        reserve_ahead(&mut s, &l, entry("c", 20_000, 2)).unwrap();
+        assert!(s.pending.is_empty());
+        let submitted = s.submitted;
+        let nonce = s.ledger[1].nonce.clone();
+        assert!(drop_ahead(&mut s, &l, "c", &nonce));
+        assert!(!drop_ahead(&mut s, &l, "c", &nonce), "once");
+        assert_eq!(s.ledger.len(), 1);
+        assert_eq!(s.in_flight.as_deref(), Some("0.02"));
+        assert_eq!(s.submitted, submitted - 1);
+        assert_eq!((s.failed, s.worker_failures), (0, 0), "nothing ran");
+        assert_eq!(s.pending.len(), 1);
+        assert_eq!(s.pending[0].experiment_id, "c");
+        assert_eq!(s.pending[0].attempts, 1, "no attempt is counted");
+        assert!(s.pending[0].avoid.is_empty(), "its worker is not blamed");
+        assert_eq!(spent(&s).unwrap(), Usdc::ZERO);
+    }
+
     #[test]
     fn reserve_enforces_price_budget_slots_and_duplicates() {
         let l = limits();
@@ -660,7 +918,13 @@ mod tests {
             });
             let attempt = s.pending.first().map_or(1, |p| p.attempts + 1);
             let price = rng.random_range(1..=40u128);
-            let _ = reserve(s, l, entry(&id, price, attempt));
+            let mut e = entry(&id, price, attempt);
+            e.worker = format!("w{}", rng.random_range(0..6));
+            let _ = if rng.random_bool(0.5) {
+                reserve(s, l, e)
+            } else {
+                reserve_ahead(s, l, e)
+            };
             return Usdc::ZERO;
         }
         let at = rng.random_range(0..s.ledger.len());
@@ -668,6 +932,16 @@ mod tests {
             s.ledger[at].experiment_id.clone(),
             Usdc::parse_atomic(&s.ledger[at].amount).unwrap(),
         );
+        if is_ahead(&s.ledger[at]) {
+            // Never sent: it is promoted (then runs and ends later) or dropped; nothing is paid.
+            let nonce = s.ledger[at].nonce.clone();
+            if rng.random_bool(0.5) {
+                let _ = promote(s, l, &id, &nonce);
+            } else {
+                assert!(drop_ahead(s, l, &id, &nonce));
+            }
+            return Usdc::ZERO;
+        }
         if rng.random_bool(0.2) {
             mark_payment(s, &id, PaymentState::Undecided);
         }
@@ -725,7 +999,25 @@ mod tests {
                 let at = format!("seed {seed}, step {step}");
                 assert!(committed <= l.total, "{at}: {committed} > {}", l.total);
                 assert_eq!(settled, paid, "{at}: every payment is counted once");
-                assert_eq!(s.running as usize, s.ledger.len(), "{at}");
+                assert_eq!(s.running, running(&s), "{at}");
+                // A voucher goes out only when its worker answered: a worker's earlier entry may
+                // wait to be counted, but the workers running stay within parallelism.
+                let busy: std::collections::HashSet<_> = s
+                    .ledger
+                    .iter()
+                    .filter(|e| !is_ahead(e))
+                    .map(|e| &e.worker)
+                    .collect();
+                assert!(busy.len() as u32 <= l.parallelism, "{at}: parallelism");
+                let waiting: Vec<_> = s.ledger.iter().filter(|e| is_ahead(e)).collect();
+                assert!(waiting.len() as u32 <= l.parallelism, "{at}");
+                let workers: std::collections::HashSet<_> =
+                    waiting.iter().map(|e| &e.worker).collect();
+                assert_eq!(workers.len(), waiting.len(), "{at}: one ahead per worker");
+                assert!(
+                    finished(&s) + s.ledger.len() as u32 <= l.max_experiments,
+                    "{at}: maxExperiments"
+                );
                 let ids: std::collections::HashSet<_> =
                     s.ledger.iter().map(|e| &e.experiment_id).collect();
                 assert_eq!(ids.len(), s.ledger.len(), "{at}: one entry per experiment");

@@ -36,6 +36,47 @@ pub struct Metrics {
     pub campaign_budget_usdc: GaugeVec,
     /// Status writes that met a concurrent write (409 Conflict) and were applied again.
     pub status_conflicts: prometheus::IntCounter,
+    /// Time spent in each step of RUN and PUBLISH ([`Step`]), per experiment.
+    pub step_seconds: HistogramVec,
+    /// Time a worker sat free between its answer and the next voucher sent to it.
+    pub worker_idle_seconds: prometheus::Histogram,
+}
+
+/// A step of an experiment's path whose time is observed in `autoresearch_step_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reading (or reusing) the worker's 402 and choosing an offer.
+    Price,
+    /// The balance check, the signing time and the remote signer.
+    Sign,
+    /// The ledger write before the voucher is sent.
+    Reserve,
+    /// The paid request, from sending to the worker's answer (includes the run).
+    Send,
+    /// The chain's judgement of the payment after the answer.
+    Judge,
+    /// The results.jsonl append.
+    Record,
+    /// The status write that counts the result.
+    Status,
+    /// The reconcile's decision write (proposals, counts, phase).
+    Decide,
+}
+
+impl Step {
+    /// The `step` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Price => "price",
+            Step::Sign => "sign",
+            Step::Reserve => "reserve",
+            Step::Send => "send",
+            Step::Judge => "judge",
+            Step::Record => "record",
+            Step::Status => "status",
+            Step::Decide => "decide",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -67,7 +108,25 @@ impl Metrics {
             "Status writes that met a concurrent write (409 Conflict) and were applied again",
         )
         .expect("valid metric");
+        let fine = prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets");
+        let step_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "autoresearch_step_seconds",
+                "Time spent in each step of an experiment's RUN and PUBLISH path",
+            )
+            .buckets(fine.clone()),
+            &["step"],
+        );
+        let worker_idle_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "autoresearch_worker_idle_seconds",
+                "Time a worker sat free between its answer and the next voucher sent to it",
+            )
+            .buckets(fine),
+        );
         Self {
+            step_seconds: register(r, step_seconds),
+            worker_idle_seconds: register(r, worker_idle_seconds),
             experiments: counters(
                 r,
                 "autoresearch_experiments_total",
@@ -145,6 +204,13 @@ impl Metrics {
         self.usdc_spent_atomic
             .with_label_values(&[network])
             .inc_by(atomic);
+    }
+
+    /// Observes the time one step took.
+    pub fn step(&self, step: Step, took: std::time::Duration) {
+        self.step_seconds
+            .with_label_values(&[step.as_str()])
+            .observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.

@@ -124,3 +124,40 @@ async fn a_crash_while_deleting_keeps_the_campaign_until_its_paid_experiments_ar
     let finished_then = kept.status.unwrap().succeeded as usize;
     assert_eq!(lines.len(), finished_then + in_flight.len(), "{lines:#?}");
 }
+
+/// A voucher signed ahead for a busy worker is in the ledger, not sent, when the controller
+/// aborts. The next controller finishes it with the same voucher once its worker is free:
+/// every experiment is paid once on chain and recorded once.
+#[tokio::test]
+async fn crash_with_a_voucher_signed_ahead_and_not_sent() {
+    let s = setup("crash-ahead", three_workers(1500)).await;
+    let before = baseline(&s).await;
+    let armed = format!("{}=return", Window::SignedAhead.name());
+    let mut first =
+        Controller::start_with(&s.ns, s.data.path(), "ctl-armed", &[("FAILPOINTS", &armed)]);
+    // Nothing is signed ahead while a replication runs or waits: none here, so that the
+    // window is reached soon after the baseline runs.
+    let spec = json!({"maxExperiments": 8, "parallelism": 2, "objective": {"replicate": false}});
+    s.api
+        .create(&PostParams::default(), &campaign("ahead", &s.tb, spec))
+        .await
+        .unwrap();
+    let exit = first.wait_exit(90);
+    assert!(!exit.success(), "{exit:?}\n{}", first.log_text());
+    let crashed = s.api.get("ahead").await.unwrap().status.unwrap();
+    let waiting: Vec<_> = crashed
+        .ledger
+        .iter()
+        .filter(|e| {
+            e.payment_state == Some(autoresearch_coordinator::crd::PaymentState::SignedAhead)
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1, "{:#?}", crashed.ledger);
+    assert_eq!(crashed.running as usize, crashed.ledger.len() - 1);
+
+    let second = Controller::start(&s.ns, s.data.path(), "ctl-after");
+    let status = wait_done(&s.api, "ahead", 120, &[&first, &second]).await;
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    assert_eq!(status.succeeded, 8, "{status:?}");
+    assert_books_match_chain(&s, "ahead", &status, &before).await;
+}

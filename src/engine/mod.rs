@@ -14,6 +14,7 @@
 //! A RUN task ends in [`publish::complete`] (results.jsonl, then status, then metrics and an
 //! Event). Every status change goes through a pure transition of [`crate::ledger`].
 
+mod ahead;
 pub mod board;
 pub mod claim;
 pub mod configs;
@@ -151,6 +152,8 @@ pub struct Engine {
     chain: Option<Arc<crate::chain::UsdcChain>>,
     /// The payer balances read before signing.
     wallets: crate::chain::wallet::Wallets,
+    /// Each campaign's signer as its latest reconcile saw it, for vouchers signed ahead.
+    signers: ahead::Signers,
 }
 
 /// What a reconcile decided.
@@ -169,6 +172,8 @@ struct Capacity {
     active: bool,
     /// Free slots (parallelism and maxExperiments).
     slots: usize,
+    /// Experiments that may be signed ahead for busy workers ([`ahead`]).
+    ahead: usize,
 }
 
 /// What CLAIM found: the workers, their counts, and an assignment per startable experiment.
@@ -207,6 +212,7 @@ impl Engine {
             changed: tokio::sync::Notify::new(),
             chain: crate::chain::from_env_logged(),
             wallets: Default::default(),
+            signers: Default::default(),
         })
     }
 
@@ -339,7 +345,8 @@ impl Engine {
         status: &ExperimentCampaignStatus,
         capacity: Capacity,
     ) -> Thought {
-        let wanted = capacity.slots.saturating_sub(status.pending.len());
+        let ahead = ahead::wanted(self, handle, status, capacity.ahead);
+        let wanted = (capacity.slots + ahead).saturating_sub(status.pending.len());
         if campaign.spec.search.strategy == crate::crd::Strategy::Llm {
             // A model call takes seconds: it runs in its own task, never in a reconcile.
             propose::maybe_start(self, handle, campaign, status, wanted);
@@ -459,7 +466,10 @@ impl Engine {
                 self.memory.publish(&handle.key, s, None);
             },
         };
+        let started = std::time::Instant::now();
         let stored = publish::decision(handle, &decided).await?;
+        self.metrics
+            .step(crate::telemetry::Step::Decide, started.elapsed());
         if let Some(best) = stored.status.as_ref().and_then(|s| s.best.as_ref()) {
             self.metrics
                 .best_val_bpb
@@ -494,6 +504,7 @@ impl Engine {
                 self.spawn(handle, id, task);
             }
         }
+        ahead::spawn_all(self, handle, &stored, status);
     }
 
     /// RUN: ledger entries without a task in this process (after a restart) are resumed.
@@ -505,7 +516,11 @@ impl Engine {
         for entry in &status.ledger {
             if !self.memory.has_live_task(&handle.key, &entry.experiment_id) {
                 let holder = board::holder(&handle.key, &entry.experiment_id);
-                self.board.hold(&entry.worker, &holder);
+                // A voucher signed ahead waits for its worker; and an entry read just before its
+                // task ended must not take the worker from the experiment running there now.
+                if !ledger::is_ahead(entry) {
+                    self.board.hold_if_free(&entry.worker, &holder);
+                }
                 let id = entry.experiment_id.clone();
                 let task = run::resume(self.clone(), handle.clone(), entry.clone());
                 self.spawn(handle, id, task);
@@ -568,6 +583,11 @@ fn capacity(
         active,
         slots: if active {
             ledger::free_slots(status, limits) as usize
+        } else {
+            0
+        },
+        ahead: if active && ahead::enabled() {
+            ledger::ahead_slots(status, limits) as usize
         } else {
             0
         },

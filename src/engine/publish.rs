@@ -19,6 +19,7 @@ use crate::ledger::{self, Ending, Limits, Recorded, Refusal};
 use crate::payment::Voucher;
 use crate::results::{ResultRecord, RunStatus};
 use crate::strategy::State;
+use crate::telemetry::Step;
 use crate::usdc::Usdc;
 
 use super::store::UpdateError;
@@ -187,13 +188,17 @@ pub async fn complete(
 ) {
     // An attempt that paid nothing and goes to another worker leaves no line.
     let retried = matches!(&outcome, Ending::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
+    let started = std::time::Instant::now();
     if !retried && !append(engine, handle, entry, &outcome, tx.clone()).await {
         return;
     }
+    engine.metrics.step(Step::Record, started.elapsed());
     failpoint::crash_at(Window::AfterAppend);
+    let started = std::time::Instant::now();
     let Some((recorded, running)) = count(engine, handle, entry, &outcome, retried).await else {
         return;
     };
+    engine.metrics.step(Step::Status, started.elapsed());
     failpoint::crash_at(Window::AfterStatus);
     engine.memory.confirm(&handle.key, &entry.experiment_id);
     engine

@@ -32,6 +32,7 @@ use crate::payment::{
 };
 use crate::results::ResultRecord;
 use crate::scripts::ScriptError;
+use crate::telemetry::Step;
 use crate::usdc::Usdc;
 
 /// Why an experiment could not be started on a worker. Nothing was sent: the experiment stays
@@ -82,10 +83,19 @@ impl StartError {
 }
 
 /// A voucher reserved in the ledger, ready to send.
-struct Reserved {
-    entry: LedgerEntry,
-    voucher: Voucher,
-    client: WorkerClient,
+pub(super) struct Reserved {
+    pub(super) entry: LedgerEntry,
+    pub(super) voucher: Voucher,
+    pub(super) client: WorkerClient,
+}
+
+/// Which reservation a prepared voucher gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reservation {
+    /// Sent as soon as it is reserved: the worker is claimed.
+    Now,
+    /// Signed ahead for a busy worker, sent when it answers ([`super::ahead`]).
+    Ahead,
 }
 
 /// Starts a pending experiment on `worker`. Every early return leaves the experiment pending.
@@ -100,8 +110,20 @@ pub async fn start(
 ) {
     let id = pending.experiment_id.clone();
     let endpoint = worker.endpoint.to_string();
-    match prepare(&engine, &handle, &campaign, &pending, &worker).await {
-        Ok(Ok(reserved)) => send(&engine, &handle, reserved, false).await,
+    match prepare(
+        &engine,
+        &handle,
+        &campaign,
+        &pending,
+        &worker,
+        Reservation::Now,
+    )
+    .await
+    {
+        Ok(Ok(reserved)) => {
+            announce(&handle, &reserved.entry, &reserved.voucher);
+            send(&engine, &handle, reserved, false).await
+        }
         Ok(Err(not_now)) => {
             tracing::info!(campaign = %handle.key, experiment = %id, reason = %not_now, "not started; the signed voucher, if any, is dropped unsent");
             let holder = board::holder(&handle.key, &id);
@@ -112,7 +134,7 @@ pub async fn start(
 }
 
 /// Reports a start that failed before anything was sent.
-async fn skipped(
+pub(super) async fn skipped(
     engine: &Engine,
     handle: &CampaignHandle,
     endpoint: &str,
@@ -153,12 +175,13 @@ async fn skipped(
 
 /// Price, sign and reserve. `Ok(Err(_))`: the campaign refused the reservation (budget, limits,
 /// suspended, deleted); nothing was sent. `Err`: nothing was sent and the experiment waits.
-async fn prepare(
+pub(super) async fn prepare(
     engine: &Engine,
     handle: &CampaignHandle,
     campaign: &ExperimentCampaign,
     pending: &PendingExperiment,
     worker: &Candidate,
+    mode: Reservation,
 ) -> Result<Result<Reserved, UpdateError>, StartError> {
     let spec = &campaign.spec;
     let limits = Limits::from_spec(spec)?;
@@ -173,6 +196,7 @@ async fn prepare(
     .await?;
     let t0 = Instant::now();
     let offer = price(engine, &client, spec, &limits).await?;
+    engine.metrics.step(Step::Price, t0.elapsed());
     let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)?;
     if offer.amount > left {
         let refusal = Refusal::OverBudget {
@@ -181,20 +205,23 @@ async fn prepare(
         };
         return Ok(Err(UpdateError::Refused(refusal)));
     }
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "priced");
+    let t0 = Instant::now();
     let funds = super::settle::wallet_check(engine, handle, spec, &offer).await?;
     let experiment = worker_id(campaign, pending);
     let now = super::settle::signing_time(engine).await;
     let voucher = sign(handle, spec, &offer, &experiment, timeout, now).await?;
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "signed");
+    engine.metrics.step(Step::Sign, t0.elapsed());
     failpoint::crash_at(Window::AfterSign);
     let entry = ledger_entry(pending, worker, &voucher);
-    if let Err(e) = reserve(handle, &entry, funds).await {
+    let t0 = Instant::now();
+    if let Err(e) = reserve(handle, &entry, funds, mode).await {
         return Ok(Err(e));
     }
-    failpoint::crash_at(Window::AfterReserve);
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "reserved");
-    announce(handle, &entry, &voucher);
+    engine.metrics.step(Step::Reserve, t0.elapsed());
+    failpoint::crash_at(match mode {
+        Reservation::Now => Window::AfterReserve,
+        Reservation::Ahead => Window::SignedAhead,
+    });
     Ok(Ok(Reserved {
         entry,
         voucher,
@@ -301,6 +328,7 @@ async fn reserve(
     handle: &CampaignHandle,
     entry: &LedgerEntry,
     funds: Option<Usdc>,
+    mode: Reservation,
 ) -> Result<(), UpdateError> {
     handle
         .store
@@ -322,14 +350,17 @@ async fn reserve(
             {
                 return Err(Refusal::Duplicate(entry.experiment_id.clone()));
             }
-            ledger::reserve(s, &limits, entry.clone())
+            match mode {
+                Reservation::Now => ledger::reserve(s, &limits, entry.clone()),
+                Reservation::Ahead => ledger::reserve_ahead(s, &limits, entry.clone()),
+            }
         })
         .await
         .map(|_| ())
 }
 
 /// The ExperimentStarted event, published beside the send: it is not on the critical path.
-fn announce(handle: &CampaignHandle, entry: &LedgerEntry, voucher: &Voucher) {
+pub(super) fn announce(handle: &CampaignHandle, entry: &LedgerEntry, voucher: &Voucher) {
     let notify = handle.notify.clone();
     let started = Notice {
         severity: Severity::Normal,
@@ -410,8 +441,18 @@ fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
         .min()
 }
 
-/// Resumes a ledger entry found without a task (after a restart or a lost leadership).
+/// Resumes a ledger entry found without a task (after a restart or a lost leadership). A
+/// voucher signed ahead may have been sent just before the crash: it is finished the same way,
+/// once its worker is free of the experiment before it.
 pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEntry) {
+    if !still_in_ledger(&handle, &entry).await {
+        let holder = board::holder(&handle.key, &entry.experiment_id);
+        engine.board.unkeep(&entry.worker, &holder);
+        return;
+    }
+    if ledger::is_ahead(&entry) {
+        super::ahead::wait_turn(&engine, &handle, &entry).await;
+    }
     match resumable(&engine, &handle, &entry).await {
         Ok((voucher, client)) => {
             handle
@@ -437,6 +478,22 @@ pub async fn resume(engine: Arc<Engine>, handle: CampaignHandle, entry: LedgerEn
             let outcome = outcome.for_entry(&entry);
             publish::complete(&engine, &handle, &entry, outcome, None).await
         }
+    }
+}
+
+/// Whether the entry is still in the stored ledger. The reconcile that found it without a task
+/// may have read the status just before its task counted it and ended: re-sending it then would
+/// only meet a used nonce.
+async fn still_in_ledger(handle: &CampaignHandle, entry: &LedgerEntry) -> bool {
+    match handle.store.get().await {
+        Ok(Some(c)) => c
+            .status
+            .unwrap_or_default()
+            .ledger
+            .iter()
+            .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce),
+        // Gone or unreadable: the resume decides as before.
+        _ => true,
     }
 }
 
@@ -474,7 +531,12 @@ async fn resumable(
 }
 
 /// Sends (or re-sends) the voucher, classifies the answer, and hands it to PUBLISH.
-async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resumed: bool) {
+pub(super) async fn send(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    reserved: Reserved,
+    resumed: bool,
+) {
     let Reserved {
         mut entry,
         voucher,
@@ -500,20 +562,34 @@ async fn send(engine: &Engine, handle: &CampaignHandle, reserved: Reserved, resu
         train_py: train_py.to_string(),
         config,
     };
+    if let Some(idle) = engine.board.take_idle(client.endpoint()) {
+        engine
+            .metrics
+            .worker_idle_seconds
+            .observe(idle.as_secs_f64());
+    }
     let started = Instant::now();
     let (outcome, tx) = match &engine.chain {
         Some(chain) => {
-            super::settle::exchange(chain, handle, &entry, &client, &voucher, &request, resumed)
-                .await
+            let exchange = super::settle::exchange;
+            exchange(
+                chain, handle, &entry, &client, &voucher, &request, resumed, engine,
+            )
+            .await
         }
         None => {
             let poll = engine.settings.job_poll;
             let (outcome, tx) = exchange(&client, &voucher, &request, resumed, poll).await;
+            engine.board.note_answered(client.endpoint());
+            engine.metrics.step(Step::Send, started.elapsed());
             (outcome, tx)
         }
     };
     let outcome = outcome.for_entry(&entry);
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "answered");
+    if matches!(outcome, Ending::Finished { .. }) {
+        let holder = board::holder(&handle.key, &entry.experiment_id);
+        engine.board.hand_over(&entry.worker, &holder);
+    }
     failpoint::crash_at(Window::AfterAnswer);
     engine
         .metrics
@@ -556,30 +632,9 @@ async fn exchange(
             None,
         ),
         // Gates settle only after the worker answered below 400, and a worker that ran the
-        // experiment stores its result. So a stored result means it ran and was paid, even if
-        // the answer we got was an error; none means nothing was paid and the experiment may go
-        // to another worker. If the worker cannot say, the amount counts as spent.
+        // experiment stores its result.
         Err(e @ (WorkerError::Http { .. } | WorkerError::PaymentRejected { .. })) => {
-            match client.recover(request).await {
-                Ok(Some(result)) => (
-                    outcome_of(result, paid, client.endpoint(), &request.experiment_id),
-                    None,
-                ),
-                Ok(None) => (
-                    Ending::WorkerFailed {
-                        paid: Usdc::ZERO,
-                        reason: e.to_string(),
-                    },
-                    None,
-                ),
-                Err(_) => (
-                    Ending::WorkerFailed {
-                        paid,
-                        reason: e.to_string(),
-                    },
-                    None,
-                ),
-            }
+            (after_error(client, request, paid, e).await, None)
         }
         // The request may be running at the worker: its gate settles when it answers. Wait for
         // the stored result; never send the experiment elsewhere meanwhile.
@@ -601,6 +656,28 @@ async fn exchange(
                 },
                 None,
             ),
+        },
+    }
+}
+
+/// The ending of a send the gate or worker answered with an error. A stored result means it ran
+/// and was paid, even if the answer we got was an error; none means nothing was paid and the
+/// experiment may go to another worker. If the worker cannot say, the amount counts as spent.
+async fn after_error(
+    client: &WorkerClient,
+    request: &ExperimentRequest,
+    paid: Usdc,
+    e: WorkerError,
+) -> Ending {
+    match client.recover(request).await {
+        Ok(Some(result)) => outcome_of(result, paid, client.endpoint(), &request.experiment_id),
+        Ok(None) => Ending::WorkerFailed {
+            paid: Usdc::ZERO,
+            reason: e.to_string(),
+        },
+        Err(_) => Ending::WorkerFailed {
+            paid,
+            reason: e.to_string(),
         },
     }
 }
@@ -714,21 +791,21 @@ mod tests {
         spec
     }
 
-    fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, String> {
+    fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, StartError> {
         worker_client(
             spec,
             &Endpoint::new(endpoint),
             Duration::from_secs(5),
             Duration::from_secs(1),
         )
-        .map_err(|e| e.to_string())
     }
 
     #[test]
     fn discovered_endpoints_are_held_to_the_address_policy_and_named_ones_are_not() {
         let loopback = "http://127.0.0.1:9/services/w";
         let err = client(&spec(&[], &[]), loopback).unwrap_err();
-        assert!(err.contains("127.0.0.1"), "{err}");
+        assert!(matches!(err, StartError::Worker(_)), "{err}");
+        assert!(err.to_string().contains("127.0.0.1"), "{err}");
         assert!(client(&spec(&["127.0.0.1/32"], &[]), loopback).is_ok());
         assert!(
             client(&spec(&[], &[loopback]), loopback).is_ok(),

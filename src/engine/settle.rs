@@ -18,6 +18,8 @@ use crate::usdc::Usdc;
 
 /// One send (or, `resumed`, a re-send of the same voucher), judged on chain. Returns the
 /// outcome and the settlement transaction.
+// The send's inputs, plus the engine for its step timings and the worker board.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn exchange(
     chain: &UsdcChain,
     handle: &CampaignHandle,
@@ -26,9 +28,17 @@ pub(super) async fn exchange(
     voucher: &Voucher,
     request: &ExperimentRequest,
     resumed: bool,
+    engine: &super::Engine,
 ) -> (Ending, Option<String>) {
+    let started = std::time::Instant::now();
     let answer = failpoint::crash_during(Window::AfterSend, client.run(Some(voucher), request));
-    let (known, gate_tx, want_result) = match answer.await {
+    let answer = answer.await;
+    engine.board.note_answered(client.endpoint());
+    engine
+        .metrics
+        .step(crate::telemetry::Step::Send, started.elapsed());
+    let started = std::time::Instant::now();
+    let (known, gate_tx, want_result) = match answer {
         Ok(run) => {
             let tx = run.transaction().map(str::to_string);
             (Some(run.result), tx, true)
@@ -57,7 +67,11 @@ pub(super) async fn exchange(
         unix_now,
         &watch,
     );
-    ending_of(handle, entry, voucher, client, settled.await, gate_tx).await
+    let settled = settled.await;
+    engine
+        .metrics
+        .step(crate::telemetry::Step::Judge, started.elapsed());
+    ending_of(handle, entry, voucher, client, settled, gate_tx).await
 }
 
 async fn ending_of(
