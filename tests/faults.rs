@@ -179,7 +179,7 @@ async fn signer_outage(prefix: &str, outage: Outage) {
     })
     .await;
     outage.start(&s).await;
-    let stalled = wait_stalled(
+    wait_stalled(
         &s,
         "signer",
         ("SignerReady", "False", "SignerFailed"),
@@ -187,7 +187,18 @@ async fn signer_outage(prefix: &str, outage: Outage) {
         &[&controller],
     )
     .await;
-    let paid = stalled.status.unwrap().spent;
+    // What was sent before the outage (a voucher signed ahead goes out as its worker answers)
+    // finishes and is paid; a voucher signed ahead and not yet sent is dropped. Nothing new may be.
+    let settled = wait_for(
+        &s.api,
+        "signer",
+        30,
+        "in flight done",
+        &[&controller],
+        |c| c.status.as_ref().is_some_and(|st| st.ledger.is_empty()),
+    )
+    .await;
+    let paid = settled.status.unwrap().spent;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = s.api.get("signer").await.unwrap().status.unwrap();
     assert_eq!(later.spent, paid, "paid while the signer failed");

@@ -133,7 +133,8 @@ pub(super) fn wanted(
 /// its result (trust may exclude a worker, or stop trusting a claim), so nothing is committed a
 /// run ahead of it.
 fn checking(engine: &Engine, handle: &CampaignHandle, status: &ExperimentCampaignStatus) -> bool {
-    let is_check = |id: &str| engine.memory.role(&handle.key, id) != super::trust::Role::Experiment;
+    let is_check =
+        |id: &str| engine.memory.role(&handle.key, id) != super::trust::RunRole::Experiment;
     let pending = status.pending.iter().map(|p| p.experiment_id.as_str());
     let running = status.ledger.iter().map(|e| e.experiment_id.as_str());
     pending.chain(running).any(is_check)

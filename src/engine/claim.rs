@@ -152,8 +152,8 @@ pub fn assign(
                 .any(|a| Endpoint::new(a) == c.endpoint)
         };
         let replication = matches!(
-            super::trust::Role::of(&experiment.experiment_id, ""),
-            super::trust::Role::Replication(_)
+            super::trust::RunRole::of(&experiment.experiment_id, ""),
+            super::trust::RunRole::Replication(_)
         );
         let forbids = |c: &Candidate| {
             (replication && avoids(c))

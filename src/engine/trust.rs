@@ -83,12 +83,6 @@ impl RunRole {
     }
 }
 
-/// The former names, for code outside this module that still uses them (`engine::claim`,
-/// `engine::tests`, `tests/trust.rs`).
-pub type Role = RunRole;
-/// See [`Role`].
-pub type Settings = TrustSettings;
-
 /// The id of baseline run `i` (0 is the campaign's own id, which an llm campaign runs first).
 pub fn baseline_id(base_id: &str, i: u32) -> String {
     if i == 0 {
