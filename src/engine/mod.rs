@@ -152,6 +152,8 @@ pub struct Engine {
     chain: Option<Arc<crate::chain::UsdcChain>>,
     /// The payer balances read before signing.
     wallets: crate::chain::wallet::Wallets,
+    /// HTTP clients for workers, shared by every experiment with the same timeout and policy.
+    clients: crate::payment::clients::ClientPool,
     /// Each campaign's signer as its latest reconcile saw it, for vouchers signed ahead.
     signers: ahead::Signers,
 }
@@ -212,6 +214,7 @@ impl Engine {
             changed: tokio::sync::Notify::new(),
             chain: crate::chain::from_env_logged(),
             wallets: Default::default(),
+            clients: Default::default(),
             signers: Default::default(),
         })
     }

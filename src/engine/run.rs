@@ -26,6 +26,7 @@ use crate::crd::{
 use crate::endpoint::Endpoint;
 use crate::failpoint::{self, Window};
 use crate::ledger::{self, Ending, Limits, Refusal};
+use crate::payment::clients::ClientPool;
 use crate::payment::{
     ExperimentRequest, Offer, Policy, Quote, SignerError, Voucher, VoucherTerms, WorkerClient,
     WorkerError, new_nonce, sign_voucher, unix_now, x402,
@@ -186,7 +187,13 @@ pub(super) async fn prepare(
     let spec = &campaign.spec;
     let limits = Limits::from_spec(spec)?;
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
-    let client = worker_client(spec, &worker.endpoint, timeout, engine.settings.job_poll)?;
+    let client = worker_client(
+        &engine.clients,
+        spec,
+        &worker.endpoint,
+        timeout,
+        engine.settings.job_poll,
+    )?;
     source_of(engine, handle, pending.train_hash.as_deref()).await?;
     configs::config_of(
         &engine.scripts,
@@ -414,17 +421,22 @@ pub async fn source_of(
 /// choice and is used as given; any other endpoint was discovered, and is reached only at
 /// addresses `discovery.allowPrivate` permits, checked at connect time.
 fn worker_client(
+    pool: &ClientPool,
     spec: &ExperimentCampaignSpec,
     endpoint: &Endpoint,
     timeout: Duration,
     poll: Duration,
 ) -> Result<WorkerClient, StartError> {
-    let client = WorkerClient::new(endpoint.as_str(), timeout)?.with_poll_interval(poll);
-    if claim::is_named(&spec.discovery, endpoint) {
-        return Ok(client);
-    }
-    let policy = crate::discovery::AddressPolicy::with_allowlist(&spec.discovery.allow_private)?;
-    Ok(client.with_address_policy(&policy)?)
+    let policy = if claim::is_named(&spec.discovery, endpoint) {
+        None
+    } else {
+        Some(crate::discovery::AddressPolicy::with_allowlist(
+            &spec.discovery.allow_private,
+        )?)
+    };
+    Ok(pool
+        .worker(endpoint.as_str(), timeout, policy.as_ref())?
+        .with_poll_interval(poll))
 }
 
 fn cheapest_asked(required: &x402::PaymentRequired) -> Option<Usdc> {
@@ -524,7 +536,13 @@ async fn resumable(
     };
     let timeout = Duration::from_secs(spec.experiment_timeout_seconds.into());
     let endpoint = Endpoint::new(&entry.worker);
-    match worker_client(&spec, &endpoint, timeout, engine.settings.job_poll) {
+    match worker_client(
+        &engine.clients,
+        &spec,
+        &endpoint,
+        timeout,
+        engine.settings.job_poll,
+    ) {
         Ok(client) => Ok((voucher, client)),
         Err(e) => Err(gone(e.to_string())),
     }
@@ -793,6 +811,7 @@ mod tests {
 
     fn client(spec: &ExperimentCampaignSpec, endpoint: &str) -> Result<WorkerClient, StartError> {
         worker_client(
+            &ClientPool::new(),
             spec,
             &Endpoint::new(endpoint),
             Duration::from_secs(5),

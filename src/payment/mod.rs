@@ -15,6 +15,7 @@
 //! returned [`Voucher`] (its experiment id and nonce are the caller's), then calls
 //! [`WorkerClient::run`]; after a crash it re-sends the stored voucher instead of signing again.
 
+pub mod clients;
 pub mod eip712;
 pub mod http;
 pub mod signer;

@@ -266,6 +266,26 @@ pub enum WorkerError {
     Job(String),
 }
 
+/// Timeout of the requests around a run (the 402, health, a job's status, a stored result).
+pub(super) const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The paid request's timeout through an address policy: the run's, plus a minute for the
+/// policy's pinned DNS and the gate's settlement.
+pub(super) fn policed_run_timeout(run_timeout: Duration) -> Duration {
+    run_timeout + Duration::from_secs(60)
+}
+
+/// The service URL of `endpoint` (a trailing `/` or `/experiment` is dropped); http(s) only.
+pub(super) fn service_url(endpoint: &str) -> Result<Url, WorkerError> {
+    let trimmed = endpoint.trim().trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix("/experiment").unwrap_or(trimmed);
+    let url = Url::parse(trimmed).map_err(|_| WorkerError::BadEndpoint(endpoint.into()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(WorkerError::BadEndpoint(endpoint.into()));
+    }
+    Ok(url)
+}
+
 /// A client for one worker endpoint.
 #[derive(Clone, Debug)]
 pub struct WorkerClient {
@@ -281,19 +301,28 @@ impl WorkerClient {
     /// A paid run, including the gate's settlement after it, may take `run_timeout`; after that
     /// the answer counts as lost and [`WorkerClient::recover`] is the way to find it.
     pub fn new(endpoint: &str, run_timeout: Duration) -> Result<Self, WorkerError> {
-        let trimmed = endpoint.trim().trim_end_matches('/');
-        let trimmed = trimmed.strip_suffix("/experiment").unwrap_or(trimmed);
-        let url = Url::parse(trimmed).map_err(|_| WorkerError::BadEndpoint(endpoint.into()))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(WorkerError::BadEndpoint(endpoint.into()));
-        }
-        Ok(Self {
-            endpoint: url,
-            quick: http::client(Duration::from_secs(30)),
-            run: http::client(run_timeout),
+        Ok(Self::from_parts(
+            service_url(endpoint)?,
+            http::client(QUICK_TIMEOUT),
+            http::client(run_timeout),
+            run_timeout,
+        ))
+    }
+
+    /// A client for `endpoint` over clients built elsewhere ([`super::clients::ClientPool`]).
+    pub(super) fn from_parts(
+        endpoint: Url,
+        quick: reqwest::Client,
+        run: reqwest::Client,
+        run_timeout: Duration,
+    ) -> Self {
+        Self {
+            endpoint,
+            quick,
+            run,
             run_timeout,
             poll_interval: Duration::from_secs(10),
-        })
+        }
     }
 
     /// Connects only to addresses `policy` allows, checked at every connection (a discovered
@@ -306,10 +335,10 @@ impl WorkerClient {
         policy
             .check_url(&self.endpoint)
             .map_err(|e| WorkerError::BadEndpoint(format!("{}: {e}", self.endpoint)))?;
-        self.quick = http::client_from(policy.client_builder(), Duration::from_secs(30));
+        self.quick = http::client_from(policy.client_builder(), QUICK_TIMEOUT);
         self.run = http::client_from(
             policy.client_builder(),
-            self.run_timeout + Duration::from_secs(60),
+            policed_run_timeout(self.run_timeout),
         );
         Ok(self)
     }
