@@ -114,8 +114,9 @@ pub(super) fn spawn_all(
     }
 }
 
-/// How many experiments THINK may propose beyond the free slots, to be signed ahead: none
-/// while a check runs or waits.
+/// How many experiments THINK may propose beyond the free slots, to be signed ahead: one per
+/// worker busy with this campaign and without a voucher waiting for it (a proposal for a worker
+/// that is not busy would only sit in `pending`), and none while a check runs or waits.
 pub(super) fn wanted(
     engine: &Engine,
     handle: &CampaignHandle,
@@ -125,7 +126,7 @@ pub(super) fn wanted(
     if checking(engine, handle, status) {
         0
     } else {
-        slots
+        slots.min(busy_workers(status).len())
     }
 }
 
