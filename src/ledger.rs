@@ -530,6 +530,39 @@ pub fn is_valid_val_bpb(v: f64) -> bool {
     v.is_finite() && v >= 0.0
 }
 
+/// A paid completion whose ledger entry another controller has already given up as unpaid (two
+/// leaders at once: its resume re-sent the same voucher while this one's send met a busy worker,
+/// or the other way round), so the experiment waits in `pending` for a retry. The payment is a
+/// fact and its result is in results.jsonl: the experiment is counted now and leaves `pending`,
+/// instead of being paid for again. Anything else is [`Recorded::AlreadyCounted`].
+pub fn complete_given_up(
+    status: &mut ExperimentCampaignStatus,
+    limits: &Limits,
+    entry: &LedgerEntry,
+    outcome: Ending,
+) -> Result<Recorded, Refusal> {
+    let waiting = status
+        .pending
+        .iter()
+        .position(|p| p.experiment_id == entry.experiment_id);
+    let in_ledger = status
+        .ledger
+        .iter()
+        .any(|e| e.experiment_id == entry.experiment_id);
+    let (Some(i), false) = (waiting, in_ledger) else {
+        return Ok(Recorded::AlreadyCounted);
+    };
+    if outcome.paid() == Usdc::ZERO {
+        return Ok(Recorded::AlreadyCounted);
+    }
+    status.pending.remove(i);
+    status.ledger.push(LedgerEntry {
+        payment_state: None,
+        ..entry.clone()
+    });
+    complete(status, limits, &entry.experiment_id, outcome)
+}
+
 fn retry_of(entry: LedgerEntry) -> PendingExperiment {
     PendingExperiment {
         experiment_id: entry.experiment_id,
@@ -691,6 +724,65 @@ mod tests {
                 left: Usdc::from_atomic(10_000)
             })
         );
+    }
+
+    #[test]
+    fn a_paid_completion_of_an_attempt_given_up_counts_the_experiment_waiting_for_its_retry() {
+        let l = limits();
+        let mut s = ExperimentCampaignStatus::default();
+        let first = entry("a", 10_000, 1);
+        reserve(&mut s, &l, first.clone()).unwrap();
+        let unpaid = Ending::WorkerFailed {
+            paid: Usdc::ZERO,
+            reason: "409".into(),
+        };
+        assert_eq!(
+            complete(&mut s, &l, "a", unpaid.clone()),
+            Ok(Recorded::Retry)
+        );
+        assert_eq!(s.pending.len(), 1);
+        // Nothing paid: nothing to count.
+        let replay = complete_given_up(&mut s, &l, &first, unpaid);
+        assert_eq!(replay, Ok(Recorded::AlreadyCounted));
+        let paid = Ending::Finished {
+            paid: Usdc::from_atomic(10_000),
+            result: Some(result("a", 0.99)),
+        };
+        assert_eq!(
+            complete_given_up(&mut s, &l, &first, paid.clone()),
+            Ok(Recorded::Counted {
+                succeeded: true,
+                new_best: true
+            })
+        );
+        assert!(s.pending.is_empty() && s.ledger.is_empty());
+        assert_eq!((s.succeeded, s.spent.as_deref()), (1, Some("0.01")));
+        // Counted once: a replay of the same completion changes nothing.
+        assert_eq!(
+            complete_given_up(&mut s, &l, &first, paid.clone()),
+            Ok(Recorded::AlreadyCounted)
+        );
+        // Retried and reserved again with another voucher: that entry's own completion counts it.
+        let mut t = ExperimentCampaignStatus::default();
+        reserve(&mut t, &l, first.clone()).unwrap();
+        complete(
+            &mut t,
+            &l,
+            "a",
+            Ending::WorkerFailed {
+                paid: Usdc::ZERO,
+                reason: "409".into(),
+            },
+        )
+        .unwrap();
+        let retried = t.pending.remove(0);
+        assert_eq!(retried.experiment_id, "a");
+        reserve(&mut t, &l, entry("a", 20_000, 2)).unwrap();
+        assert_eq!(
+            complete_given_up(&mut t, &l, &first, paid),
+            Ok(Recorded::AlreadyCounted)
+        );
+        assert_eq!(t.succeeded, 0);
     }
 
     fn limits() -> Limits {

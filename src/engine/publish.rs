@@ -302,16 +302,21 @@ fn count_in(
     outcome: &Ending,
 ) -> Result<Recorded, Refusal> {
     // The entry this task paid for, by its voucher: if the experiment's entry now holds another
-    // voucher (it was retried meanwhile), this completion is not its.
-    if !s
+    // voucher (it was retried meanwhile), this completion is not its. If another controller gave
+    // this voucher up as unpaid and the experiment waits for a retry, a paid ending counts it.
+    let own = s
         .ledger
         .iter()
-        .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce)
-    {
-        return Ok(Recorded::AlreadyCounted);
-    }
+        .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce);
     let before = s.best.as_ref().map(|b| b.experiment_id.clone());
-    let mut recorded = ledger::complete(s, limits, &entry.experiment_id, outcome.clone())?;
+    let mut recorded = if own {
+        ledger::complete(s, limits, &entry.experiment_id, outcome.clone())?
+    } else {
+        ledger::complete_given_up(s, limits, entry, outcome.clone())?
+    };
+    if recorded == Recorded::AlreadyCounted {
+        return Ok(recorded);
+    }
     // The best is the verified one: "new best" means it changed.
     let changed = engine.memory.publish(&handle.key, s, before.as_deref());
     if let Recorded::Counted { new_best, .. } = &mut recorded
