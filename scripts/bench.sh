@@ -7,6 +7,8 @@
 #
 #   bash scripts/bench.sh [throughput|scale]...   (default: both)
 #   BENCH_EXPERIMENTS=200 BENCH_CAMPAIGNS=1000 BENCH_PROFILE=release|debug
+#   BENCH_BASELINE_RUNS=N sets objective.baselineRuns (default: the campaign default, 2), to
+#   see what THINK's wait for the baseline costs apart from the engine's own overhead
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -54,9 +56,10 @@ throughput() {
   node testbed/payments/up.mjs --no-stdin --manifest "$work/tb.json" --config "$workers" >/dev/null 2>"$work/tb.log" &
   pids+=($!)
   until [[ -s $work/tb.json ]]; do sleep 0.2; done
-  python3 - "$work/tb.json" "$experiments" >"$work/campaign.json" <<'PY'
+  python3 - "$work/tb.json" "$experiments" "${BENCH_BASELINE_RUNS:-}" >"$work/campaign.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+objective = {"baselineRuns": int(sys.argv[3])} if sys.argv[3] else {}
 print(json.dumps({
   "apiVersion": "autoresearch.obol.org/v1alpha1", "kind": "ExperimentCampaign",
   "metadata": {"name": "throughput"},
@@ -65,7 +68,7 @@ print(json.dumps({
     "search": {"strategy": "random", "seed": 1, "parameters": [
       {"name": "lr", "type": "float", "min": 0.0001, "max": 0.1, "logScale": True},
       {"name": "depth", "type": "int", "min": 2, "max": 64}]},
-    "maxExperiments": n, "parallelism": 8, "experimentTimeoutSeconds": 60,
+    "maxExperiments": n, "parallelism": 8, "experimentTimeoutSeconds": 60, "objective": objective,
     "budget": {"total": "100", "maxPricePerExperiment": "0.01"},
     "payment": {"remoteSignerUrl": m["signer"]["url"], "tokenSecretRef": {"name": "remote-signer-keystore"}},
     "discovery": {"scanApiUrl": "", "onChain": {"mode": "never"},
@@ -116,6 +119,9 @@ for line in open(sys.argv[1]):
 order = ['price', 'sign', 'reserve', 'send', 'judge', 'record', 'status', 'decide', 'idle gap']
 cells = [f'{k} {1000 * sums[k] / counts[k]:.1f} ms (n={counts[k]:.0f})' for k in order if counts.get(k)]
 print('mean per experiment: ' + ', '.join(cells))
+if counts.get('send'):
+    # What the gates and workers take beyond the 2 s run bounds any controller.
+    print(f"ceiling set by the sends alone (2 s / mean send): {100 * 2.0 / (sums['send'] / counts['send']):.1f}%")
 PY
 }
 
