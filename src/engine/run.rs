@@ -548,6 +548,47 @@ async fn resumable(
     }
 }
 
+/// What one send is made of.
+struct Sent<'a> {
+    entry: &'a LedgerEntry,
+    client: &'a WorkerClient,
+    voucher: &'a Voucher,
+    request: &'a ExperimentRequest,
+}
+
+/// The exchange with the worker and its ending: judged on chain when there is one, by the
+/// gate's answer alone otherwise.
+async fn answer(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    sent: Sent<'_>,
+    resumed: bool,
+) -> (Ending, Option<String>) {
+    let Sent {
+        entry,
+        client,
+        voucher,
+        request,
+    } = sent;
+    match &engine.chain {
+        Some(chain) => {
+            let exchange = super::settle::exchange;
+            exchange(
+                chain, handle, entry, client, voucher, request, resumed, engine,
+            )
+            .await
+        }
+        None => {
+            let started = Instant::now();
+            let poll = engine.settings.job_poll;
+            let (outcome, tx) = exchange(client, voucher, request, resumed, poll).await;
+            engine.board.note_answered(client.endpoint());
+            engine.metrics.step(Step::Send, started.elapsed());
+            (outcome, tx)
+        }
+    }
+}
+
 /// Sends (or re-sends) the voucher, classifies the answer, and hands it to PUBLISH.
 pub(super) async fn send(
     engine: &Engine,
@@ -587,22 +628,13 @@ pub(super) async fn send(
             .observe(idle.as_secs_f64());
     }
     let started = Instant::now();
-    let (outcome, tx) = match &engine.chain {
-        Some(chain) => {
-            let exchange = super::settle::exchange;
-            exchange(
-                chain, handle, &entry, &client, &voucher, &request, resumed, engine,
-            )
-            .await
-        }
-        None => {
-            let poll = engine.settings.job_poll;
-            let (outcome, tx) = exchange(&client, &voucher, &request, resumed, poll).await;
-            engine.board.note_answered(client.endpoint());
-            engine.metrics.step(Step::Send, started.elapsed());
-            (outcome, tx)
-        }
+    let sent = Sent {
+        entry: &entry,
+        client: &client,
+        voucher: &voucher,
+        request: &request,
     };
+    let (outcome, tx) = answer(engine, handle, sent, resumed).await;
     let outcome = outcome.for_entry(&entry);
     if matches!(outcome, Ending::Finished { .. }) {
         let holder = board::holder(&handle.key, &entry.experiment_id);
