@@ -36,7 +36,7 @@ pub struct Metrics {
     pub campaign_budget_usdc: GaugeVec,
     /// Status writes that met a concurrent write (409 Conflict) and were applied again.
     pub status_conflicts: prometheus::IntCounter,
-    /// Time spent in each step of RUN and PUBLISH ([`Step`]), per experiment.
+    /// Time spent in each step of RUN and PUBLISH ([`StepLabel`]), per experiment.
     pub step_seconds: HistogramVec,
     /// Time a worker sat free between its answer and the next voucher sent to it.
     pub worker_idle_seconds: prometheus::Histogram,
@@ -44,7 +44,7 @@ pub struct Metrics {
 
 /// A step of an experiment's path whose time is observed in `autoresearch_step_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub enum StepLabel {
     /// Reading (or reusing) the worker's 402 and choosing an offer.
     Price,
     /// The balance check, the signing time and the remote signer.
@@ -63,18 +63,18 @@ pub enum Step {
     Decide,
 }
 
-impl Step {
+impl StepLabel {
     /// The `step` label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Step::Price => "price",
-            Step::Sign => "sign",
-            Step::Reserve => "reserve",
-            Step::Send => "send",
-            Step::Judge => "judge",
-            Step::Record => "record",
-            Step::Status => "status",
-            Step::Decide => "decide",
+            StepLabel::Price => "price",
+            StepLabel::Sign => "sign",
+            StepLabel::Reserve => "reserve",
+            StepLabel::Send => "send",
+            StepLabel::Judge => "judge",
+            StepLabel::Record => "record",
+            StepLabel::Status => "status",
+            StepLabel::Decide => "decide",
         }
     }
 }
@@ -207,7 +207,7 @@ impl Metrics {
     }
 
     /// Observes the time one step took.
-    pub fn step(&self, step: Step, took: std::time::Duration) {
+    pub fn step(&self, step: StepLabel, took: std::time::Duration) {
         self.step_seconds
             .with_label_values(&[step.as_str()])
             .observe(took.as_secs_f64());

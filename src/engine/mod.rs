@@ -472,7 +472,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let stored = publish::decision(handle, &decided).await?;
         self.metrics
-            .step(crate::telemetry::Step::Decide, started.elapsed());
+            .step(crate::telemetry::StepLabel::Decide, started.elapsed());
         if let Some(best) = stored.status.as_ref().and_then(|s| s.best.as_ref()) {
             self.metrics
                 .best_val_bpb

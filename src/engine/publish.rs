@@ -19,7 +19,7 @@ use crate::ledger::{self, Ending, Limits, Recorded, Refusal};
 use crate::payment::Voucher;
 use crate::results::{ResultRecord, RunStatus};
 use crate::strategy::State;
-use crate::telemetry::Step;
+use crate::telemetry::StepLabel;
 use crate::usdc::Usdc;
 
 use super::store::UpdateError;
@@ -192,13 +192,13 @@ pub async fn complete(
     if !retried && !append(engine, handle, entry, &outcome, tx.clone()).await {
         return;
     }
-    engine.metrics.step(Step::Record, started.elapsed());
+    engine.metrics.step(StepLabel::Record, started.elapsed());
     failpoint::crash_at(Window::AfterAppend);
     let started = std::time::Instant::now();
     let Some((recorded, running)) = count(engine, handle, entry, &outcome, retried).await else {
         return;
     };
-    engine.metrics.step(Step::Status, started.elapsed());
+    engine.metrics.step(StepLabel::Status, started.elapsed());
     failpoint::crash_at(Window::AfterStatus);
     engine.memory.confirm(&handle.key, &entry.experiment_id);
     engine

@@ -33,7 +33,7 @@ use crate::payment::{
 };
 use crate::results::ResultRecord;
 use crate::scripts::ScriptError;
-use crate::telemetry::Step;
+use crate::telemetry::StepLabel;
 use crate::usdc::Usdc;
 
 /// Why an experiment could not be started on a worker. Nothing was sent: the experiment stays
@@ -203,7 +203,7 @@ pub(super) async fn prepare(
     .await?;
     let t0 = Instant::now();
     let offer = price(engine, &client, spec, &limits).await?;
-    engine.metrics.step(Step::Price, t0.elapsed());
+    engine.metrics.step(StepLabel::Price, t0.elapsed());
     let left = ledger::budget_left(&campaign.status.clone().unwrap_or_default(), &limits)?;
     if offer.amount > left {
         let refusal = Refusal::OverBudget {
@@ -217,14 +217,14 @@ pub(super) async fn prepare(
     let experiment = worker_id(campaign, pending);
     let now = super::settle::signing_time(engine).await;
     let voucher = sign(handle, spec, &offer, &experiment, timeout, now).await?;
-    engine.metrics.step(Step::Sign, t0.elapsed());
+    engine.metrics.step(StepLabel::Sign, t0.elapsed());
     failpoint::crash_at(Window::AfterSign);
     let entry = ledger_entry(pending, worker, &voucher);
     let t0 = Instant::now();
     if let Err(e) = reserve(handle, &entry, funds, mode).await {
         return Ok(Err(e));
     }
-    engine.metrics.step(Step::Reserve, t0.elapsed());
+    engine.metrics.step(StepLabel::Reserve, t0.elapsed());
     failpoint::crash_at(match mode {
         Reservation::Now => Window::AfterReserve,
         Reservation::Ahead => Window::SignedAhead,
@@ -583,7 +583,7 @@ async fn answer(
             let poll = engine.settings.job_poll;
             let (outcome, tx) = exchange(client, voucher, request, resumed, poll).await;
             engine.board.note_answered(client.endpoint());
-            engine.metrics.step(Step::Send, started.elapsed());
+            engine.metrics.step(StepLabel::Send, started.elapsed());
             (outcome, tx)
         }
     }

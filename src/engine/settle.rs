@@ -36,7 +36,7 @@ pub(super) async fn exchange(
     engine.board.note_answered(client.endpoint());
     engine
         .metrics
-        .step(crate::telemetry::Step::Send, started.elapsed());
+        .step(crate::telemetry::StepLabel::Send, started.elapsed());
     let started = std::time::Instant::now();
     let (known, gate_tx, want_result) = match answer {
         Ok(run) => {
@@ -70,7 +70,7 @@ pub(super) async fn exchange(
     let settled = settled.await;
     engine
         .metrics
-        .step(crate::telemetry::Step::Judge, started.elapsed());
+        .step(crate::telemetry::StepLabel::Judge, started.elapsed());
     ending_of(handle, entry, voucher, client, settled, gate_tx).await
 }
 

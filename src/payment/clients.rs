@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::http;
-use super::worker::{QUICK_TIMEOUT, WorkerClient, WorkerError, policed_run_timeout, service_url};
+use super::worker::{QUICK_TIMEOUT, WorkerClient, WorkerError, service_url};
 use crate::discovery::AddressPolicy;
 
 /// Different (timeout, policy) pairs kept at most: one per campaign spec in practice; past this
@@ -18,6 +18,12 @@ use crate::discovery::AddressPolicy;
 const MAX_KINDS: usize = 64;
 
 type Kind = (Duration, Option<AddressPolicy>);
+
+/// The paid request's timeout through an address policy: the run's, plus a minute for the
+/// policy's pinned DNS and the gate's settlement.
+fn policed_run_timeout(run_timeout: Duration) -> Duration {
+    run_timeout + Duration::from_secs(60)
+}
 
 /// The quick and the run client, for one kind.
 #[derive(Clone)]
@@ -39,8 +45,9 @@ impl ClientPool {
     }
 
     /// A client for `endpoint` whose paid request may take `run_timeout`. With a `policy`, the
-    /// endpoint must pass it now and every connection is checked against it (see
-    /// [`WorkerClient::with_address_policy`]).
+    /// endpoint must pass it now and every connection is checked against it too (a discovered
+    /// endpoint must not become a request to a cluster-internal or metadata address through DNS
+    /// that changed since discovery).
     pub fn worker(
         &self,
         endpoint: &str,

@@ -269,12 +269,6 @@ pub enum WorkerError {
 /// Timeout of the requests around a run (the 402, health, a job's status, a stored result).
 pub(super) const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The paid request's timeout through an address policy: the run's, plus a minute for the
-/// policy's pinned DNS and the gate's settlement.
-pub(super) fn policed_run_timeout(run_timeout: Duration) -> Duration {
-    run_timeout + Duration::from_secs(60)
-}
-
 /// The service URL of `endpoint` (a trailing `/` or `/experiment` is dropped); http(s) only.
 pub(super) fn service_url(endpoint: &str) -> Result<Url, WorkerError> {
     let trimmed = endpoint.trim().trim_end_matches('/');
@@ -323,24 +317,6 @@ impl WorkerClient {
             run_timeout,
             poll_interval: Duration::from_secs(10),
         }
-    }
-
-    /// Connects only to addresses `policy` allows, checked at every connection (a discovered
-    /// endpoint must not be turned into a request to a cluster-internal or metadata address by
-    /// DNS that changed since discovery).
-    pub fn with_address_policy(
-        mut self,
-        policy: &crate::discovery::AddressPolicy,
-    ) -> Result<Self, WorkerError> {
-        policy
-            .check_url(&self.endpoint)
-            .map_err(|e| WorkerError::BadEndpoint(format!("{}: {e}", self.endpoint)))?;
-        self.quick = http::client_from(policy.client_builder(), QUICK_TIMEOUT);
-        self.run = http::client_from(
-            policy.client_builder(),
-            policed_run_timeout(self.run_timeout),
-        );
-        Ok(self)
     }
 
     /// Seconds between polls of an async job's status.
