@@ -98,6 +98,63 @@ async fn judged_controller(prefix: &str, tb: &Testbed) -> Judged {
     }
 }
 
+/// When a worker has answered, it is free, whatever the chain has still to say about that
+/// payment. A voucher signed ahead for it goes out at once, not after the chain was asked. The
+/// RPC node here answers 800 ms late, so each judgement takes longer than that. Between two
+/// experiments of the search (each signed ahead during the one before), the worker's own clock
+/// shows it waited far less.
+#[tokio::test]
+async fn a_voucher_signed_ahead_goes_out_while_the_answer_before_it_is_judged() {
+    let worker_data = tempfile::tempdir().unwrap();
+    let tb = Testbed::start(json!({"dataDir": worker_data.path(), "workers": [
+        {"name": "w", "gate": "v2", "price": "10000", "durationMs": 3000}
+    ]}));
+    let rpc = tb.m["rpcUrl"].as_str().unwrap();
+    let upstream = rpc.trim_start_matches("http://").trim_end_matches('/');
+    let delay = Duration::from_millis(300);
+    let slow = support::proxy::Proxy::start_slow(upstream.to_string(), delay).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = loop_cmd(&tb, data.path(), &["w"], 5);
+    cmd.env("ERPC_URL", format!("http://127.0.0.1:{}", slow.port));
+    // The proxy runs on this runtime: wait for the loop off it.
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(lines(data.path()).len(), 5);
+    // The worker's own record of its runs (as the real worker keeps it): the search's rounds,
+    // not the baseline runs of the unchanged config.
+    let stored = worker_data
+        .path()
+        .join("w/autoresearch-worker/results.jsonl");
+    let stored = std::fs::read_to_string(&stored).unwrap();
+    let at = |run: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(run[k].as_str().unwrap());
+    let mut runs: Vec<_> = stored
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|run| run["config"].get("round").is_some())
+        .map(|run| {
+            (
+                at(&run, "startedAt").unwrap(),
+                at(&run, "finishedAt").unwrap(),
+            )
+        })
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs.len(),
+        3,
+        "two baseline runs, then the search: {stored}"
+    );
+    for pair in runs.windows(2) {
+        let waited = (pair[1].0 - pair[0].1).to_std().unwrap();
+        assert!(
+            waited < 2 * delay,
+            "the worker sat free {waited:?} between two experiments: it waited for the chain"
+        );
+    }
+}
+
 /// An edge proxy answers 504 after 1 s while the gate goes on, the worker runs for 3 s and the
 /// gate settles. Without the chain the 504 read as "nothing paid" and the experiment was paid
 /// again; now it is paid once, its result is recovered, and the settlement hash comes from the

@@ -627,6 +627,9 @@ pub(super) async fn send(
             .worker_idle_seconds
             .observe(idle.as_secs_f64());
     }
+    // A reconcile now may sign the next experiment ahead for this worker. The controller's
+    // watch sees the status write; `loop` has no watch and waits on this.
+    engine.changed.notify_one();
     let started = Instant::now();
     let sent = Sent {
         entry: &entry,

@@ -34,6 +34,12 @@ pub(super) async fn exchange(
     let answer = failpoint::crash_during(Window::AfterSend, client.run(Some(voucher), request));
     let answer = answer.await;
     engine.board.note_answered(client.endpoint());
+    if answer.is_ok() {
+        // The worker answered: it is free now, whatever the chain says of the payment, so a
+        // voucher signed ahead for it goes out while this one is judged (docs/throughput.md).
+        let holder = super::board::holder(&handle.key, &entry.experiment_id);
+        engine.board.hand_over(&entry.worker, &holder);
+    }
     engine
         .metrics
         .step(crate::telemetry::StepLabel::Send, started.elapsed());
