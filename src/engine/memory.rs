@@ -311,6 +311,21 @@ impl Memory {
         })
     }
 
+    /// Whether baseline runs are still missing: a result judged now would have no baseline.
+    pub fn holds(&self, key: &str) -> bool {
+        self.with(key, |c| c.lineage.trust.holds())
+    }
+
+    /// Whether one of the campaign's baseline runs is in flight in this process.
+    pub fn baseline_running(&self, key: &str) -> bool {
+        self.with(key, |c| {
+            let base = &c.lineage.trust.settings().base_id;
+            c.tasks
+                .iter()
+                .any(|(id, t)| !t.is_finished() && RunRole::of(id, base) == RunRole::Baseline)
+        })
+    }
+
     /// Workers each replication must not use.
     pub fn avoid_map(&self, key: &str) -> BTreeMap<String, Vec<String>> {
         self.with(key, |c| c.lineage.trust.avoid_map())

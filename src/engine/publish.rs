@@ -9,6 +9,8 @@
 //!
 //! RUN calls [`complete`]; the reconcile calls [`decision`]. Neither calls back into the other.
 
+use std::time::{Duration, Instant};
+
 use super::board;
 use super::status::{self, ConditionType, ConditionUpdate, Sighting};
 use super::{CampaignHandle, Engine, Notice, Severity};
@@ -188,6 +190,7 @@ pub async fn complete(
 ) {
     // An attempt that paid nothing and goes to another worker leaves no line.
     let retried = matches!(&outcome, Ending::WorkerFailed { paid, .. } if *paid == Usdc::ZERO && entry.attempt < ledger::MAX_ATTEMPTS);
+    after_the_baseline(engine, handle, entry, &outcome).await;
     let started = std::time::Instant::now();
     if !retried && !append(engine, handle, entry, &outcome, tx.clone()).await {
         return;
@@ -208,6 +211,67 @@ pub async fn complete(
         .set(running.into());
     if recorded != Recorded::AlreadyCounted {
         tell(engine, handle, entry, &outcome, &recorded, tx.as_deref()).await;
+    }
+}
+
+/// How often a result waiting for the baseline looks again.
+const BASELINE_POLL: Duration = Duration::from_millis(20);
+
+/// How long a result waits for a baseline run that is not in flight: the time a reconcile takes
+/// to start one again after a failed attempt. A baseline that cannot start at all (no room left
+/// under `maxExperiments`) costs this once.
+const BASELINE_GRACE: Duration = Duration::from_secs(1);
+
+/// THINK proposes experiments while the baseline runs go (docs/trust.md), but keep or discard
+/// is decided against the baseline: a result that comes back first waits for it before it is
+/// recorded. Its worker is free meanwhile (it answered). The ledger entry stays until the result
+/// is recorded, so a crash meanwhile finishes it from the worker's stored result, unpaid again.
+/// It waits while a baseline run is in flight here (or is started again within
+/// [`BASELINE_GRACE`]), at most one experiment timeout; then it is recorded and judged as if
+/// there were no baseline, and the log says so.
+async fn after_the_baseline(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    entry: &LedgerEntry,
+    outcome: &Ending,
+) {
+    let key = &handle.key;
+    let valued = matches!(
+        outcome,
+        Ending::Finished {
+            result: Some(_),
+            ..
+        }
+    );
+    let experiment =
+        engine.memory.role(key, &entry.experiment_id) == super::trust::RunRole::Experiment;
+    if !valued || !experiment || !engine.memory.holds(key) {
+        return;
+    }
+    let holder = board::holder(key, &entry.experiment_id);
+    engine.board.release(&entry.worker, &holder, false);
+    let timeout = match handle.store.get().await {
+        Ok(Some(c)) => c.spec.experiment_timeout_seconds,
+        _ => 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(timeout.into());
+    let mut none_running_since: Option<Instant> = None;
+    while engine.memory.holds(key) {
+        if engine.memory.baseline_running(key) {
+            none_running_since = None;
+        } else if none_running_since
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= BASELINE_GRACE
+        {
+            tracing::info!(campaign = %key, experiment = %entry.experiment_id, "no baseline run in flight; recorded and judged without a baseline");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(campaign = %key, experiment = %entry.experiment_id, "no baseline after one experiment timeout; recorded and judged without one");
+            return;
+        }
+        tokio::time::sleep(BASELINE_POLL).await;
     }
 }
 

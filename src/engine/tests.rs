@@ -919,6 +919,55 @@ async fn a_replication_cut_by_a_crash_is_resumed_without_paying_twice() {
     assert_eq!(verification.replications, [replication]);
 }
 
+/// A parameter search does not wait for the baseline to propose: its first experiments run
+/// beside the baseline runs. Their results wait for the baseline before they are judged, so an
+/// experiment worse than the baseline is discarded even when it came back first.
+#[tokio::test]
+async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
+    // The unchanged config measures 1.0, every searched one 1.1.
+    let run: crate::testkit::RunFn = Arc::new(|s| {
+        let v = if s.config.get("lr").is_some() {
+            1.1
+        } else {
+            1.0
+        };
+        crate::testkit::completed(s, v)
+    });
+    let extra = json!({"parallelism": 4, "maxExperiments": 8});
+    let h = trust_harness(vec![run; 4], extra).await;
+    // Workers 0 and 1, first in the list, take the two baseline runs; they are slow.
+    for (i, w) in h.workers.iter().enumerate() {
+        let delay = Duration::from_millis(if i < 2 { 800 } else { 50 });
+        w.set(|k| k.delay = delay);
+    }
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for w in &h.workers[2..] {
+        assert_eq!(w.runs().len(), 1, "an experiment ran beside the baseline");
+    }
+    assert!(
+        h.lines().is_empty(),
+        "nothing is judged before the baseline"
+    );
+    let step = h.run(Duration::from_secs(30)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
+    let lines = h.lines();
+    assert_eq!(lines.len(), 8);
+    let roles: Vec<&Value> = lines.iter().map(|l| &l["role"]).collect();
+    assert_eq!(
+        roles[..2],
+        [&json!("baseline"), &json!("baseline")],
+        "{lines:?}"
+    );
+    for l in &lines[2..] {
+        assert!(l["role"].is_null(), "{l}");
+        assert_eq!(l["decision"], "discard", "judged against the baseline: {l}");
+    }
+    for l in &lines {
+        assert_eq!(h.payments(l["experiment_id"].as_str().unwrap()), 1, "{l}");
+    }
+}
+
 #[tokio::test]
 async fn the_baseline_is_never_proposed_again_by_the_strategy() {
     // hillClimb over a constant of train.py starts at the unmodified script: the experiment the

@@ -53,8 +53,10 @@ pub fn think(
     let (mut checks, holds) = checks(memory, handle, campaign, status);
     checks.truncate(n);
     let n = n - checks.len();
-    if holds || n == 0 {
-        // Baseline runs come before any proposal; replications before new ones.
+    // Replications come before new proposals. Baseline runs come first too, but a parameter
+    // search does not need their result to propose: its experiments run beside them, and each
+    // result waits for the baseline before it is judged (`publish`).
+    if n == 0 || (holds && !proposes_during_baseline(campaign)) {
         return Thought {
             proposals: checks,
             ..Thought::none(status)
@@ -85,6 +87,12 @@ pub fn think(
             Thought::none(status)
         }
     }
+}
+
+/// Whether the strategy may propose before the baseline's result is in: a parameter search
+/// does (what it proposes first does not depend on results); the model reads the baseline's.
+fn proposes_during_baseline(campaign: &ExperimentCampaign) -> bool {
+    campaign.spec.search.strategy != crate::crd::Strategy::Llm
 }
 
 /// The experiments in flight or pending: the strategy must not propose them again.

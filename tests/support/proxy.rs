@@ -39,7 +39,7 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let mut state = shared.lock().unwrap();
                 if state.down {
                     // Dropping the accepted socket closes it at once: the client sees a reset.
