@@ -177,10 +177,9 @@ async fn a_new_campaign_reads_its_inputs_then_writes_its_decision_once() {
             format!("GET {}", object_path::<ConfigMap>(Some(NS), "train")),
             format!("GET {}", object_path::<Secret>(Some(NS), "signer-token")),
             format!("GET {path}"),
-            format!("GET {path}"),
             format!("PUT {path}/status"),
         ],
-        "inputs first, then one read and one status write"
+        "inputs first, then one read and one status write (from what the read returned)"
     );
     let status = h.status("c");
     assert_eq!(status.phase, Some(Phase::Pending));
