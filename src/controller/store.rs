@@ -281,9 +281,12 @@ mod tests {
         let (client, api) = super::super::fixtures::FakeApi::start();
         api.put(&stored_campaign());
         let store = super::StatusStore::new(client, "ns", "c");
-        let bump = |s: &mut ExperimentCampaignStatus| s.running += 1;
-        store.update(&mut |_, s| Ok(bump(s))).await.unwrap();
-        store.update(&mut |_, s| Ok(bump(s))).await.unwrap();
+        let bump = |s: &mut ExperimentCampaignStatus| {
+            s.running += 1;
+            Ok(())
+        };
+        store.update(&mut |_, s| bump(s)).await.unwrap();
+        store.update(&mut |_, s| bump(s)).await.unwrap();
         let path = "/apis/autoresearch.obol.org/v1alpha1/namespaces/ns/experimentcampaigns/c";
         let status = format!("PUT {path}/status");
         let get = format!("GET {path}");
@@ -295,7 +298,7 @@ mod tests {
 
         written_elsewhere(&api, 7);
         api.clear_seen();
-        store.update(&mut |_, s| Ok(bump(s))).await.unwrap();
+        store.update(&mut |_, s| bump(s)).await.unwrap();
         assert_eq!(
             api.lines(),
             [status.clone(), get, status],
@@ -312,7 +315,11 @@ mod tests {
         let (client, api) = super::super::fixtures::FakeApi::start();
         api.put(&stored_campaign());
         let store = super::StatusStore::new(client, "ns", "c");
-        store.update(&mut |_, s| Ok(s.running = 1)).await.unwrap();
+        let one = |_: &ExperimentCampaign, s: &mut ExperimentCampaignStatus| {
+            s.running = 1;
+            Ok(())
+        };
+        store.update(&mut { one }).await.unwrap();
         written_elsewhere(&api, 7);
         // Allowed only once seven were submitted, which the kept copy does not know yet.
         let mut after_seven = |_: &ExperimentCampaign, s: &mut ExperimentCampaignStatus| {
