@@ -77,7 +77,7 @@ pub(super) fn spawn_all(
         .iter()
         .filter(|p| !engine.memory.has_live_task(&handle.key, &p.experiment_id))
         .collect();
-    if checking(engine, handle, status) {
+    if checking(engine, handle, stored, status) {
         return;
     }
     let slots = ledger::ahead_slots(status, &limits) as usize;
@@ -120,22 +120,34 @@ pub(super) fn spawn_all(
 pub(super) fn wanted(
     engine: &Engine,
     handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
     status: &ExperimentCampaignStatus,
     slots: usize,
 ) -> usize {
-    if checking(engine, handle, status) {
+    if checking(engine, handle, campaign, status) {
         0
     } else {
         slots.min(busy_workers(status).len())
     }
 }
 
-/// Whether a baseline run or a replication is pending or running. What comes next depends on
-/// its result (trust may exclude a worker, or stop trusting a claim), so nothing is committed a
-/// run ahead of it.
-fn checking(engine: &Engine, handle: &CampaignHandle, status: &ExperimentCampaignStatus) -> bool {
-    let is_check =
-        |id: &str| engine.memory.role(&handle.key, id) != super::trust::RunRole::Experiment;
+/// Whether a replication, or a baseline run the strategy waits for, is pending or running. What
+/// comes next depends on its result (trust may exclude a worker, or stop trusting a claim), so
+/// nothing is committed a run ahead of it. A parameter search proposes beside the baseline
+/// (its results wait for the baseline to be judged), so its baseline runs do not hold signing
+/// ahead back.
+fn checking(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
+    status: &ExperimentCampaignStatus,
+) -> bool {
+    let beside = super::think::proposes_during_baseline(campaign);
+    let is_check = |id: &str| match engine.memory.role(&handle.key, id) {
+        super::trust::RunRole::Experiment => false,
+        super::trust::RunRole::Baseline => !beside,
+        super::trust::RunRole::Replication(_) => true,
+    };
     let pending = status.pending.iter().map(|p| p.experiment_id.as_str());
     let running = status.ledger.iter().map(|e| e.experiment_id.as_str());
     pending.chain(running).any(is_check)

@@ -40,6 +40,8 @@ struct Campaign {
     proposing: bool,
     /// results.jsonl has been read up to this byte (none: not read yet).
     read: Option<u64>,
+    /// The best last announced with a NewBest event; at the first load, the one in status.
+    announced: Option<String>,
 }
 
 /// Keep/discard as autoresearch does it: the best kept result is the base of what comes next.
@@ -166,6 +168,7 @@ impl Memory {
         self.with(key, |c| {
             let first = c.read.is_none();
             if first {
+                c.announced = status.best.as_ref().map(|b| b.experiment_id.clone());
                 let settings = c.lineage.trust.settings().clone();
                 c.lineage.trust.set_settings(TrustSettings {
                     noise_floor,
@@ -344,6 +347,24 @@ impl Memory {
         before: Option<&str>,
     ) -> bool {
         self.with(key, |c| c.lineage.trust.publish(status, before))
+    }
+
+    /// The best last announced with a NewBest event (see [`Self::announce_best`]).
+    pub fn announced_best(&self, key: &str) -> Option<String> {
+        self.with(key, |c| c.announced.clone())
+    }
+
+    /// Takes `now` as the announced best if `before` still is: true for exactly one of the
+    /// writers that saw the best change. (A reconcile's decision write publishes trust's best
+    /// too, so "status changed" would miss the change when it wrote first.)
+    pub fn announce_best(&self, key: &str, before: Option<&str>, now: Option<&str>) -> bool {
+        self.with(key, |c| {
+            let won = c.announced.as_deref() == before && before != now;
+            if won {
+                c.announced = now.map(str::to_string);
+            }
+            won
+        })
     }
 
     /// Whether results can be verified now (replication on and more than one worker).
@@ -649,5 +670,29 @@ mod tests {
             |p| p.experiment_id != first.experiment_id && p.experiment_id != own.experiment_id
         ));
         assert_eq!(b.with_history(KEY, std::iter::empty(), |h| h.len()), 2);
+    }
+
+    #[test]
+    fn a_new_best_is_announced_by_exactly_one_of_the_writers_that_saw_it() {
+        let memory = Memory::default();
+        let status = ExperimentCampaignStatus {
+            best: Some(crate::crd::ResultSummary {
+                experiment_id: "exp-a".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let results = ResultsLog::new(dir.path().join("results.jsonl"));
+        memory.load("k", |_| true, &results, &status, 0.0);
+        assert_eq!(memory.announced_best("k").as_deref(), Some("exp-a"));
+        // Two counts both saw exp-a, then exp-b, as the best (the reconcile published it first).
+        let before = memory.announced_best("k");
+        assert!(memory.announce_best("k", before.as_deref(), Some("exp-b")));
+        assert!(!memory.announce_best("k", before.as_deref(), Some("exp-b")));
+        assert!(
+            !memory.announce_best("k", Some("exp-b"), Some("exp-b")),
+            "no change"
+        );
     }
 }

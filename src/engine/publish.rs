@@ -320,11 +320,21 @@ async fn count(
     retried: bool,
 ) -> Option<(Recorded, u32)> {
     let mut recorded = None;
+    let before = engine.memory.announced_best(&handle.key);
     let stored = handle
         .store
         .update(&mut |c, s| {
             let limits = Limits::from_spec(&c.spec)?;
-            recorded = Some(count_in(engine, handle, s, &limits, entry, outcome)?);
+            let counted = count_in(
+                engine,
+                handle,
+                s,
+                &limits,
+                entry,
+                outcome,
+                before.as_deref(),
+            );
+            recorded = Some(counted?);
             if !retried {
                 clear(
                     s,
@@ -344,7 +354,19 @@ async fn count(
         worker_failed,
     );
     match stored {
-        Ok(stored) => Some((recorded?, stored.status.map_or(0, |s| s.running))),
+        Ok(stored) => {
+            let mut recorded = recorded?;
+            if let Recorded::Counted { new_best, .. } = &mut recorded
+                && *new_best
+            {
+                let now = stored.status.as_ref().and_then(|s| s.best.as_ref());
+                let now = now.map(|b| b.experiment_id.as_str());
+                *new_best = engine
+                    .memory
+                    .announce_best(&handle.key, before.as_deref(), now);
+            }
+            Some((recorded, stored.status.map_or(0, |s| s.running)))
+        }
         Err(e) => {
             tracing::warn!(campaign = %handle.key, experiment = %entry.experiment_id, error = %e, "result recorded in results.jsonl but not in status");
             if let UpdateError::TooLarge { message, .. } = &e {
@@ -364,6 +386,7 @@ fn count_in(
     limits: &Limits,
     entry: &LedgerEntry,
     outcome: &Ending,
+    announced: Option<&str>,
 ) -> Result<Recorded, Refusal> {
     // The entry this task paid for, by its voucher: if the experiment's entry now holds another
     // voucher (it was retried meanwhile), this completion is not its. If another controller gave
@@ -372,7 +395,6 @@ fn count_in(
         .ledger
         .iter()
         .any(|e| e.experiment_id == entry.experiment_id && e.nonce == entry.nonce);
-    let before = s.best.as_ref().map(|b| b.experiment_id.clone());
     let mut recorded = if own {
         ledger::complete(s, limits, &entry.experiment_id, outcome.clone())?
     } else {
@@ -381,8 +403,8 @@ fn count_in(
     if recorded == Recorded::AlreadyCounted {
         return Ok(recorded);
     }
-    // The best is the verified one: "new best" means it changed.
-    let changed = engine.memory.publish(&handle.key, s, before.as_deref());
+    // The best is the verified one: "new best" means it changed since it was last announced.
+    let changed = engine.memory.publish(&handle.key, s, announced);
     if let Recorded::Counted { new_best, .. } = &mut recorded
         && engine.memory.replicating(&handle.key)
     {

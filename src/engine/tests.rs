@@ -267,7 +267,11 @@ async fn a_campaign_runs_to_success_and_pays_each_experiment_exactly_once() {
         ("True".into(), "MaxExperimentsReached".into())
     );
     assert_eq!(h.condition("Complete").0, "True");
-    assert!(h.notices.reasons().contains(&"NewBest"));
+    assert!(
+        h.notices.reasons().contains(&"NewBest"),
+        "{:?} {lines:#?}",
+        h.notices.reasons()
+    );
 }
 
 #[tokio::test]
@@ -949,6 +953,20 @@ async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
         h.lines().is_empty(),
         "nothing is judged before the baseline"
     );
+    // The baseline does not hold signing ahead back: the slow workers get their next voucher.
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow: Vec<String> = h.workers[..2].iter().map(FakeWorker::endpoint).collect();
+    let ahead = h.status().ledger.into_iter().filter(|e| {
+        e.payment_state == Some(crate::crd::PaymentState::SignedAhead) && slow.contains(&e.worker)
+    });
+    let states: Vec<_> = h
+        .status()
+        .ledger
+        .into_iter()
+        .map(|e| (e.experiment_id, e.payment_state))
+        .collect();
+    assert_eq!(ahead.count(), 2, "{states:?}");
     let step = h.run(Duration::from_secs(30)).await;
     assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
     let lines = h.lines();
