@@ -227,7 +227,8 @@ pub fn free_slots(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
 }
 
 /// What `maxExperiments` still allows to be reserved: every ledger entry counts.
-fn unstarted(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
+/// How many more experiments `maxExperiments` lets start.
+pub fn unstarted(status: &ExperimentCampaignStatus, limits: &Limits) -> u32 {
     limits
         .max_experiments
         .saturating_sub(finished(status) + status.ledger.len() as u32)

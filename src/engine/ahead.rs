@@ -131,26 +131,28 @@ pub(super) fn wanted(
     }
 }
 
-/// Whether a replication, or a baseline run the strategy waits for, is pending or running. What
-/// comes next depends on its result (trust may exclude a worker, or stop trusting a claim), so
-/// nothing is committed a run ahead of it. A parameter search proposes beside the baseline
-/// (its results wait for the baseline to be judged), so its baseline runs do not hold signing
-/// ahead back.
+/// Whether a baseline run or a replication is pending or running. What comes next depends on
+/// its result (trust may exclude a worker, or stop trusting a claim), so nothing is committed a
+/// run ahead of it. A parameter search proposes beside its baseline runs once they have all
+/// started (its results wait for the baseline to be judged), so running baseline runs do not
+/// hold its signing ahead back; a pending one does (it needs the next free worker).
 fn checking(
     engine: &Engine,
     handle: &CampaignHandle,
     campaign: &ExperimentCampaign,
     status: &ExperimentCampaignStatus,
 ) -> bool {
+    use super::trust::RunRole;
     let beside = super::think::proposes_during_baseline(campaign);
-    let is_check = |id: &str| match engine.memory.role(&handle.key, id) {
-        super::trust::RunRole::Experiment => false,
-        super::trust::RunRole::Baseline => !beside,
-        super::trust::RunRole::Replication(_) => true,
-    };
-    let pending = status.pending.iter().map(|p| p.experiment_id.as_str());
-    let running = status.ledger.iter().map(|e| e.experiment_id.as_str());
-    pending.chain(running).any(is_check)
+    let role = |id: &str| engine.memory.role(&handle.key, id);
+    let mut pending = status.pending.iter().map(|p| role(&p.experiment_id));
+    let mut running = status.ledger.iter().map(|e| role(&e.experiment_id));
+    pending.any(|r| r != RunRole::Experiment)
+        || running.any(|r| match r {
+            RunRole::Experiment => false,
+            RunRole::Baseline => !beside,
+            RunRole::Replication(_) => true,
+        })
 }
 
 /// The workers running one of this campaign's experiments with no voucher signed ahead for them.

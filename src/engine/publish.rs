@@ -217,18 +217,16 @@ pub async fn complete(
 /// How often a result waiting for the baseline looks again.
 const BASELINE_POLL: Duration = Duration::from_millis(20);
 
-/// How long a result waits for a baseline run that is not in flight: the time a reconcile takes
-/// to start one again after a failed attempt. A baseline that cannot start at all (no room left
-/// under `maxExperiments`) costs this once.
-const BASELINE_GRACE: Duration = Duration::from_secs(1);
+/// How often a waiting result reads the campaign while no baseline run is in flight here.
+const BASELINE_READ: Duration = Duration::from_millis(500);
 
 /// THINK proposes experiments while the baseline runs go (docs/trust.md), but keep or discard
 /// is decided against the baseline: a result that comes back first waits for it before it is
 /// recorded. Its worker is free meanwhile (it answered). The ledger entry stays until the result
 /// is recorded, so a crash meanwhile finishes it from the worker's stored result, unpaid again.
-/// It waits while a baseline run is in flight here (or is started again within
-/// [`BASELINE_GRACE`]), at most one experiment timeout; then it is recorded and judged as if
-/// there were no baseline, and the log says so.
+/// It waits while a baseline run is in flight, or pending and able to start; at most one
+/// experiment timeout. Then it is recorded and judged as if there were no baseline, and the log
+/// says so.
 async fn after_the_baseline(
     engine: &Engine,
     handle: &CampaignHandle,
@@ -250,29 +248,49 @@ async fn after_the_baseline(
     }
     let holder = board::holder(key, &entry.experiment_id);
     engine.board.release(&entry.worker, &holder, false);
+    // The worker is free: a baseline run waiting for one may start on it (`loop` reconciles
+    // on this; the controller's requeue is the safety net).
+    engine.changed.notify_one();
     let timeout = match handle.store.get().await {
         Ok(Some(c)) => c.spec.experiment_timeout_seconds,
         _ => 0,
     };
     let deadline = Instant::now() + Duration::from_secs(timeout.into());
-    let mut none_running_since: Option<Instant> = None;
+    let mut read_at: Option<Instant> = None;
     while engine.memory.holds(key) {
-        if engine.memory.baseline_running(key) {
-            none_running_since = None;
-        } else if none_running_since
-            .get_or_insert_with(Instant::now)
-            .elapsed()
-            >= BASELINE_GRACE
-        {
-            tracing::info!(campaign = %key, experiment = %entry.experiment_id, "no baseline run in flight; recorded and judged without a baseline");
-            return;
-        }
         if Instant::now() >= deadline {
             tracing::warn!(campaign = %key, experiment = %entry.experiment_id, "no baseline after one experiment timeout; recorded and judged without one");
             return;
         }
+        let due = read_at.is_none_or(|at| at.elapsed() >= BASELINE_READ);
+        if !engine.memory.baseline_running(key) && due {
+            read_at = Some(Instant::now());
+            if !baseline_to_come(engine, handle).await {
+                tracing::info!(campaign = %key, experiment = %entry.experiment_id, "no baseline run can come; recorded and judged without a baseline");
+                return;
+            }
+        }
         tokio::time::sleep(BASELINE_POLL).await;
     }
+}
+
+/// Whether a baseline run is still to come: in the ledger (running, here or resumed), or pending
+/// with room for it under `maxExperiments` in a campaign that is not suspended or stopped.
+async fn baseline_to_come(engine: &Engine, handle: &CampaignHandle) -> bool {
+    let Ok(Some(c)) = handle.store.get().await else {
+        return false;
+    };
+    let Ok(limits) = Limits::from_spec(&c.spec) else {
+        return false;
+    };
+    let status = c.status.unwrap_or_default();
+    let baseline =
+        |id: &str| engine.memory.role(&handle.key, id) == super::trust::RunRole::Baseline;
+    let running = status.ledger.iter().any(|e| baseline(&e.experiment_id));
+    let can_start = !c.spec.suspend
+        && ledger::stop_reason(&status, &limits).is_none()
+        && ledger::unstarted(&status, &limits) > 0;
+    running || (can_start && status.pending.iter().any(|p| baseline(&p.experiment_id)))
 }
 
 /// The durable line in results.jsonl. Without it the status must not count the experiment:

@@ -941,11 +941,31 @@ async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
     let h = trust_harness(vec![run; 4], extra).await;
     // Workers 0 and 1, first in the list, take the two baseline runs; they are slow.
     for (i, w) in h.workers.iter().enumerate() {
-        let delay = Duration::from_millis(if i < 2 { 800 } else { 50 });
+        let delay = Duration::from_millis(if i < 2 { 1500 } else { 50 });
         w.set(|k| k.delay = delay);
     }
+    // The first reconcile starts the baseline runs; the next, with both started, the search.
     h.engine.reconcile(&h.handle).await.expect("reconcile");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = tokio::time::Instant::now();
+    while h.status().ledger.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            h.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    while h.workers[2..].iter().any(|w| w.runs().is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            h.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Their answers came back while the baseline still runs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for w in &h.workers[2..] {
         assert_eq!(w.runs().len(), 1, "an experiment ran beside the baseline");
     }
@@ -983,6 +1003,42 @@ async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
     }
     for l in &lines {
         assert_eq!(h.payments(l["experiment_id"].as_str().unwrap()), 1, "{l}");
+    }
+}
+
+/// With one worker the baseline runs one after the other, and no experiment takes the worker
+/// the second one waits for: the worker runs both baseline runs first, and every experiment is
+/// judged against them.
+#[tokio::test]
+async fn with_one_worker_both_baseline_runs_go_before_any_experiment() {
+    let run: crate::testkit::RunFn = Arc::new(|s| {
+        let v = if s.config.get("lr").is_some() {
+            1.1
+        } else {
+            1.0
+        };
+        crate::testkit::completed(s, v)
+    });
+    let extra = json!({"parallelism": 2, "maxExperiments": 5});
+    let h = trust_harness(vec![run], extra).await;
+    h.workers[0].set(|k| k.delay = Duration::from_millis(100));
+    let step = h.run(Duration::from_secs(30)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
+    let runs = h.workers[0].runs();
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    let lines = h.lines();
+    let role = |id: &str| {
+        let line = lines.iter().find(|l| l["experiment_id"] == id);
+        line.map(|l| l["role"].clone()).unwrap_or_default()
+    };
+    let roles: Vec<Value> = runs.iter().map(|id| role(id)).collect();
+    assert_eq!(
+        roles[..2],
+        [json!("baseline"), json!("baseline")],
+        "{runs:?}"
+    );
+    for l in lines.iter().filter(|l| l["role"].is_null()) {
+        assert_eq!(l["decision"], "discard", "judged against the baseline: {l}");
     }
 }
 

@@ -54,9 +54,13 @@ pub fn think(
     checks.truncate(n);
     let n = n - checks.len();
     // Replications come before new proposals. Baseline runs come first too, but a parameter
-    // search does not need their result to propose: its experiments run beside them, and each
-    // result waits for the baseline before it is judged (`publish`).
-    if n == 0 || (holds && !proposes_during_baseline(campaign)) {
+    // search does not need their result to propose: once every baseline run has started, its
+    // experiments run beside them, and each result waits for the baseline before it is judged
+    // (`publish`). (Not before: an experiment must not take the worker a baseline run waits for.)
+    let beside = proposes_during_baseline(campaign)
+        && checks.is_empty()
+        && !baseline_pending(memory, handle, status);
+    if n == 0 || (holds && !beside) {
         return Thought {
             proposals: checks,
             ..Thought::none(status)
@@ -93,6 +97,16 @@ pub fn think(
 /// does (what it proposes first does not depend on results); the model reads the baseline's.
 pub(super) fn proposes_during_baseline(campaign: &ExperimentCampaign) -> bool {
     campaign.spec.search.strategy != crate::crd::Strategy::Llm
+}
+
+/// Whether a baseline run waits in `pending`, not started yet.
+pub(super) fn baseline_pending(
+    memory: &Memory,
+    handle: &CampaignHandle,
+    status: &ExperimentCampaignStatus,
+) -> bool {
+    let baseline = |id: &str| memory.role(&handle.key, id) == trust::RunRole::Baseline;
+    status.pending.iter().any(|p| baseline(&p.experiment_id))
 }
 
 /// The experiments in flight or pending: the strategy must not propose them again.
