@@ -175,8 +175,15 @@ pub fn verdict(
             ),
         });
     }
-    if seen.discovered {
-        conditions.push(super::trust::condition(campaign, status, seen.workers));
+    // Verification changes with each count, not only when discovery runs: without a fresh
+    // sighting, the workers last counted say whether a check was possible.
+    let workers = match (seen.discovered, &status.workers) {
+        (true, _) => Some(seen.workers),
+        (false, Some(counts)) => Some(counts.discovered as usize),
+        (false, None) => None,
+    };
+    if let Some(workers) = workers {
+        conditions.push(super::trust::condition(campaign, status, workers));
     }
     Verdict { phase, conditions }
 }
@@ -513,6 +520,34 @@ mod tests {
         assert_eq!(v.phase, Phase::Running);
         assert_eq!(get(&v, ConditionType::Progressing), (true, "Draining"));
         assert!(!get(&v, ConditionType::Complete).0);
+    }
+
+    #[test]
+    fn verified_follows_the_verification_also_when_discovery_did_not_run() {
+        let c = campaign(false);
+        let mut status = ExperimentCampaignStatus {
+            verification: Some(crate::crd::Verification {
+                experiment_id: "exp-1".into(),
+                verified: true,
+                replications: vec!["exp-1-r1".into()],
+            }),
+            ..Default::default()
+        };
+        let mut quiet = seen(3);
+        quiet.discovered = false;
+        let v = verdict(&c, &status, &limits(&c), false, &quiet);
+        assert!(
+            v.conditions
+                .iter()
+                .all(|c| c.kind != ConditionType::Verified),
+            "no workers ever counted: nothing to say"
+        );
+        status.workers = Some(crate::crd::WorkerCounts {
+            discovered: 3,
+            ..Default::default()
+        });
+        let v = verdict(&c, &status, &limits(&c), false, &quiet);
+        assert_eq!(get(&v, ConditionType::Verified), (true, "Replicated"));
     }
 
     #[test]
