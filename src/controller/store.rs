@@ -124,9 +124,7 @@ impl StatusStore {
             }
         }
     }
-}
 
-impl StatusStore {
     /// Reads the campaign; a missing one is gone.
     async fn read(&self) -> Result<ExperimentCampaign, UpdateError> {
         let campaign = self.api.get_opt(&self.name).await;

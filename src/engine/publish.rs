@@ -251,8 +251,10 @@ async fn after_the_baseline(
     // The worker is free: a baseline run waiting for one may start on it (`loop` reconciles
     // on this; the controller's requeue is the safety net).
     engine.changed.notify_one();
-    let timeout = match handle.store.get().await {
-        Ok(Some(c)) => c.spec.experiment_timeout_seconds,
+    // One read gives the timeout and the first look at whether a baseline run can come.
+    let mut read = Some(handle.store.get().await);
+    let timeout = match &read {
+        Some(Ok(Some(c))) => c.spec.experiment_timeout_seconds,
         _ => 0,
     };
     let deadline = Instant::now() + Duration::from_secs(timeout.into());
@@ -262,10 +264,17 @@ async fn after_the_baseline(
             tracing::warn!(campaign = %key, experiment = %entry.experiment_id, "no baseline after one experiment timeout; recorded and judged without one");
             return;
         }
-        let due = read_at.is_none_or(|at| at.elapsed() >= BASELINE_READ);
-        if !engine.memory.baseline_running(key) && due {
-            read_at = Some(Instant::now());
-            if !baseline_to_come(engine, handle).await {
+        if engine.memory.baseline_running(key) {
+            // What was read is stale by the time the run ends.
+            read = None;
+        } else {
+            if read.is_none() && read_at.is_none_or(|at| at.elapsed() >= BASELINE_READ) {
+                read_at = Some(Instant::now());
+                read = Some(handle.store.get().await);
+            }
+            if let Some(read) = read.take()
+                && !matches!(&read, Ok(Some(c)) if baseline_to_come(engine, handle, c))
+            {
                 tracing::info!(campaign = %key, experiment = %entry.experiment_id, "no baseline run can come; recorded and judged without a baseline");
                 return;
             }
@@ -276,14 +285,11 @@ async fn after_the_baseline(
 
 /// Whether a baseline run is still to come: in the ledger (running, here or resumed), or pending
 /// with room for it under `maxExperiments` in a campaign that is not suspended or stopped.
-async fn baseline_to_come(engine: &Engine, handle: &CampaignHandle) -> bool {
-    let Ok(Some(c)) = handle.store.get().await else {
-        return false;
-    };
+fn baseline_to_come(engine: &Engine, handle: &CampaignHandle, c: &ExperimentCampaign) -> bool {
     let Ok(limits) = Limits::from_spec(&c.spec) else {
         return false;
     };
-    let status = c.status.unwrap_or_default();
+    let status = c.status.clone().unwrap_or_default();
     let baseline =
         |id: &str| engine.memory.role(&handle.key, id) == super::trust::RunRole::Baseline;
     let running = status.ledger.iter().any(|e| baseline(&e.experiment_id));

@@ -175,17 +175,23 @@ pub fn verdict(
             ),
         });
     }
-    // Verification changes with each count, not only when discovery runs: without a fresh
-    // sighting, the workers last counted say whether a check was possible.
-    let workers = match (seen.discovered, &status.workers) {
-        (true, _) => Some(seen.workers),
-        (false, Some(counts)) => Some(counts.discovered as usize),
-        (false, None) => None,
-    };
-    if let Some(workers) = workers {
-        conditions.push(super::trust::condition(campaign, status, workers));
-    }
+    conditions.extend(verified(campaign, status, seen));
     Verdict { phase, conditions }
+}
+
+/// Condition `Verified`. Verification changes with each count, not only when discovery runs:
+/// without a fresh sighting, the workers last counted say whether a check was possible.
+fn verified(
+    campaign: &ExperimentCampaign,
+    status: &ExperimentCampaignStatus,
+    seen: &Sighting<'_>,
+) -> Option<ConditionUpdate> {
+    let workers = match (seen.discovered, &status.workers) {
+        (true, _) => seen.workers,
+        (false, Some(counts)) => counts.discovered as usize,
+        (false, None) => return None,
+    };
+    Some(super::trust::condition(campaign, status, workers))
 }
 
 /// The stop reason, including the budget judged against the cheapest price seen.

@@ -923,22 +923,25 @@ async fn a_replication_cut_by_a_crash_is_resumed_without_paying_twice() {
     assert_eq!(verification.replications, [replication]);
 }
 
-/// A parameter search does not wait for the baseline to propose: its first experiments run
-/// beside the baseline runs. Their results wait for the baseline before they are judged, so an
-/// experiment worse than the baseline is discarded even when it came back first.
-#[tokio::test]
-async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
-    // The unchanged config measures 1.0, every searched one 1.1.
-    let run: crate::testkit::RunFn = Arc::new(|s| {
+/// A run where the unchanged config measures 1.0 and every searched one (with `lr`) 1.1.
+fn worse_than_baseline() -> crate::testkit::RunFn {
+    Arc::new(|s| {
         let v = if s.config.get("lr").is_some() {
             1.1
         } else {
             1.0
         };
         crate::testkit::completed(s, v)
-    });
+    })
+}
+
+/// A parameter search does not wait for the baseline to propose: its first experiments run
+/// beside the baseline runs. Their results wait for the baseline before they are judged, so an
+/// experiment worse than the baseline is discarded even when it came back first.
+#[tokio::test]
+async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
     let extra = json!({"parallelism": 4, "maxExperiments": 8});
-    let h = trust_harness(vec![run; 4], extra).await;
+    let h = trust_harness(vec![worse_than_baseline(); 4], extra).await;
     // Workers 0 and 1, first in the list, take the two baseline runs; they are slow.
     for (i, w) in h.workers.iter().enumerate() {
         let delay = Duration::from_millis(if i < 2 { 1500 } else { 50 });
@@ -1011,16 +1014,8 @@ async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
 /// judged against them.
 #[tokio::test]
 async fn with_one_worker_both_baseline_runs_go_before_any_experiment() {
-    let run: crate::testkit::RunFn = Arc::new(|s| {
-        let v = if s.config.get("lr").is_some() {
-            1.1
-        } else {
-            1.0
-        };
-        crate::testkit::completed(s, v)
-    });
     let extra = json!({"parallelism": 2, "maxExperiments": 5});
-    let h = trust_harness(vec![run], extra).await;
+    let h = trust_harness(vec![worse_than_baseline()], extra).await;
     h.workers[0].set(|k| k.delay = Duration::from_millis(100));
     let step = h.run(Duration::from_secs(30)).await;
     assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
