@@ -77,7 +77,7 @@ pub(super) fn spawn_all(
         .iter()
         .filter(|p| !engine.memory.has_live_task(&handle.key, &p.experiment_id))
         .collect();
-    if checking(engine, handle, stored, status) {
+    if checking(engine, handle, status) {
         return;
     }
     let slots = ledger::ahead_slots(status, &limits) as usize;
@@ -120,11 +120,10 @@ pub(super) fn spawn_all(
 pub(super) fn wanted(
     engine: &Engine,
     handle: &CampaignHandle,
-    campaign: &ExperimentCampaign,
     status: &ExperimentCampaignStatus,
     slots: usize,
 ) -> usize {
-    if checking(engine, handle, campaign, status) {
+    if checking(engine, handle, status) {
         0
     } else {
         slots.min(busy_workers(status).len())
@@ -133,26 +132,16 @@ pub(super) fn wanted(
 
 /// Whether a baseline run or a replication is pending or running. What comes next depends on
 /// its result (trust may exclude a worker, or stop trusting a claim), so nothing is committed a
-/// run ahead of it. A parameter search proposes beside its baseline runs once they have all
-/// started (its results wait for the baseline to be judged), so running baseline runs do not
-/// hold its signing ahead back; a pending one does (it needs the next free worker).
-fn checking(
-    engine: &Engine,
-    handle: &CampaignHandle,
-    campaign: &ExperimentCampaign,
-    status: &ExperimentCampaignStatus,
-) -> bool {
-    use super::trust::RunRole;
-    let beside = super::think::proposes_during_baseline(campaign);
-    let role = |id: &str| engine.memory.role(&handle.key, id);
-    let mut pending = status.pending.iter().map(|p| role(&p.experiment_id));
-    let mut running = status.ledger.iter().map(|e| role(&e.experiment_id));
-    pending.any(|r| r != RunRole::Experiment)
-        || running.any(|r| match r {
-            RunRole::Experiment => false,
-            RunRole::Baseline => !beside,
-            RunRole::Replication(_) => true,
-        })
+/// run ahead of it. Also a running baseline run of a parameter search, whose experiments run
+/// beside it on free workers: a voucher signed ahead for a baseline worker would take the slot
+/// and the worker a failed baseline run needs to run again, while the results beside wait for
+/// the baseline (`publish::after_the_baseline`).
+fn checking(engine: &Engine, handle: &CampaignHandle, status: &ExperimentCampaignStatus) -> bool {
+    let is_check =
+        |id: &str| engine.memory.role(&handle.key, id) != super::trust::RunRole::Experiment;
+    let pending = status.pending.iter().map(|p| p.experiment_id.as_str());
+    let running = status.ledger.iter().map(|e| e.experiment_id.as_str());
+    pending.chain(running).any(is_check)
 }
 
 /// The workers running one of this campaign's experiments with no voucher signed ahead for them.

@@ -283,8 +283,10 @@ async fn after_the_baseline(
     }
 }
 
-/// Whether a baseline run is still to come: in the ledger (running, here or resumed), or pending
-/// with room for it under `maxExperiments` in a campaign that is not suspended or stopped.
+/// Whether a baseline run is still to come: in the ledger (running, here or resumed), or able
+/// to start (room under `maxExperiments` in a campaign that is not suspended or stopped). Not
+/// only when one is pending: after a failed baseline run, THINK proposes the next one at the
+/// next reconcile, and a result judged in between would have no baseline.
 fn baseline_to_come(engine: &Engine, handle: &CampaignHandle, c: &ExperimentCampaign) -> bool {
     let Ok(limits) = Limits::from_spec(&c.spec) else {
         return false;
@@ -296,7 +298,7 @@ fn baseline_to_come(engine: &Engine, handle: &CampaignHandle, c: &ExperimentCamp
     let can_start = !c.spec.suspend
         && ledger::stop_reason(&status, &limits).is_none()
         && ledger::unstarted(&status, &limits) > 0;
-    running || (can_start && status.pending.iter().any(|p| baseline(&p.experiment_id)))
+    running || can_start
 }
 
 /// The durable line in results.jsonl. Without it the status must not count the experiment:
