@@ -826,6 +826,16 @@ pub enum Phase {
     BudgetExhausted,
 }
 
+impl Phase {
+    /// Whether the campaign has ended: nothing new starts.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted
+        )
+    }
+}
+
 /// One finished experiment, as shown in status.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

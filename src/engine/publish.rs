@@ -107,6 +107,11 @@ pub async fn decision(
             ledger::refresh_derived(s, &limits);
             let verdict = status::verdict(c, s, &limits, decided.exhausted, &decided.seen);
             status::apply(s, verdict, c.metadata.generation);
+            if s.ledger.is_empty() && s.phase.is_some_and(|p| p.is_final()) {
+                // Done: what is still proposed will never start (a proposal made for a slot a
+                // replication or a retry then took); status does not show it as waiting.
+                s.pending.clear();
+            }
             Ok(())
         })
         .await
@@ -774,6 +779,23 @@ mod tests {
             trust: &|_| {},
         };
         decision(handle, &decided).await.unwrap().status.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_finished_campaign_keeps_no_proposal_waiting() {
+        let handle = campaign_at(&[]);
+        handle
+            .store
+            .update(&mut |_, s| {
+                s.succeeded = 4;
+                s.submitted = 4;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let status = decide(&handle, &State::new()).await;
+        assert_eq!(status.phase, Some(crate::crd::Phase::Succeeded));
+        assert!(status.pending.is_empty(), "{:?}", status.pending);
     }
 
     #[tokio::test]
