@@ -76,7 +76,7 @@ async fn drain(
             ),
         })
         .await;
-    ctx.engine.drain(&handle, &status);
+    ctx.engine.drain(&handle, &campaign);
     Err(ReconcileError::Draining(in_flight))
 }
 

@@ -258,8 +258,12 @@ impl Engine {
 
     /// A campaign being deleted: its ledger entries (paid experiments in flight) get a task
     /// if none runs them (after a restart); nothing new is proposed, claimed or started.
-    pub fn drain(self: &Arc<Self>, handle: &CampaignHandle, status: &ExperimentCampaignStatus) {
-        self.resume_orphans(handle, status);
+    /// The campaign is remembered first, as in a reconcile: after a restart, only its trust
+    /// settings tell a resumed baseline run from an experiment that waits for one.
+    pub fn drain(self: &Arc<Self>, handle: &CampaignHandle, campaign: &ExperimentCampaign) {
+        let status = campaign.status.clone().unwrap_or_default();
+        self.remember(handle, campaign, &status);
+        self.resume_orphans(handle, &status);
     }
 
     /// The payment chain (`ERPC_URL`), when set.

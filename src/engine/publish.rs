@@ -289,7 +289,8 @@ async fn after_the_baseline(
 }
 
 /// Whether a baseline run is still to come: in the ledger (running, here or resumed), or able
-/// to start (room under `maxExperiments` in a campaign that is not suspended or stopped). Not
+/// to start (room under `maxExperiments` in a campaign that is not deleted, suspended or
+/// stopped: a deleted one only drains its ledger). Not
 /// only when one is pending: after a failed baseline run, THINK proposes the next one at the
 /// next reconcile, and a result judged in between would have no baseline.
 fn baseline_to_come(engine: &Engine, handle: &CampaignHandle, c: &ExperimentCampaign) -> bool {
@@ -300,7 +301,8 @@ fn baseline_to_come(engine: &Engine, handle: &CampaignHandle, c: &ExperimentCamp
     let baseline =
         |id: &str| engine.memory.role(&handle.key, id) == super::trust::RunRole::Baseline;
     let running = status.ledger.iter().any(|e| baseline(&e.experiment_id));
-    let can_start = !c.spec.suspend
+    let can_start = c.metadata.deletion_timestamp.is_none()
+        && !c.spec.suspend
         && ledger::stop_reason(&status, &limits).is_none()
         && ledger::unstarted(&status, &limits) > 0;
     running || can_start

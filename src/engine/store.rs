@@ -80,6 +80,16 @@ impl MemoryStore {
         *self.campaign.lock().expect("store lock") = None;
     }
 
+    /// Marks the campaign deleted while a finalizer keeps it (as `kubectl delete` would then;
+    /// the finalizer itself is the controller's).
+    pub fn mark_deleted(&self) {
+        if let Some(c) = self.campaign.lock().expect("store lock").as_mut() {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            c.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        }
+    }
+
     /// Replaces the spec (as `kubectl apply` would).
     pub fn set_spec(&self, spec: crate::crd::ExperimentCampaignSpec) {
         if let Some(c) = self.campaign.lock().expect("store lock").as_mut() {

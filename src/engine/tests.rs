@@ -1109,3 +1109,56 @@ async fn a_large_base_config_stays_out_of_status_and_every_result_line_keeps_it(
         assert_eq!(h.payments(id), 1, "{id} paid once");
     }
 }
+
+/// A campaign deleted with its baseline run and an experiment paid and run, and a controller
+/// that crashed before their answers: the next one drains both at once, the baseline first and
+/// the experiment judged against it. It does not wait an experiment timeout for a second
+/// baseline run that nothing starts in a deleted campaign, nor take the resumed baseline run
+/// for an experiment (its trust settings are only known once the campaign is remembered).
+#[tokio::test]
+async fn a_deleted_campaign_drains_its_baseline_and_experiment_after_a_restart() {
+    let h = Harness::new(1, json!({})).await;
+    let w = h.workers[0].endpoint();
+    let base_id = crate::experiment::experiment_id(TRAIN_PY, &json!({}));
+    let searched = json!({"lr": 0.1});
+    let searched_id = crate::experiment::experiment_id(TRAIN_PY, &searched);
+    let mut ledger = Vec::new();
+    for (id, config) in [(&base_id, json!({})), (&searched_id, searched)] {
+        let (voucher, client) = h.voucher(0, id).await;
+        let request = ExperimentRequest {
+            experiment_id: id.clone(),
+            train_py: TRAIN_PY.into(),
+            config: config.clone(),
+        };
+        client.run(Some(&voucher), &request).await.unwrap();
+        ledger.push(entry(id, &w, &voucher, config));
+    }
+    let status = crate::crd::ExperimentCampaignStatus {
+        ledger,
+        submitted: 2,
+        ..Default::default()
+    };
+    let h = h.restart(json!({}), status);
+    h.store.mark_deleted();
+
+    h.engine.drain(&h.handle, &h.store.snapshot().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.status().ledger.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not drained: {:?}",
+            h.status().ledger
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = h.lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines[0]["experiment_id"], base_id.as_str());
+    assert_eq!(lines[0]["role"], "baseline");
+    assert_eq!(lines[1]["experiment_id"], searched_id.as_str());
+    assert!(lines[1]["decision"].is_string(), "{lines:#?}");
+    for id in [&base_id, &searched_id] {
+        assert_eq!(h.payments(id), 1, "{id} recovered, not paid again");
+    }
+    assert_eq!(h.engine.running_tasks(&h.handle.key), 0);
+}
