@@ -638,10 +638,13 @@ async fn helm_upgrade_to_a_new_tag_recreates_the_pod_and_hands_over_the_lease() 
     ];
     args.extend(values_args(&r.values));
     r.nodes.helm(&args);
-    let new = r.ready_pods(1, READY_WITHIN).await.remove(0);
+    // `helm upgrade` returns before the Deployment has replaced the pod: the one Ready pod may
+    // still be the old one. The watcher returns once the old pod is gone and a new one Ready.
     let (most, old_gone) = watcher.join().unwrap();
     assert!(old_gone, "the old pod never went away");
     assert_eq!(most, 1, "old and new pods ran at once");
+    let new = r.ready_pods(1, READY_WITHIN).await.remove(0);
+    assert_ne!(pod_name(&new), old);
     assert!(
         new["spec"]["containers"][0]["image"]
             .as_str()
