@@ -622,7 +622,7 @@ async fn helm_upgrade_to_a_new_tag_recreates_the_pod_and_hands_over_the_lease() 
 
     // Watch the pods while helm upgrades: Recreate never runs an old and a new pod at once.
     let watcher = {
-        let (ns, name) = (r.ns.clone(), r.name.clone());
+        let (ns, name, old) = (r.ns.clone(), r.name.clone(), old.clone());
         let kubeconfig = r.nodes.kubeconfig.clone();
         std::thread::spawn(move || most_pods_at_once(&kubeconfig, &ns, &name, &old))
     };
