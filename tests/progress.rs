@@ -50,9 +50,12 @@ fn a_terminal_gets_a_bar_and_a_pipe_gets_lines() {
     std::fs::write(&train, "print('val_bpb: 1.0')\n").unwrap();
     let args = loop_args(&tb, &train);
 
-    // A pipe: one line per change, ending with the final state.
+    // A pipe: one line per change, ending with the final state; log lines beside them are
+    // plain text too.
     let mut plain = Command::new(&args[0]);
-    plain.args(&args[1..]);
+    plain
+        .args(&args[1..])
+        .env("RUST_LOG", "autoresearch_coordinator=debug");
     let out = run(plain, &tb, &dir.path().join("plain"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -63,9 +66,10 @@ fn a_terminal_gets_a_bar_and_a_pipe_gets_lines() {
         "{last}"
     );
     assert!(last.ends_with("spent 0.04/0.4 USDC"), "{last}");
+    assert!(stderr.contains(" DEBUG "), "{stderr}");
     assert!(
         !stderr.contains('\u{1b}'),
-        "no terminal control codes in a pipe"
+        "no terminal control codes in a pipe: {stderr:?}"
     );
 
     // A terminal: `script` runs the loop on a pseudo-terminal and records what it drew.

@@ -1,5 +1,7 @@
 //! The command line: one binary for the operator and for doing each step by hand.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -51,11 +53,13 @@ pub enum Command {
 
 impl Cli {
     /// Logs go to stderr, so that `--json` output on stdout stays machine-readable.
-    /// The level comes from `RUST_LOG` (default `info`).
+    /// The level comes from `RUST_LOG` (default `info`). Colours only on a terminal: a log
+    /// redirected to a file or read by a pipe gets plain text.
     pub fn init_tracing(&self) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr);
         if self.log_json {
             builder.json().init();
