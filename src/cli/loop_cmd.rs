@@ -193,10 +193,7 @@ impl LocalRun {
             if let Some(campaign) = self.store.snapshot() {
                 progress.update(&campaign);
             }
-            if matches!(
-                step.phase,
-                None | Some(Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted)
-            ) {
+            if step.phase.is_none_or(Phase::is_final) {
                 return Ok(());
             }
             tokio::select! {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::board;
 use super::status::{self, ConditionType, ConditionUpdate, Sighting};
 use super::{CampaignHandle, Engine, Notice, Severity};
-use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, WorkerCounts};
+use crate::crd::{ExperimentCampaign, LedgerEntry, PendingExperiment, Phase, WorkerCounts};
 use crate::experiment;
 use crate::failpoint::{self, Window};
 use crate::ledger::{self, Ending, Limits, Recorded, Refusal};
@@ -107,7 +107,7 @@ pub async fn decision(
             ledger::refresh_derived(s, &limits);
             let verdict = status::verdict(c, s, &limits, decided.exhausted, &decided.seen);
             status::apply(s, verdict, c.metadata.generation);
-            if s.ledger.is_empty() && s.phase.is_some_and(|p| p.is_final()) {
+            if s.ledger.is_empty() && s.phase.is_some_and(Phase::is_final) {
                 // Done: what is still proposed will never start (a proposal made for a slot a
                 // replication or a retry then took); status does not show it as waiting.
                 s.pending.clear();

@@ -136,10 +136,7 @@ pub fn verdict(
         campaign.spec.suspend,
         seen.workers,
     );
-    let done = matches!(
-        phase,
-        Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted
-    );
+    let done = phase.is_final();
     let (reason, message) = if done {
         (progressing.reason, progressing.message.clone())
     } else {

@@ -82,6 +82,7 @@ impl MemoryStore {
 
     /// Marks the campaign deleted while a finalizer keeps it (as `kubectl delete` would then;
     /// the finalizer itself is the controller's).
+    #[cfg(test)]
     pub fn mark_deleted(&self) {
         if let Some(c) = self.campaign.lock().expect("store lock").as_mut() {
             let now = k8s_openapi::jiff::Timestamp::now();

@@ -165,10 +165,8 @@ impl Harness {
                 .reconcile(&self.handle)
                 .await
                 .expect("reconcile");
-            let finished = matches!(
-                step.phase,
-                None | Some(Phase::Succeeded | Phase::Failed | Phase::BudgetExhausted)
-            ) && self.engine.running_tasks(&self.handle.key) == 0;
+            let finished = step.phase.is_none_or(Phase::is_final)
+                && self.engine.running_tasks(&self.handle.key) == 0;
             if finished || tokio::time::Instant::now() > deadline {
                 return step;
             }
