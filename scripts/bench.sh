@@ -80,21 +80,22 @@ PY
   ERPC_URL=$(python3 -c "import json; print(json.load(open('$work/tb.json'))['rpcUrl'])") \
     start_controller $ns "$work/controller-throughput.log"
   kubectl -n $ns apply -f "$work/campaign.json" >/dev/null
-  # The clock starts when the first experiment is in flight (after leader election and the
-  # first discovery) and stops when the campaign is done.
+  # The clock starts when the first run starts on its worker (after leader election and the
+  # first discovery; read from the workers' results at the end) and stops when the campaign is
+  # seen done. Polling for the first experiment in flight saw it up to 0.2 s late.
   local t0 t1 running=0
   until ((running > 0)); do
     sleep 0.1
     running=$(kubectl -n $ns get campaign throughput -o jsonpath='{.status.running}' 2>/dev/null || echo 0)
     running=${running:-0}
   done
-  t0=$(date +%s.%N)
   # One watch, not a kubectl process every 0.2 s: on 2 cores that polling took CPU from the
   # gates and the controller it measures. Complete is True for every end (Succeeded, Failed,
   # BudgetExhausted).
   kubectl -n $ns wait --for=condition=Complete campaign/throughput --timeout=900s >/dev/null || {
     echo "throughput: did not finish in 900 s" >&2; tail "$work/controller-throughput.log" >&2; return 1; }
   t1=$(date +%s.%N)
+  t0=$(first_run_started "$work/tb.json")
   local done
   done=$(kubectl -n $ns get campaign throughput -o jsonpath='{.status.succeeded}')
   python3 -c "
@@ -103,6 +104,46 @@ ideal = 8 / 2.0
 print(f'throughput: {n} experiments on 8 workers at 2 s each in {secs:.1f} s: {n/secs:.2f}/s against an ideal {ideal:.2f}/s = {100*n/secs/ideal:.1f}% (target >= 95%)')"
   curl -sf "http://$metrics_addr/metrics" >"$work/metrics.txt"
   breakdown "$work/metrics.txt"
+  schedule "$work/tb.json" "$t0" "$t1"
+}
+
+# The earliest start of a run on any worker's clock (epoch seconds).
+first_run_started() {
+  python3 - "$1" <<'PY'
+import json, sys
+from datetime import datetime
+starts = []
+for w in json.load(open(sys.argv[1]))["workers"]:
+    for line in open(f"{w['dataDir']}/results.jsonl"):
+        starts.append(datetime.fromisoformat(json.loads(line)["startedAt"]).timestamp())
+print(min(starts))
+PY
+}
+
+# Where the makespan went, from the workers' own clocks (each stand-in's results.jsonl, read
+# while the testbed runs), in seconds from the first run's start: when each worker started, how
+# long it sat free between runs (the gate's settle and verify, the answer's way back, the
+# controller's idle gap), and how unevenly the last round ended.
+schedule() {
+  python3 - "$@" <<'PY'
+import json, sys
+from datetime import datetime
+manifest, t0, t1 = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+at = lambda s: datetime.fromisoformat(s).timestamp() - t0
+rows = []
+for w in manifest["workers"]:
+    runs = [json.loads(l) for l in open(f"{w['dataDir']}/results.jsonl")]
+    spans = sorted((at(r["startedAt"]), at(r["finishedAt"])) for r in runs)
+    free = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+    rows.append((f"{w.get('name', '?')} ({w.get('gate', '?')})", len(spans), spans[0][0], spans[-1][1],
+                 1000 * sum(free) / max(len(free), 1), sum(e - s for s, e in spans) / len(spans),
+                 1000 * max(free, default=0), 1 + max(range(len(free)), key=free.__getitem__, default=0)))
+n = sorted(r[1] for r in rows)
+print(f"workers' clocks: runs per worker {n[0]}-{n[-1]}; each worker's first run started {min(r[2] for r in rows):.2f}-{max(r[2] for r in rows):.2f} s; free between runs {min(r[4] for r in rows):.0f}-{max(r[4] for r in rows):.0f} ms (mean per worker); "
+      f"a run {1000 * sum(r[5] for r in rows) / len(rows):.0f} ms; last run ended {min(r[3] for r in rows):.2f}-{max(r[3] for r in rows):.2f} s; "
+      f"campaign seen Complete {t1 - t0:.2f} s")
+print("per worker (gate): " + ", ".join(f"{r[0]} {r[1]} runs, free {r[4]:.0f} ms (longest {r[6]:.0f}, after run {r[7]}), done {r[3]:.2f} s" for r in rows))
+PY
 }
 
 # Mean milliseconds per experiment of each step (autoresearch_step_seconds), and the idle gap

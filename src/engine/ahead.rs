@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::board::{self, WorkerBoard};
 use super::claim::Candidate;
 use super::run::{self, Reservation};
+use super::trust::RunRole;
 use super::{CampaignHandle, Engine};
 use crate::crd::{ExperimentCampaign, ExperimentCampaignStatus, LedgerEntry, PendingExperiment};
 use crate::endpoint::Endpoint;
@@ -77,13 +78,14 @@ pub(super) fn spawn_all(
         .iter()
         .filter(|p| !engine.memory.has_live_task(&handle.key, &p.experiment_id))
         .collect();
-    if checking(engine, handle, status) {
+    if checking(engine, handle, stored, status) {
         return;
     }
     let slots = ledger::ahead_slots(status, &limits) as usize;
     // The workers CLAIM would give work to: not excluded by the spec or by trust, and each
     // experiment kept off the workers it must avoid (a replication, a failed attempt).
-    let workers = super::claim::eligible(&stored.spec.discovery, busy_workers(status));
+    let workers =
+        super::claim::eligible(&stored.spec.discovery, busy_workers(engine, handle, status));
     let workers = engine.memory.screen(&handle.key, workers, false);
     let avoid = engine.memory.avoid_map(&handle.key);
     let fits = |p: &PendingExperiment, endpoint: &String| {
@@ -116,46 +118,67 @@ pub(super) fn spawn_all(
 
 /// How many experiments THINK may propose beyond the free slots, to be signed ahead: one per
 /// worker busy with this campaign and without a voucher waiting for it (a proposal for a worker
-/// that is not busy would only sit in `pending`), and none while a check runs or waits.
+/// that is not busy would only sit in `pending`), and none while a check holds signing ahead
+/// back ([`checking`]).
 pub(super) fn wanted(
     engine: &Engine,
     handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
     status: &ExperimentCampaignStatus,
     slots: usize,
 ) -> usize {
-    if checking(engine, handle, status) {
+    if checking(engine, handle, campaign, status) {
         0
     } else {
-        slots.min(busy_workers(status).len())
+        slots.min(busy_workers(engine, handle, status).len())
     }
 }
 
-/// Whether a baseline run or a replication is pending or running. What comes next depends on
-/// its result (trust may exclude a worker, or stop trusting a claim), so nothing is committed a
-/// run ahead of it. Also a running baseline run of a parameter search, whose experiments run
-/// beside it on free workers: a voucher signed ahead for a baseline worker would take the slot
-/// and the worker a failed baseline run needs to run again, while the results beside wait for
-/// the baseline (`publish::after_the_baseline`).
-fn checking(engine: &Engine, handle: &CampaignHandle, status: &ExperimentCampaignStatus) -> bool {
-    let is_check =
-        |id: &str| engine.memory.role(&handle.key, id) != super::trust::RunRole::Experiment;
-    let pending = status.pending.iter().map(|p| p.experiment_id.as_str());
-    let running = status.ledger.iter().map(|e| e.experiment_id.as_str());
-    pending.chain(running).any(is_check)
+/// Whether a check holds signing ahead back: a baseline run or replication pending (it needs the
+/// next free worker), a replication running (trust may exclude a worker or stop trusting a claim
+/// on its result), or a baseline run running for a strategy that waits for its result. A
+/// parameter search's experiments run beside its baseline runs (their results wait for the
+/// baseline, `publish::after_the_baseline`), so they are signed ahead too, but never for a
+/// baseline worker ([`busy_workers`]): a failed baseline run needs its slot and the next free
+/// worker, not one kept for an experiment.
+fn checking(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    campaign: &ExperimentCampaign,
+    status: &ExperimentCampaignStatus,
+) -> bool {
+    let role = |id: &str| engine.memory.role(&handle.key, id);
+    let beside = super::think::proposes_during_baseline(campaign);
+    let mut pending = status.pending.iter().map(|p| role(&p.experiment_id));
+    let mut running = status.ledger.iter().map(|e| role(&e.experiment_id));
+    pending.any(|r| r != RunRole::Experiment)
+        || running.any(|r| match r {
+            RunRole::Experiment => false,
+            RunRole::Baseline => !beside,
+            RunRole::Replication(_) => true,
+        })
 }
 
-/// The workers running one of this campaign's experiments with no voucher signed ahead for them.
-fn busy_workers(status: &ExperimentCampaignStatus) -> Vec<Candidate> {
-    let waiting: Vec<&str> = status
+/// The workers running one of this campaign's experiments (not a baseline run) with no voucher
+/// signed ahead for them.
+fn busy_workers(
+    engine: &Engine,
+    handle: &CampaignHandle,
+    status: &ExperimentCampaignStatus,
+) -> Vec<Candidate> {
+    let taken: Vec<&str> = status
         .ledger
         .iter()
-        .filter(|e| ledger::is_ahead(e))
+        .filter(|e| {
+            ledger::is_ahead(e)
+                || engine.memory.role(&handle.key, &e.experiment_id) != RunRole::Experiment
+        })
         .map(|e| e.worker.as_str())
         .collect();
     let mut busy: Vec<Candidate> = Vec::new();
     for entry in status.ledger.iter().filter(|e| !ledger::is_ahead(e)) {
         let endpoint = Endpoint::new(&entry.worker);
-        if waiting.contains(&entry.worker.as_str()) || busy.iter().any(|c| c.endpoint == endpoint) {
+        if taken.contains(&entry.worker.as_str()) || busy.iter().any(|c| c.endpoint == endpoint) {
             continue;
         }
         busy.push(Candidate {

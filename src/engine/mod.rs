@@ -352,7 +352,7 @@ impl Engine {
         status: &ExperimentCampaignStatus,
         capacity: Capacity,
     ) -> Thought {
-        let ahead = ahead::wanted(self, handle, status, capacity.ahead);
+        let ahead = ahead::wanted(self, handle, campaign, status, capacity.ahead);
         let wanted = (capacity.slots + ahead).saturating_sub(status.pending.len());
         if campaign.spec.search.strategy == crate::crd::Strategy::Llm {
             // A model call takes seconds: it runs in its own task, never in a reconcile.

@@ -993,6 +993,70 @@ async fn experiments_run_beside_the_baseline_and_are_judged_against_it() {
     }
 }
 
+/// While a parameter search's baseline runs, the workers running experiments beside it get
+/// their next voucher signed ahead (the round after the baseline kept every worker idle for a
+/// reconcile before); a baseline worker never does, so a failed baseline run still finds its
+/// slot and the next free worker.
+#[tokio::test]
+async fn experiments_beside_the_baseline_are_signed_ahead_but_never_for_a_baseline_worker() {
+    let extra = json!({"parallelism": 4, "maxExperiments": 12});
+    let h = trust_harness(vec![worse_than_baseline(); 4], extra).await;
+    for (i, w) in h.workers.iter().enumerate() {
+        let delay = Duration::from_millis(if i < 2 { 1500 } else { 600 });
+        w.set(|k| k.delay = delay);
+    }
+    let baseline_workers = [h.workers[0].endpoint(), h.workers[1].endpoint()];
+    let started = tokio::time::Instant::now();
+    let wait = |what: &str, done: &dyn Fn(&crate::crd::ExperimentCampaignStatus) -> bool| {
+        let status = h.status();
+        for e in status.ledger.iter().filter(|e| ledger::is_ahead(e)) {
+            assert!(
+                !baseline_workers.contains(&e.worker),
+                "signed ahead for a baseline worker: {status:?}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: {status:?}"
+        );
+        done(&status)
+    };
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    while !wait("baseline runs reserved", &|s| s.ledger.len() >= 2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    while !wait("experiments beside", &|s| ledger::running(s) >= 4) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The baseline still runs: the workers beside it get their next voucher now.
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    h.engine.reconcile(&h.handle).await.expect("reconcile");
+    let ahead = |s: &crate::crd::ExperimentCampaignStatus| {
+        s.ledger.iter().filter(|e| ledger::is_ahead(e)).count()
+    };
+    while !wait("signed ahead beside the baseline", &|s| ahead(s) >= 2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        h.lines().is_empty(),
+        "signed ahead before the baseline's result"
+    );
+    while !wait("the baseline is in", &|_| h.lines().len() >= 2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let step = h.run(Duration::from_secs(30)).await;
+    assert_eq!(step.phase, Some(Phase::Succeeded), "{:?}", h.status());
+    let lines = h.lines();
+    assert_eq!(lines.len(), 12);
+    for l in &lines {
+        assert_eq!(h.payments(l["experiment_id"].as_str().unwrap()), 1, "{l}");
+        if l["role"].is_null() {
+            assert_eq!(l["decision"], "discard", "judged against the baseline: {l}");
+        }
+    }
+}
+
 /// With one worker the baseline runs one after the other, and no experiment takes the worker
 /// the second one waits for: the worker runs both baseline runs first, and every experiment is
 /// judged against them.

@@ -95,7 +95,7 @@ pub fn think(
 
 /// Whether the strategy may propose before the baseline's result is in: a parameter search
 /// does (what it proposes first does not depend on results); the model reads the baseline's.
-fn proposes_during_baseline(campaign: &ExperimentCampaign) -> bool {
+pub(super) fn proposes_during_baseline(campaign: &ExperimentCampaign) -> bool {
     campaign.spec.search.strategy != crate::crd::Strategy::Llm
 }
 
